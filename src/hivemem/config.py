@@ -1,0 +1,127 @@
+"""Configuration: one typed object built at the entry point.
+
+Precedence, highest first: explicit keyword arguments to :func:`hivemem.open`
+(or CLI flags), then ``HIVEMEM_*`` environment variables (read only by
+:meth:`HiveConfig.from_env`, which the CLI calls; the library never reads the
+environment on its own), then the defaults below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from hivemem.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class RankingWeights:
+    """How recall turns keyword and vector evidence into one score.
+
+    The keyword and vector candidate lists are fused by weighted reciprocal
+    rank (``weight / (rrf_k + rank)``), normalised to 0..1 as ``relevance``.
+    The final score is ``relevance * relevance_weight + recency * recency_weight
+    + importance * importance_weight + outcome * outcome_weight``. The side
+    weights are small on purpose: they order memories of similar relevance
+    (a successful episode above a failed one) without overriding relevance.
+
+    Attributes:
+        keyword: Weight of the keyword (BM25) list in the fusion.
+        vector: Weight of the vector (cosine) list in the fusion.
+        rrf_k: Reciprocal-rank constant; small values trust the top ranks more.
+        relevance: Weight of the fused relevance.
+        recency: Weight of recency (exponential decay of the memory's age).
+        importance: Weight of importance (0..1).
+        outcome: Weight of outcome: 1 for a successful episode, 0 for a failed
+            one, 0.5 for everything else.
+        recency_half_life_days: Age at which recency has fallen to 0.5.
+        candidates: How many candidates each list contributes before fusion
+            (at least ``k``).
+    """
+
+    keyword: float = 1.0
+    vector: float = 1.0
+    rrf_k: float = 10.0
+    relevance: float = 1.0
+    recency: float = 0.05
+    importance: float = 0.05
+    outcome: float = 0.05
+    recency_half_life_days: float = 30.0
+    candidates: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class HiveConfig:
+    """Everything a Hive needs to open.
+
+    Attributes:
+        url: Where the data lives: a file path, ``sqlite:///path`` or ``:memory:``.
+        embedder: ``"minilm"`` (the default, offline), ``"none"`` (keyword-only
+            recall) or ``"openai:<model>"``.
+        embedder_url: Base URL of an OpenAI-compatible embeddings API.
+        embedder_api_key: Key for that API.
+        synchronous: SQLite ``synchronous`` pragma: ``full`` (default: an
+            acknowledged write survives power loss) or ``normal`` (faster;
+            survives a process crash, may lose the last commits on power loss).
+        busy_timeout_ms: How long a SQLite writer waits for the write lock.
+        vector_search: ``"matrix"`` (in-process matrix mirrored from the store:
+            fast) or ``"sqlite-vec"`` (sqlite-vec KNN in the database: no extra memory).
+        max_content_bytes: Largest accepted ``content`` (UTF-8 bytes).
+        max_data_bytes: Largest accepted ``data`` (as JSON).
+        max_batch: Largest ``remember_many`` batch.
+        ranking: Recall weights.
+    """
+
+    url: str = "hive.db"
+    embedder: str = "minilm"
+    embedder_url: str | None = None
+    embedder_api_key: str | None = None
+    synchronous: str = "full"
+    busy_timeout_ms: int = 30_000
+    vector_search: str = "matrix"
+    max_content_bytes: int = 64 * 1024
+    max_data_bytes: int = 256 * 1024
+    max_batch: int = 10_000
+    ranking: RankingWeights = field(default_factory=RankingWeights)
+
+    def __post_init__(self) -> None:
+        if self.synchronous not in ("full", "normal", "extra"):
+            raise ConfigError(f"synchronous must be full, normal or extra, not {self.synchronous!r}")
+        if self.vector_search not in ("matrix", "sqlite-vec"):
+            raise ConfigError(f"vector_search must be matrix or sqlite-vec, not {self.vector_search!r}")
+        for name in ("busy_timeout_ms", "max_content_bytes", "max_data_bytes", "max_batch"):
+            if int(getattr(self, name)) <= 0:
+                raise ConfigError(f"{name} must be positive")
+
+    def with_options(self, **options: Any) -> HiveConfig:
+        """A copy with some fields replaced; ``ranking`` may be a dict of weights.
+
+        Raises:
+            ConfigError: An option name is unknown.
+        """
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ConfigError(f"unknown option(s): {', '.join(unknown)}", options=unknown)
+        ranking = options.get("ranking")
+        if isinstance(ranking, Mapping):
+            options["ranking"] = dataclasses.replace(self.ranking, **ranking)
+        return dataclasses.replace(self, **options)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> HiveConfig:
+        """Build a config from ``HIVEMEM_*`` variables (``HIVEMEM_URL``, ``HIVEMEM_EMBEDDER``...).
+
+        Args:
+            environ: Usually ``os.environ``, passed in by the entry point.
+        """
+        options: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = environ.get(f"HIVEMEM_{f.name.upper()}")
+            if raw is None or f.name == "ranking":
+                continue
+            default = getattr(cls(), f.name)
+            options[f.name] = int(raw) if isinstance(default, int) else raw
+        return cls(**options)

@@ -1,0 +1,159 @@
+"""The HiveMem error tree.
+
+Every failure a user can see is a :class:`HiveError` subclass with a stable
+``code`` (for programs), an HTTP ``status`` (for the server) and structured
+``details``. Driver errors are translated into these at the storage boundary,
+so no ``apsw`` or ``psycopg`` exception ever reaches a caller.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class HiveError(Exception):
+    """Root of every HiveMem error.
+
+    Attributes:
+        code: Stable machine-readable code, e.g. ``"not_found"``.
+        status: HTTP status the server answers with.
+        message: Human-readable explanation.
+        details: Structured fields (which field, which id, current version...).
+    """
+
+    code: ClassVar[str] = "hive_error"
+    status: ClassVar[int] = 500
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details: dict[str, Any] = details
+
+    def to_dict(self) -> dict[str, Any]:
+        """The one JSON shape every error is rendered as."""
+        return {"code": self.code, "status": self.status, "message": self.message, "details": self.details}
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> HiveError:
+        """Rebuild the exception class and fields from :meth:`to_dict` output."""
+        error_cls = ERRORS_BY_CODE.get(str(payload.get("code")), HiveError)
+        error = error_cls.__new__(error_cls)
+        HiveError.__init__(error, str(payload.get("message", "")), **dict(payload.get("details") or {}))
+        return error
+
+
+class InvalidInput(HiveError):
+    """An argument is malformed or out of range; ``details["field"]`` names it."""
+
+    code = "invalid_input"
+    status = 422
+
+    def __init__(self, field: str, message: str, **details: Any) -> None:
+        super().__init__(f"{field}: {message}", field=field, **details)
+
+    @property
+    def field(self) -> str:
+        """The name of the offending argument."""
+        return str(self.details["field"])
+
+
+class NotFound(HiveError):
+    """The addressed memory, group or key does not exist (or is not visible)."""
+
+    code = "not_found"
+    status = 404
+
+
+class VersionConflict(HiveError):
+    """An ``expected_version`` did not match; ``current_version`` says what is stored."""
+
+    code = "version_conflict"
+    status = 409
+
+    @property
+    def current_version(self) -> int:
+        """The version stored now."""
+        return int(self.details["current_version"])
+
+
+class LockHeld(HiveError):
+    """A lease is held by another owner."""
+
+    code = "lock_held"
+    status = 409
+
+
+class StaleFencingToken(HiveError):
+    """A protected write carried a fencing token older than the newest grant."""
+
+    code = "stale_fencing_token"
+    status = 409
+
+
+class Forbidden(HiveError):
+    """The caller's grants do not allow this operation."""
+
+    code = "forbidden"
+    status = 403
+
+
+class Unauthenticated(HiveError):
+    """No valid credential was presented."""
+
+    code = "unauthenticated"
+    status = 401
+
+
+class QuotaExceeded(HiveError):
+    """A quota or size limit was exceeded."""
+
+    code = "quota_exceeded"
+    status = 429
+
+
+class PayloadTooLarge(QuotaExceeded):
+    """A single request or record is over a size limit."""
+
+    code = "payload_too_large"
+    status = 413
+
+
+class StorageUnavailable(HiveError):
+    """The store cannot be reached or has failed; nothing more is acknowledged."""
+
+    code = "storage_unavailable"
+    status = 503
+
+
+class EmbedderUnavailable(HiveError):
+    """The embedding service failed or answered with something unusable."""
+
+    code = "embedder_unavailable"
+    status = 503
+
+
+class ConfigError(HiveError):
+    """HiveMem was configured inconsistently (bad URL, embedder mismatch...)."""
+
+    code = "config_error"
+    status = 500
+
+
+ERRORS_BY_CODE: dict[str, type[HiveError]] = {
+    cls.code: cls
+    for cls in (
+        HiveError,
+        InvalidInput,
+        NotFound,
+        VersionConflict,
+        LockHeld,
+        StaleFencingToken,
+        Forbidden,
+        Unauthenticated,
+        QuotaExceeded,
+        PayloadTooLarge,
+        StorageUnavailable,
+        EmbedderUnavailable,
+        ConfigError,
+    )
+}

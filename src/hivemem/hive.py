@@ -1,0 +1,710 @@
+"""The Hive: HiveMem's one public API.
+
+A Hive composes a Store (where data lives), a Retriever (embedding and hybrid
+recall) and the record rules in :mod:`hivemem.records`. Every method checks
+its input first, so a bad call is refused with the field named and nothing
+written, and every write is one store transaction.
+"""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from hivemem import validation as v
+from hivemem.clock import Clock, SystemClock, new_id, to_datetime
+from hivemem.config import HiveConfig
+from hivemem.errors import InvalidInput, NotFound, PayloadTooLarge, VersionConflict
+from hivemem.models import Group, Hit, Memory, Page, Related, Relation, decode_cursor, encode_cursor
+from hivemem.records import (
+    Draft,
+    content_hash,
+    draft,
+    entity_content,
+    entity_key,
+    episode_fields,
+    merged_entity_data,
+    names,
+    text_field,
+)
+from hivemem.retrieval.embedders import Embedder
+from hivemem.retrieval.search import Retriever
+from hivemem.storage.base import ORDER_COLUMNS, MemoryFilter, Store, StoreTx
+
+
+class _Unset:
+    """Marks an argument that was not given (None is a real value for some fields)."""
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Any = _Unset()
+_SWEEP_BATCH = 1000
+_MAX_K = 1000
+_MAX_PAGE = 1000
+_ENTITY_RETRIES = 20
+
+
+class Hive:
+    """Shared, durable memory for a team of agents.
+
+    Open one with :func:`hivemem.open`; use it as a context manager or call
+    :meth:`close`. A Hive is safe to share between threads.
+
+    Args:
+        store: The backend.
+        embedder: Makes vectors; None gives keyword-only recall.
+        config: Limits and ranking weights.
+        clock: Source of "now" (tests inject a manual clock).
+    """
+
+    def __init__(self, store: Store, embedder: Embedder | None, config: HiveConfig, clock: Clock | None = None) -> None:
+        self.store = store
+        self.embedder = embedder
+        self.config = config
+        self.clock = clock or SystemClock()
+        self._retriever = Retriever(store, embedder, config.ranking)
+        if embedder is not None:
+            store.bind_embedder(embedder.name, embedder.dim)
+
+    def __enter__(self) -> Hive:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the store and helper threads."""
+        self._retriever.close()
+        self.store.close()
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def remember(self, namespace: str, content: str, **options: Any) -> Memory:
+        """Store a memory; with a ``key``, create or update the one memory under that key.
+
+        Args:
+            namespace: Where to write, e.g. ``"swarm-1/agent-a"``.
+            content: The searchable text.
+            **options: ``kind`` ("note"), ``tier`` ("short"), ``key``, ``data`` (a JSON
+                object), ``tags``, ``importance`` (0..1, 0.5), ``agent_id``,
+                ``session_id``, ``parent_id``, ``occurred_at`` (aware datetime),
+                ``ttl`` (seconds or timedelta) or ``expires_at``, ``sensitive``.
+
+        Returns:
+            The stored memory (for a keyed update: the new version).
+
+        Raises:
+            InvalidInput: An argument is bad; nothing was written.
+            PayloadTooLarge: Content or data is over the configured limit.
+        """
+        return self._store_drafts([draft(namespace, content, self.config, **options)])[0]
+
+    def remember_many(self, items: Iterable[Mapping[str, Any]]) -> builtins.list[Memory]:
+        """Store many memories in one transaction; embeddings are computed in batches.
+
+        Args:
+            items: Dicts of :meth:`remember`'s arguments (``namespace``, ``content``, options).
+
+        Returns:
+            The stored memories in input order.
+
+        Raises:
+            InvalidInput: An item is bad (``field`` reads ``items[3].importance``); nothing was written.
+        """
+        drafts: builtins.list[Draft] = []
+        for index, item in enumerate(items):
+            if len(drafts) >= self.config.max_batch:
+                raise PayloadTooLarge(f"items: more than {self.config.max_batch} in one batch", field="items")
+            if not isinstance(item, Mapping):
+                raise InvalidInput(f"items[{index}]", "must be a dict of remember() arguments")
+            options = dict(item)
+            try:
+                namespace, content = options.pop("namespace", None), options.pop("content", None)
+                drafts.append(draft(namespace, content, self.config, **options))
+            except InvalidInput as exc:
+                raise InvalidInput(f"items[{index}].{exc.field}", exc.message.split(": ", 1)[-1]) from None
+        return self._store_drafts(drafts)
+
+    def _store_drafts(self, drafts: Sequence[Draft]) -> builtins.list[Memory]:
+        vectors = self._retriever.vectors_for([d.content for d in drafts])
+
+        def write(tx: StoreTx) -> builtins.list[Memory]:
+            now = self.clock.now()
+            Retriever.store_vectors(tx, vectors)
+            return [self._write_draft(tx, d, now) for d in drafts]
+
+        return self.store.write(write)
+
+    def _write_draft(self, tx: StoreTx, d: Draft, now: float) -> Memory:
+        if d.key is not None:
+            # -inf: see the keyed row even if it expired, since it still owns the key.
+            current = tx.get_by_key(d.namespace, d.key, float("-inf"))
+            if current is not None:
+                if current.expires_at is None or current.expires_at.timestamp() > now:
+                    memory = d.next_version_of(current, now)
+                    tx.replace(memory, current)
+                    return memory
+                tx.delete([current.id])
+        memory = d.new_memory(new_id(), now)
+        tx.insert(memory)
+        return memory
+
+    def update(
+        self,
+        memory_id: str,
+        *,
+        content: str = UNSET,
+        data: Mapping[str, Any] = UNSET,
+        tags: Sequence[str] = UNSET,
+        importance: float = UNSET,
+        tier: str = UNSET,
+        expected_version: int | None = None,
+    ) -> Memory:
+        """Change a memory: version + 1, the previous version kept in :meth:`history`.
+
+        Args:
+            memory_id: The memory to change.
+            content: New text.
+            data: New data (replaces the old object).
+            tags: New tags.
+            importance: New importance.
+            tier: New tier.
+            expected_version: If given, the write happens only if this is the stored version.
+
+        Raises:
+            NotFound: No such memory.
+            VersionConflict: ``expected_version`` is stale; ``current_version`` says the stored one.
+            InvalidInput: An argument is bad; nothing was written.
+        """
+        changes: dict[str, Any] = {}
+        if content is not UNSET:
+            changes["content"] = v.content(content, self.config.max_content_bytes)
+        if data is not UNSET:
+            changes["data"] = v.data(data, self.config.max_data_bytes)
+        if tags is not UNSET:
+            changes["tags"] = v.tags(tags)
+        if importance is not UNSET:
+            changes["importance"] = v.unit_float(importance, "importance")
+        if tier is not UNSET:
+            changes["tier"] = v.tier(tier)
+        if "content" in changes:
+            changes["content_hash"] = content_hash(changes["content"])
+        if expected_version is not None:
+            v.positive_int(expected_version, "expected_version")
+        vectors = self._retriever.vectors_for([changes["content"]] if "content" in changes else [])
+
+        def write(tx: StoreTx) -> Memory:
+            now = self.clock.now()
+            current = self._require(tx, memory_id, now)
+            if expected_version is not None and current.version != expected_version:
+                raise VersionConflict(
+                    f"memory {memory_id} is at version {current.version}, not {expected_version}",
+                    id=memory_id,
+                    current_version=current.version,
+                    expected_version=expected_version,
+                    current=current.to_dict(),
+                )
+            Retriever.store_vectors(tx, vectors)
+            memory = dataclasses.replace(current, **changes, version=current.version + 1, updated_at=to_datetime(now))
+            tx.replace(memory, current)
+            return memory
+
+        return self.store.write(write)
+
+    def forget(self, memory_id: str, *, cascade: bool = False) -> int:
+        """Delete a memory with its history, relations and group memberships.
+
+        Args:
+            memory_id: The memory.
+            cascade: Also delete its children (by ``parent_id``), recursively.
+
+        Returns:
+            How many memories were deleted.
+
+        Raises:
+            NotFound: No such memory.
+        """
+
+        def write(tx: StoreTx) -> int:
+            self._require(tx, memory_id, self.clock.now())
+            doomed = [memory_id]
+            frontier = [memory_id]
+            while cascade and frontier:
+                frontier = [c for c in tx.child_ids(frontier) if c not in doomed]
+                doomed += frontier
+            return tx.delete(doomed)
+
+        return self.store.write(write)
+
+    def forget_namespace(self, prefix: str) -> int:
+        """Delete every memory under a namespace prefix; returns how many."""
+        ns = v.namespace_prefix(prefix)
+        assert ns is not None
+        return self.store.write(lambda tx: tx.delete(tx.ids_in_namespace(ns)))
+
+    def reinforce(self, memory_id: str, factor: float = 1.2) -> Memory:
+        """Raise a memory's importance (capped at 1) and count an access; no new version.
+
+        Raises:
+            NotFound: No such memory.
+            InvalidInput: ``factor`` is not positive.
+        """
+        factor = v.positive_float(factor, "factor")
+
+        def write(tx: StoreTx) -> Memory:
+            now = self.clock.now()
+            current = self._require(tx, memory_id, now)
+            importance = min(1.0, max(current.importance, 0.01) * factor)
+            tx.record_access(memory_id, importance, now)
+            return self._require(tx, memory_id, now)
+
+        return self.store.write(write)
+
+    def sweep(self) -> dict[str, int]:
+        """Delete expired memories and vectors no memory uses; idempotent, returns counts."""
+        expired = 0
+        while True:
+            batch = self.store.write(lambda tx: tx.delete(tx.expired_ids(self.clock.now(), _SWEEP_BATCH)))
+            expired += batch
+            if batch < _SWEEP_BATCH:
+                break
+        vectors = self.store.write(lambda tx: tx.prune_embeddings(100_000))
+        return {"expired": expired, "embeddings_pruned": vectors}
+
+    # -- typed helpers -------------------------------------------------------------------------
+
+    def remember_episode(
+        self,
+        namespace: str,
+        *,
+        context: str,
+        action: str,
+        outcome: str,
+        success: bool,
+        lesson: str | None = None,
+        tools: Sequence[str] = (),
+        metrics: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> Memory:
+        """Record an experience: what the situation was, what was done, what came of it.
+
+        The content is searchable text built from the fields; ``data`` keeps
+        them (``context``, ``action``, ``outcome``, ``success``, ``lesson``,
+        ``tools``, ``metrics``). At equal relevance, recall ranks successful
+        episodes above failed ones.
+
+        Args:
+            namespace: Where to write.
+            context: The situation or task.
+            action: What the agent did.
+            outcome: What happened.
+            success: Whether it worked.
+            lesson: What to do next time.
+            tools: Tools used.
+            metrics: Numbers worth keeping (duration, tokens...).
+            **options: Other :meth:`remember` options (tags, importance, agent_id...); tier defaults to ``mid``.
+        """
+        content, data = episode_fields(context, action, outcome, success, lesson, tools, metrics)
+        options.setdefault("tier", "mid")
+        return self.remember(namespace, content, kind="episode", data=data, **options)
+
+    def upsert_entity(
+        self, namespace: str, type: str, name: str, properties: Mapping[str, Any] | None = None, **options: Any
+    ) -> Memory:
+        """Create or update the one record of an entity (by type and name).
+
+        Properties are merged into those stored, ``interactions`` counts the
+        calls, ``first_seen`` is kept and ``last_updated`` moves.
+
+        Raises:
+            InvalidInput: A bad type, name or properties.
+        """
+        entity_type = v.kind(type, "type")
+        entity_name = text_field(name, "name")
+        assert entity_name is not None
+        props = v.data(properties, self.config.max_data_bytes, "properties")
+        key = entity_key(entity_type, entity_name)
+        ns = v.namespace(namespace)
+        vectors: dict[str, Any] = {}
+
+        def write(tx: StoreTx) -> Memory:
+            now = self.clock.now()
+            current = tx.get_by_key(ns, key, now)
+            data = merged_entity_data(current.data if current else None, entity_type, entity_name, props, _aware(now))
+            text = entity_content(entity_type, data["name"], data["properties"])
+            digest = content_hash(text)
+            if self.embedder is not None and digest not in vectors and not tx.known_hashes([digest]):
+                raise _NeedsVector(text)
+            Retriever.store_vectors(tx, {h: vec for h, vec in vectors.items() if h == digest})
+            entity = draft(ns, text, self.config, kind="entity", tier="long", key=key, data=data, **options)
+            return self._write_draft(tx, entity, now)
+
+        # The merge happens inside the transaction (no lost update); the model
+        # runs outside it, so a text without a vector is embedded and retried.
+        for _ in range(_ENTITY_RETRIES):
+            try:
+                return self.store.write(write)
+            except _NeedsVector as need:
+                vectors.update(self._retriever.vectors_for([need.text]))
+        raise VersionConflict(f"entity {key} kept changing; gave up after {_ENTITY_RETRIES} tries", key=key)
+
+    def add_rule(
+        self,
+        namespace: str,
+        text: str,
+        *,
+        rule_type: str = "guideline",
+        confidence: float = 0.5,
+        source_memory_id: str | None = None,
+        **options: Any,
+    ) -> Memory:
+        """Store a rule (a guideline, constraint or preference learned or given).
+
+        Args:
+            namespace: Where to write.
+            text: The rule.
+            rule_type: e.g. ``guideline``, ``constraint``, ``preference``.
+            confidence: 0..1; also the rule's importance unless given.
+            source_memory_id: The memory the rule was learned from, if any.
+            **options: Other :meth:`remember` options; tier defaults to ``long``.
+        """
+        data = {
+            "rule_type": v.kind(rule_type, "rule_type"),
+            "confidence": v.unit_float(confidence, "confidence"),
+            "source_memory_id": v.optional_id(source_memory_id, "source_memory_id"),
+        }
+        options.setdefault("tier", "long")
+        options.setdefault("importance", data["confidence"])
+        if source_memory_id is not None:
+            options.setdefault("parent_id", source_memory_id)
+        return self.remember(namespace, text, kind="rule", data=data, **options)
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def get(self, memory_id: str) -> Memory:
+        """The memory with this id.
+
+        Raises:
+            NotFound: No such memory, or it expired.
+        """
+        return self.store.read(lambda tx: self._require(tx, memory_id, self.clock.now()))
+
+    def get_by_key(self, namespace: str, key: str) -> Memory:
+        """The memory stored under ``key`` in exactly ``namespace``.
+
+        Raises:
+            NotFound: Nothing is stored under that key.
+        """
+        found = self._try_get_by_key(v.namespace(namespace), key)
+        if found is None:
+            raise NotFound(f"no memory with key {key!r} in {namespace}", namespace=namespace, key=key)
+        return found
+
+    def _try_get_by_key(self, namespace: str, key: str) -> Memory | None:
+        return self.store.read(lambda tx: tx.get_by_key(namespace, key, self.clock.now()))
+
+    def history(self, memory_id: str) -> builtins.list[Memory]:
+        """Every version of a memory, oldest first, the current one last.
+
+        Raises:
+            NotFound: No such memory.
+        """
+
+        def read(tx: StoreTx) -> builtins.list[Memory]:
+            current = self._require(tx, memory_id, self.clock.now())
+            return [*tx.history(memory_id), current]
+
+        return self.store.read(read)
+
+    def list(
+        self,
+        namespace: str | None = None,
+        *,
+        kinds: Sequence[str] | str | None = None,
+        tiers: Sequence[str] | str | None = None,
+        tags: Sequence[str] = (),
+        agent_id: str | None = None,
+        session_id: str | None = None,
+        where: Mapping[str, Any] | None = None,
+        order_by: str = "created_at",
+        descending: bool = False,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page:
+        """One page of memories in a stable order; pass ``next_cursor`` back for the next page.
+
+        Pages are keyset-paginated on ``(order_by, id)``: writes between calls
+        never repeat or skip a memory that stays put.
+
+        Args:
+            namespace: Namespace prefix, or None for all.
+            kinds: Only these kinds.
+            tiers: Only these tiers.
+            tags: Only memories carrying all of these tags.
+            agent_id: Only this agent's memories.
+            session_id: Only this session's memories.
+            where: Conditions on ``data`` fields (see :meth:`recall`).
+            order_by: ``created_at``, ``updated_at``, ``occurred_at`` or ``importance``.
+            descending: Newest / highest first.
+            limit: Page size, 1..1000.
+            cursor: From the previous page.
+
+        Raises:
+            InvalidInput: A bad argument or a cursor from another listing.
+        """
+        if order_by not in ORDER_COLUMNS:
+            raise InvalidInput("order_by", f"must be one of {', '.join(ORDER_COLUMNS)}")
+        limit = v.positive_int(limit, "limit", _MAX_PAGE)
+        after: tuple[Any, str] | None = None
+        if cursor is not None:
+            try:
+                order, value, last_id = decode_cursor(cursor)
+                if order != f"{order_by}:{descending}" or not isinstance(last_id, str):
+                    raise ValueError("cursor from another listing")
+            except (ValueError, TypeError):
+                raise InvalidInput("cursor", "not a cursor of this listing") from None
+            after = (value, last_id)
+        flt = self._filter(namespace, kinds, tiers, tags, agent_id, session_id, None, None, where)
+        items = self.store.read(lambda tx: tx.list(flt, order_by, descending, after, limit + 1))
+        next_cursor = None
+        if len(items) > limit:
+            items = items[:limit]
+            last = items[-1]
+            key_value: Any = getattr(last, order_by)
+            if order_by == "occurred_at":
+                key_value = last.occurred_at or last.created_at
+            if isinstance(key_value, datetime):
+                key_value = key_value.timestamp()
+            next_cursor = encode_cursor([f"{order_by}:{descending}", key_value, last.id])
+        return Page(tuple(items), next_cursor)
+
+    def recall(
+        self,
+        query: str,
+        *,
+        namespace: str | None = None,
+        k: int = 10,
+        kinds: Sequence[str] | str | None = None,
+        tiers: Sequence[str] | str | None = None,
+        tags: Sequence[str] = (),
+        agent_id: str | None = None,
+        session_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        where: Mapping[str, Any] | None = None,
+        min_score: float | None = None,
+    ) -> builtins.list[Hit]:
+        """The memories most useful for ``query``, best first.
+
+        Keyword (BM25 over stemmed words) and vector (cosine) candidates are
+        fused by reciprocal rank into ``relevance``, then recency, importance
+        and outcome adjust the score; ``Hit.scores`` shows every part.
+
+        Args:
+            query: What the agent is about to do or asks.
+            namespace: Namespace prefix: ``"swarm-1"`` also sees ``"swarm-1/agent-a/..."``.
+            k: How many hits, 1..1000.
+            kinds: Only these kinds.
+            tiers: Only these tiers.
+            tags: Only memories carrying all of these tags.
+            agent_id: Only this agent's memories.
+            session_id: Only this session's memories.
+            since: Only memories whose event time is at or after this.
+            until: Only memories whose event time is before this.
+            where: Conditions on ``data`` fields: ``{"success": True}``,
+                ``{"metrics.tokens": {"$lt": 500}}``, ``{"tool": {"$in": ["a", "b"]}}``;
+                operators ``$eq $ne $gt $gte $lt $lte $in``.
+            min_score: Drop hits scoring below this.
+
+        Raises:
+            InvalidInput: A bad argument.
+        """
+        text = v.content(query, self.config.max_content_bytes, "query")
+        k = v.positive_int(k, "k", _MAX_K)
+        if min_score is not None and (isinstance(min_score, bool) or not isinstance(min_score, int | float)):
+            raise InvalidInput("min_score", "must be a number")
+        flt = self._filter(namespace, kinds, tiers, tags, agent_id, session_id, since, until, where)
+        return self._retriever.recall(text, flt, k, min_score)
+
+    def _filter(
+        self,
+        namespace: str | None,
+        kinds: Sequence[str] | str | None,
+        tiers: Sequence[str] | str | None,
+        tags: Sequence[str],
+        agent_id: str | None,
+        session_id: str | None,
+        since: datetime | None,
+        until: datetime | None,
+        where: Mapping[str, Any] | None,
+    ) -> MemoryFilter:
+        return MemoryFilter(
+            now=self.clock.now(),
+            namespace=v.namespace_prefix(namespace),
+            kinds=names(kinds, "kinds", v.kind),
+            tiers=names(tiers, "tiers", v.tier),
+            tags=v.tags(tags),
+            agent_id=v.optional_id(agent_id, "agent_id"),
+            session_id=v.optional_id(session_id, "session_id"),
+            since=v.timestamp(since, "since"),
+            until=v.timestamp(until, "until"),
+            where=v.where(where),
+        )
+
+    def stats(self, namespace: str | None = None) -> dict[str, Any]:
+        """Counts and bytes of live memories under a prefix, by kind and by tier.
+
+        Returns:
+            ``{"memories": n, "bytes": b, "by_kind": {kind: {"memories", "bytes"}}, "by_tier": {...}}``.
+        """
+        prefix = v.namespace_prefix(namespace)
+        rows = self.store.read(lambda tx: tx.stats(prefix, self.clock.now()))
+        out: dict[str, Any] = {"memories": 0, "bytes": 0, "by_kind": {}, "by_tier": {}}
+        for kind, tier, count, size in rows:
+            out["memories"] += count
+            out["bytes"] += size
+            for group, name in (("by_kind", kind), ("by_tier", tier)):
+                slot = out[group].setdefault(name, {"memories": 0, "bytes": 0})
+                slot["memories"] += count
+                slot["bytes"] += size
+        return out
+
+    # -- relations and groups ------------------------------------------------------------------
+
+    def relate(self, src_id: str, dst_id: str, type: str, *, strength: float = 1.0) -> Relation:
+        """Create (or re-weight) a typed, directed edge between two memories.
+
+        Raises:
+            NotFound: Either memory does not exist.
+            InvalidInput: A bad type or strength (0..1).
+        """
+        rel_type = v.kind(type, "type")
+        weight = v.unit_float(strength, "strength")
+
+        def write(tx: StoreTx) -> Relation:
+            now = self.clock.now()
+            self._require(tx, src_id, now)
+            self._require(tx, dst_id, now)
+            relation = Relation(src_id, dst_id, rel_type, weight, _aware(now))
+            tx.put_relation(relation)
+            return relation
+
+        return self.store.write(write)
+
+    def related(self, memory_id: str, *, type: str | None = None, direction: str = "out") -> builtins.list[Related]:
+        """Memories linked to this one, with the edges.
+
+        Args:
+            memory_id: The memory.
+            type: Only edges of this type.
+            direction: ``out`` (edges from it), ``in`` (edges to it) or ``both``.
+
+        Raises:
+            NotFound: No such memory.
+            InvalidInput: A bad direction or type.
+        """
+        if direction not in ("out", "in", "both"):
+            raise InvalidInput("direction", "must be out, in or both")
+        rel_type = None if type is None else v.kind(type, "type")
+
+        def read(tx: StoreTx) -> builtins.list[Related]:
+            now = self.clock.now()
+            self._require(tx, memory_id, now)
+            edges = tx.relations(memory_id, rel_type, direction)
+            others = [e.dst_id if e.src_id == memory_id else e.src_id for e in edges]
+            found = tx.get_many(others, MemoryFilter(now=now))
+            return [Related(found[o], e) for o, e in zip(others, edges, strict=True) if o in found]
+
+        return self.store.read(read)
+
+    def children(self, memory_id: str) -> builtins.list[Memory]:
+        """Memories whose ``parent_id`` is this memory, oldest first.
+
+        Raises:
+            NotFound: No such memory.
+        """
+
+        def read(tx: StoreTx) -> builtins.list[Memory]:
+            now = self.clock.now()
+            self._require(tx, memory_id, now)
+            found = tx.get_many(tx.child_ids([memory_id]), MemoryFilter(now=now))
+            return sorted(found.values(), key=lambda m: m.id)
+
+        return self.store.read(read)
+
+    def create_group(self, name: str, description: str | None = None) -> Group:
+        """Create a named group of memories.
+
+        Raises:
+            InvalidInput: A bad name, or a group of that name exists.
+        """
+        group_name = v.optional_id(name, "name")
+        if group_name is None:
+            raise InvalidInput("name", "is required")
+        text = text_field(description, "description", optional=True)
+        group = Group(group_name, text, _aware(self.clock.now()))
+        if not self.store.write(lambda tx: tx.put_group(group)):
+            raise InvalidInput("name", f"a group named {group_name!r} exists")
+        return group
+
+    def add_to_group(self, memory_id: str, group: str) -> None:
+        """Add a memory to a group (adding twice is harmless).
+
+        Raises:
+            NotFound: The memory or the group does not exist.
+        """
+
+        def write(tx: StoreTx) -> None:
+            now = self.clock.now()
+            self._require(tx, memory_id, now)
+            if tx.get_group(group) is None:
+                raise NotFound(f"no group named {group!r}", group=group)
+            tx.add_member(group, memory_id, now)
+
+        self.store.write(write)
+
+    def group_members(self, group: str) -> builtins.list[Memory]:
+        """A group's live members in the order they were added.
+
+        Raises:
+            NotFound: No such group.
+        """
+
+        def read(tx: StoreTx) -> builtins.list[Memory]:
+            if tx.get_group(group) is None:
+                raise NotFound(f"no group named {group!r}", group=group)
+            ids = tx.member_ids(group)
+            found = tx.get_many(ids, MemoryFilter(now=self.clock.now()))
+            return [found[i] for i in ids if i in found]
+
+        return self.store.read(read)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _require(tx: StoreTx, memory_id: str, now: float) -> Memory:
+        if not isinstance(memory_id, str) or not memory_id:
+            raise InvalidInput("id", "must be a memory id")
+        found = tx.get(memory_id, now)
+        if found is None:
+            raise NotFound(f"no memory with id {memory_id}", id=memory_id)
+        return found
+
+
+def _aware(ts: float) -> datetime:
+    value = to_datetime(ts)
+    assert value is not None
+    return value
+
+
+class _NeedsVector(Exception):
+    """Raised inside a write transaction whose text has no vector yet: embed outside, then retry."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text

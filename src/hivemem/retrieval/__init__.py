@@ -1,0 +1,1 @@
+"""Retrieval: embedders, vector index and ranking."""

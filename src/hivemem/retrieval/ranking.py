@@ -1,0 +1,108 @@
+"""Scoring: fuse keyword and vector evidence, then weigh recency, importance and outcome.
+
+Pure functions over candidate lists, so the ranking can be tested and reasoned
+about without a database. Reciprocal-rank fusion needs no score calibration
+between BM25 and cosine, and a small constant trusts the top of each list.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from hivemem.config import RankingWeights
+from hivemem.models import Hit, Memory
+from hivemem.storage.base import ScoredId
+
+_SECONDS_PER_DAY = 86_400.0
+
+
+@dataclass(frozen=True, slots=True)
+class Fused:
+    """A candidate after fusion: its relevance and the raw evidence behind it."""
+
+    id: str
+    relevance: float
+    keyword: float
+    vector: float
+
+
+def fuse(keyword: Sequence[ScoredId], vector: Sequence[ScoredId], weights: RankingWeights) -> list[Fused]:
+    """Weighted reciprocal-rank fusion of two ranked lists, normalised to 0..1.
+
+    A memory at the top of every list that took part gets relevance 1. An
+    empty list does not count against the other, so keyword-only recall is
+    not scaled down.
+
+    Returns:
+        Candidates by relevance, best first (ties by id for a stable order).
+    """
+    k0 = weights.rrf_k
+    parts: dict[str, list[float]] = {}
+    active = 0.0
+    for which, (ranked, weight) in enumerate(((keyword, weights.keyword), (vector, weights.vector))):
+        if not ranked or weight <= 0:
+            continue
+        active += weight / (k0 + 1)
+        for rank, item in enumerate(ranked, start=1):
+            entry = parts.setdefault(item.id, [0.0, 0.0, 0.0])
+            entry[0] += weight / (k0 + rank)
+            entry[1 + which] = item.score
+    if active == 0:
+        return []
+    fused = [Fused(i, e[0] / active, e[1], e[2]) for i, e in parts.items()]
+    fused.sort(key=lambda f: (-f.relevance, f.id))
+    return fused
+
+
+def outcome_of(memory: Memory) -> float:
+    """1.0 for a successful episode, 0.0 for a failed one, 0.5 when there is no outcome."""
+    success = memory.data.get("success") if memory.kind == "episode" else None
+    if isinstance(success, bool):
+        return 1.0 if success else 0.0
+    return 0.5
+
+
+def recency_of(memory: Memory, now: float, half_life_days: float) -> float:
+    """Exponential decay of the memory's age (event time, else creation time): 1 now, 0.5 at the half-life."""
+    when = memory.occurred_at or memory.created_at
+    if when is None:
+        return 0.0
+    age_days = max(0.0, now - when.timestamp()) / _SECONDS_PER_DAY
+    return math.pow(0.5, age_days / half_life_days)
+
+
+def score(
+    candidates: Sequence[Fused], memories: Mapping[str, Memory], now: float, weights: RankingWeights
+) -> list[Hit]:
+    """Final hits for the candidates whose memory is present, best first.
+
+    Args:
+        candidates: Fused candidates.
+        memories: The visible memories by id (candidates missing here were filtered out).
+        now: Current time, Unix seconds.
+        weights: Ranking weights.
+    """
+    hits: list[Hit] = []
+    for cand in candidates:
+        memory = memories.get(cand.id)
+        if memory is None:
+            continue
+        parts = {
+            "keyword": cand.keyword,
+            "vector": cand.vector,
+            "relevance": cand.relevance,
+            "recency": recency_of(memory, now, weights.recency_half_life_days),
+            "importance": memory.importance,
+            "outcome": outcome_of(memory),
+        }
+        total = (
+            weights.relevance * parts["relevance"]
+            + weights.recency * parts["recency"]
+            + weights.importance * parts["importance"]
+            + weights.outcome * parts["outcome"]
+        )
+        hits.append(Hit(memory, total, parts))
+    hits.sort(key=lambda h: (-h.score, h.memory.id))
+    return hits

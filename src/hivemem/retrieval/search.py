@@ -1,0 +1,129 @@
+"""Hybrid recall over a Store: keyword and vector candidates, fused and scored.
+
+Also owns embedding for writes: the same text is never embedded twice, because
+vectors are stored by content hash and only unknown hashes go to the embedder.
+Embedding happens before the write transaction opens, so the model never runs
+while the database's write lock is held.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+from numpy.typing import NDArray
+
+from hivemem.config import RankingWeights
+from hivemem.models import Hit, Memory
+from hivemem.records import content_hash
+from hivemem.retrieval.embedders import Embedder
+from hivemem.retrieval.ranking import fuse, score
+from hivemem.retrieval.text import keyword_terms
+from hivemem.storage.base import MemoryFilter, Store, StoreTx
+
+#: When filters leave too few hits, candidate lists grow by this factor, up to MAX_CANDIDATES.
+_WIDEN = 4
+MAX_CANDIDATES = 20_000
+_QUERY_CACHE_SIZE = 1024
+
+
+def _visible(tx: StoreTx, ids: Sequence[str], flt: MemoryFilter) -> dict[str, Memory]:
+    return tx.get_many(ids, flt)
+
+
+class Retriever:
+    """Recall and write-side embedding for one Hive.
+
+    Args:
+        store: Where memories live.
+        embedder: Makes vectors; None for keyword-only recall.
+        weights: Ranking weights.
+    """
+
+    def __init__(self, store: Store, embedder: Embedder | None, weights: RankingWeights) -> None:
+        self.store = store
+        self.embedder = embedder
+        self.weights = weights
+        self._query_vectors: OrderedDict[str, NDArray[np.float32]] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+
+    def close(self) -> None:
+        """Stop the helper thread."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def vectors_for(self, texts: Sequence[str]) -> dict[str, NDArray[np.float32]]:
+        """Vectors for the texts whose content hash has none stored yet, by content hash."""
+        if self.embedder is None or not texts:
+            return {}
+        by_hash = {content_hash(t): t for t in texts}
+        hashes = list(by_hash)
+        known = self.store.read(lambda tx: tx.known_hashes(hashes))
+        missing = [h for h in hashes if h not in known]
+        if not missing:
+            return {}
+        vectors = self.embedder.embed([by_hash[h] for h in missing])
+        return dict(zip(missing, vectors, strict=True))
+
+    @staticmethod
+    def store_vectors(tx: StoreTx, vectors: dict[str, NDArray[np.float32]]) -> None:
+        """Write vectors from :meth:`vectors_for` inside the caller's transaction."""
+        if vectors:
+            tx.put_embeddings(vectors)
+
+    # -- recall --------------------------------------------------------------------------------
+
+    def query_vector(self, query: str) -> NDArray[np.float32]:
+        """The query's vector, from a small LRU cache: agents repeat their questions."""
+        assert self.embedder is not None
+        with self._cache_lock:
+            cached = self._query_vectors.get(query)
+            if cached is not None:
+                self._query_vectors.move_to_end(query)
+                return cached
+        vector: NDArray[np.float32] = self.embedder.embed([query])[0]
+        with self._cache_lock:
+            self._query_vectors[query] = vector
+            if len(self._query_vectors) > _QUERY_CACHE_SIZE:
+                self._query_vectors.popitem(last=False)
+        return vector
+
+    def recall(self, query: str, flt: MemoryFilter, k: int, min_score: float | None) -> list[Hit]:
+        """The ``k`` best visible memories for ``query``.
+
+        The query is embedded on a helper thread while the keyword search runs
+        (both release the GIL). Keyword search applies every filter in SQL; a
+        vector search may post-filter, so when too few hits survive the
+        candidate lists are widened and the search runs again.
+        """
+        terms = keyword_terms(query)
+        pending: Future[NDArray[np.float32]] | None = None
+        if self.embedder is not None:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hivemem-embed")
+            pending = self._pool.submit(self.query_vector, query)
+        limit = max(k, self.weights.candidates)
+        while True:
+            keyword = self.store.keyword_search(terms, flt, limit)
+            vector = []
+            if pending is not None:
+                vector = self.store.vector_search(pending.result(), flt, limit)
+            fused = fuse(keyword, vector, self.weights)
+            ids = [f.id for f in fused]
+            memories = self.store.read(functools.partial(_visible, ids=ids, flt=flt))
+            hits = score(fused, memories, flt.now, self.weights)
+            exhausted = len(keyword) < limit and len(vector) < limit
+            if len(hits) >= k or exhausted or limit >= MAX_CANDIDATES:
+                break
+            limit = min(limit * _WIDEN, MAX_CANDIDATES)
+        if min_score is not None:
+            hits = [h for h in hits if h.score >= min_score]
+        return hits[:k]

@@ -1,0 +1,255 @@
+"""The abstract Store: what every backend provides, and nothing more.
+
+Services hold the rules; a Store holds the data. A Store offers two ways in:
+:meth:`Store.write` runs a function inside one write transaction (retrying
+transient failures such as a busy database) and :meth:`Store.read` runs one
+inside a consistent snapshot. Both hand the function a :class:`StoreTx`, the
+small set of primitive operations a backend implements in its own SQL. Search
+is the only place where dialects really differ (full text, vectors), so it
+has its own two hooks.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+from hivemem.clock import to_datetime
+from hivemem.models import Group, Memory, Relation
+
+T = TypeVar("T")
+
+#: Columns ``Hive.list`` may order by.
+ORDER_COLUMNS = ("created_at", "updated_at", "occurred_at", "importance")
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryFilter:
+    """Which memories a read may see.
+
+    Attributes:
+        namespace: Namespace prefix (segment-wise), or None for all.
+        kinds: Allowed kinds, or None for all.
+        tiers: Allowed tiers, or None for all.
+        tags: Tags a memory must all carry.
+        agent_id: Only this agent's memories.
+        session_id: Only this session's memories.
+        since: Earliest event time (``occurred_at``, else ``created_at``), Unix seconds.
+        until: Latest event time, Unix seconds (exclusive).
+        where: Normalised ``data`` conditions (see :func:`hivemem.validation.where`).
+        now: Memories that expired at or before this time are invisible.
+    """
+
+    now: float
+    namespace: str | None = None
+    kinds: tuple[str, ...] | None = None
+    tiers: tuple[str, ...] | None = None
+    tags: tuple[str, ...] = ()
+    agent_id: str | None = None
+    session_id: str | None = None
+    since: float | None = None
+    until: float | None = None
+    where: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredId:
+    """A search candidate: a memory id and the backend's raw score (higher is better)."""
+
+    id: str
+    score: float
+
+
+class StoreTx(ABC):
+    """Primitive operations inside one transaction of a backend."""
+
+    @abstractmethod
+    def get(self, memory_id: str, now: float) -> Memory | None:
+        """The live (unexpired) memory with this id, or None."""
+
+    @abstractmethod
+    def get_many(self, ids: Sequence[str], flt: MemoryFilter) -> dict[str, Memory]:
+        """The memories among ``ids`` that pass ``flt``, by id."""
+
+    @abstractmethod
+    def get_by_key(self, namespace: str, key: str, now: float) -> Memory | None:
+        """The live memory stored under ``key`` in exactly ``namespace``, or None."""
+
+    @abstractmethod
+    def insert(self, memory: Memory) -> None:
+        """Store a new memory (its id and key are free)."""
+
+    @abstractmethod
+    def replace(self, memory: Memory, previous: Memory) -> None:
+        """Store ``memory`` as the new version of ``previous`` and keep ``previous`` in history."""
+
+    @abstractmethod
+    def record_access(self, memory_id: str, importance: float, now: float) -> None:
+        """Set importance, add one to the access count and stamp the last access (no new version)."""
+
+    @abstractmethod
+    def history(self, memory_id: str) -> builtins.list[Memory]:
+        """Earlier versions of a memory, oldest first."""
+
+    @abstractmethod
+    def delete(self, ids: Sequence[str]) -> int:
+        """Delete memories with their history, relations and group memberships; returns how many."""
+
+    @abstractmethod
+    def child_ids(self, parent_ids: Sequence[str]) -> builtins.list[str]:
+        """Ids of memories whose ``parent_id`` is one of ``parent_ids``."""
+
+    @abstractmethod
+    def ids_in_namespace(self, prefix: str) -> builtins.list[str]:
+        """Ids of every memory (expired included) under a namespace prefix."""
+
+    @abstractmethod
+    def list(
+        self, flt: MemoryFilter, order_by: str, descending: bool, after: tuple[Any, str] | None, limit: int
+    ) -> builtins.list[Memory]:
+        """Memories passing ``flt`` in keyset order of ``(order_by, id)``, starting after ``after``."""
+
+    @abstractmethod
+    def expired_ids(self, now: float, limit: int) -> builtins.list[str]:
+        """Up to ``limit`` ids of memories that expired at or before ``now``."""
+
+    @abstractmethod
+    def put_relation(self, relation: Relation) -> None:
+        """Create or update (strength) the edge ``(src, dst, type)``."""
+
+    @abstractmethod
+    def relations(self, memory_id: str, type: str | None, direction: str) -> builtins.list[Relation]:
+        """Edges touching a memory: ``out``, ``in`` or ``both``."""
+
+    @abstractmethod
+    def put_group(self, group: Group) -> bool:
+        """Create a group; False if the name is taken."""
+
+    @abstractmethod
+    def get_group(self, name: str) -> Group | None:
+        """The group named ``name``, or None."""
+
+    @abstractmethod
+    def add_member(self, group: str, memory_id: str, now: float) -> None:
+        """Add a memory to a group (idempotent)."""
+
+    @abstractmethod
+    def member_ids(self, group: str) -> builtins.list[str]:
+        """Ids of a group's members in the order they were added."""
+
+    @abstractmethod
+    def stats(self, prefix: str | None, now: float) -> builtins.list[tuple[str, str, int, int]]:
+        """``(kind, tier, count, bytes)`` rows for live memories under a prefix."""
+
+    @abstractmethod
+    def known_hashes(self, hashes: Sequence[str]) -> set[str]:
+        """Which content hashes already have a stored embedding."""
+
+    @abstractmethod
+    def put_embeddings(self, vectors: Mapping[str, NDArray[np.float32]]) -> None:
+        """Store embeddings by content hash (existing ones are kept)."""
+
+    @abstractmethod
+    def prune_embeddings(self, limit: int) -> int:
+        """Delete up to ``limit`` embeddings no memory refers to; returns how many."""
+
+
+class Store(ABC):
+    """A backend: transactions plus the two search hooks."""
+
+    #: Whether the store keeps data after close (False for ``:memory:``).
+    durable: bool = True
+
+    @abstractmethod
+    def write(self, fn: Callable[[StoreTx], T]) -> T:
+        """Run ``fn`` in one write transaction, retrying transient failures.
+
+        ``fn`` may be run more than once, so it must not have effects outside
+        the transaction. Errors it raises roll the transaction back.
+        """
+
+    @abstractmethod
+    def read(self, fn: Callable[[StoreTx], T]) -> T:
+        """Run ``fn`` against one consistent snapshot."""
+
+    @abstractmethod
+    def keyword_search(self, terms: Sequence[str], flt: MemoryFilter, limit: int) -> builtins.list[ScoredId]:
+        """Best ``limit`` memories for any of ``terms`` (stemmed full text, BM25), best first."""
+
+    @abstractmethod
+    def vector_search(self, vector: NDArray[np.float32], flt: MemoryFilter, limit: int) -> builtins.list[ScoredId]:
+        """Best ``limit`` memories by cosine similarity to ``vector``, best first.
+
+        A backend may return fewer than ``limit`` although more match ``flt``
+        (approximate or post-filtered search); callers widen ``limit`` then.
+        """
+
+    @abstractmethod
+    def bind_embedder(self, name: str, dim: int | None) -> None:
+        """Record which embedder made the stored vectors; refuse a different one.
+
+        Raises:
+            ConfigError: The store holds vectors of another embedder or dimension.
+        """
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections; the store is unusable afterwards."""
+
+
+#: Column order every backend selects memories in; :func:`memory_from_row` reads it.
+MEMORY_COLUMNS = (
+    "id",
+    "namespace",
+    "content",
+    "kind",
+    "tier",
+    "key",
+    "data",
+    "tags",
+    "importance",
+    "agent_id",
+    "session_id",
+    "parent_id",
+    "occurred_at",
+    "created_at",
+    "updated_at",
+    "expires_at",
+    "access_count",
+    "last_accessed_at",
+    "version",
+    "content_hash",
+    "sensitive",
+)
+
+
+def memory_from_row(row: Sequence[Any]) -> Memory:
+    """Build a Memory from a row in :data:`MEMORY_COLUMNS` order (times as Unix seconds, JSON as text or parsed)."""
+    values = dict(zip(MEMORY_COLUMNS, row, strict=True))
+    for name in ("data", "tags"):
+        if isinstance(values[name], str | bytes):
+            values[name] = json.loads(values[name])
+    values["tags"] = tuple(values["tags"])
+    for name in ("occurred_at", "created_at", "updated_at", "expires_at", "last_accessed_at"):
+        values[name] = to_datetime(values[name])
+    values["sensitive"] = bool(values["sensitive"])
+    return Memory(**values)
+
+
+def memory_to_row(memory: Memory) -> dict[str, Any]:
+    """A Memory as column values (times as Unix seconds, JSON as text), the reverse of :func:`memory_from_row`."""
+    values = {name: getattr(memory, name) for name in MEMORY_COLUMNS}
+    values["data"] = json.dumps(dict(memory.data), separators=(",", ":"))
+    values["tags"] = json.dumps(list(memory.tags))
+    for name in ("occurred_at", "created_at", "updated_at", "expires_at", "last_accessed_at"):
+        value = values[name]
+        values[name] = value.timestamp() if value is not None else None
+    values["sensitive"] = int(memory.sensitive)
+    return values

@@ -1,0 +1,649 @@
+"""The embedded backend: one SQLite file through apsw, FTS5 and sqlite-vec.
+
+apsw bundles a current SQLite with FTS5 and can load extensions, which this
+Python's ``sqlite3`` cannot. Writers serialise on ``BEGIN IMMEDIATE`` with a
+generous busy timeout, so several threads and processes can share one file
+without "database is locked" reaching the user. Each thread gets its own
+connection (WAL lets readers run beside the one writer); ``:memory:`` has a
+single connection guarded by a lock, because each connection would otherwise
+see its own empty database.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import apsw
+import numpy as np
+import sqlite_vec
+from numpy.typing import NDArray
+
+from hivemem.errors import ConfigError, HiveError, StorageUnavailable
+from hivemem.models import Group, Memory, Relation
+from hivemem.storage.base import (
+    MEMORY_COLUMNS,
+    MemoryFilter,
+    ScoredId,
+    Store,
+    StoreTx,
+    T,
+    memory_from_row,
+    memory_to_row,
+)
+from hivemem.storage.matrix_index import MatrixIndex
+from hivemem.validation import root_of
+
+#: Append-only: never edit a released step, add a new one.
+MIGRATIONS: builtins.list[list[str]] = [
+    [
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value ANY) STRICT",
+        "INSERT INTO meta VALUES ('seq', 0), ('deletions_pruned_below', 0)",
+        """CREATE TABLE memories (
+            rowid INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            root TEXT NOT NULL,
+            namespace TEXT NOT NULL,
+            key TEXT,
+            kind TEXT NOT NULL,
+            tier TEXT NOT NULL,
+            content TEXT NOT NULL,
+            data TEXT NOT NULL,
+            tags TEXT NOT NULL,
+            importance REAL NOT NULL,
+            agent_id TEXT,
+            session_id TEXT,
+            parent_id TEXT,
+            occurred_at REAL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            expires_at REAL,
+            access_count INTEGER NOT NULL,
+            last_accessed_at REAL,
+            version INTEGER NOT NULL,
+            content_hash TEXT NOT NULL,
+            sensitive INTEGER NOT NULL,
+            seq INTEGER NOT NULL
+        )""",
+        "CREATE UNIQUE INDEX memories_key ON memories (namespace, key) WHERE key IS NOT NULL",
+        "CREATE INDEX memories_namespace ON memories (namespace, created_at)",
+        "CREATE INDEX memories_parent ON memories (parent_id) WHERE parent_id IS NOT NULL",
+        "CREATE INDEX memories_expires ON memories (expires_at) WHERE expires_at IS NOT NULL",
+        "CREATE INDEX memories_seq ON memories (seq)",
+        "CREATE INDEX memories_hash ON memories (content_hash)",
+        """CREATE TABLE memory_versions (
+            memory_id TEXT NOT NULL, version INTEGER NOT NULL, snapshot TEXT NOT NULL,
+            PRIMARY KEY (memory_id, version)) WITHOUT ROWID""",
+        """CREATE VIRTUAL TABLE memories_fts USING fts5 (
+            content, content='memories', content_rowid='rowid',
+            tokenize='porter unicode61 remove_diacritics 2')""",
+        # The matrix index learns about deletions made by other connections from this log.
+        "CREATE TABLE deletions (seq INTEGER NOT NULL, memory_rowid INTEGER NOT NULL)",
+        "CREATE INDEX deletions_seq ON deletions (seq)",
+        """CREATE TRIGGER memories_deleted AFTER DELETE ON memories BEGIN
+            INSERT INTO deletions VALUES ((SELECT value FROM meta WHERE key = 'seq'), old.rowid);
+            INSERT INTO memories_fts (memories_fts, rowid, content) VALUES ('delete', old.rowid, old.content);
+        END""",
+        """CREATE TRIGGER memories_inserted AFTER INSERT ON memories BEGIN
+            INSERT INTO memories_fts (rowid, content) VALUES (new.rowid, new.content);
+        END""",
+        """CREATE TRIGGER memories_content_updated AFTER UPDATE OF content ON memories BEGIN
+            INSERT INTO memories_fts (memories_fts, rowid, content) VALUES ('delete', old.rowid, old.content);
+            INSERT INTO memories_fts (rowid, content) VALUES (new.rowid, new.content);
+        END""",
+        """CREATE TABLE relations (
+            src_id TEXT NOT NULL, dst_id TEXT NOT NULL, type TEXT NOT NULL,
+            strength REAL NOT NULL, created_at REAL NOT NULL,
+            PRIMARY KEY (src_id, dst_id, type)) WITHOUT ROWID""",
+        "CREATE INDEX relations_dst ON relations (dst_id)",
+        "CREATE TABLE groups (name TEXT PRIMARY KEY, description TEXT, created_at REAL NOT NULL)",
+        """CREATE TABLE group_members (
+            group_name TEXT NOT NULL, memory_id TEXT NOT NULL, added_at REAL NOT NULL,
+            PRIMARY KEY (group_name, memory_id)) WITHOUT ROWID""",
+        "CREATE INDEX group_members_memory ON group_members (memory_id)",
+        # One vector per distinct content: the embedding cache. Vectors live in a
+        # sqlite-vec table created once the embedder's dimension is known.
+        "CREATE TABLE embeddings (id INTEGER PRIMARY KEY AUTOINCREMENT, content_hash TEXT NOT NULL UNIQUE)",
+    ],
+]
+
+_COLUMNS = ", ".join(f"m.{c}" for c in MEMORY_COLUMNS)
+_INSERT = (
+    f"INSERT INTO memories ({', '.join(MEMORY_COLUMNS)}, root, seq) "
+    f"VALUES ({', '.join(':' + c for c in MEMORY_COLUMNS)}, :root, :seq)"
+)
+# The namespace of a memory never changes: an update is always in place.
+_UPDATE = (
+    "UPDATE memories SET "
+    + ", ".join(f"{c} = :{c}" for c in MEMORY_COLUMNS if c not in ("id", "namespace"))
+    + ", seq = :seq WHERE id = :id"
+)
+_TRANSIENT = (apsw.BusyError, apsw.LockedError)
+_FATAL = (apsw.IOError, apsw.CorruptError, apsw.FullError, apsw.CantOpenError, apsw.NotADBError)
+#: Deletion log rows kept for other processes' matrix indexes; an index further behind reloads fully.
+_DELETIONS_KEPT = 100_000
+
+
+def sqlite_path(url: str) -> str:
+    """The file path (or ``:memory:``) named by a target: a path or ``sqlite:///path``."""
+    if url.startswith("sqlite://"):
+        path = url[len("sqlite://") :]
+        # sqlite:///rel/path -> rel/path, sqlite:////abs/path -> /abs/path
+        path = path[1:] if path.startswith("/") else path
+        return path or ":memory:"
+    return url
+
+
+_SQL_OPS = {"$eq": "=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
+
+
+def _json_path_literal(path: str) -> str:
+    # Paths are validated as dotted identifiers, so quoting them is safe; a
+    # literal (not a bind value) lets one expression be reused in a clause.
+    return "'$." + path.replace("'", "''") + "'"
+
+
+def compile_filter(flt: MemoryFilter, params: builtins.list[Any]) -> str:
+    """SQL conditions on alias ``m`` for ``flt``, appending bind values to ``params``."""
+    clauses = ["(m.expires_at IS NULL OR m.expires_at > ?)"]
+    params.append(flt.now)
+    if flt.namespace is not None:
+        # A range on the binary collation: index-friendly, case-sensitive and
+        # segment-wise ('a' matches 'a' and 'a/...' but not 'ab'); '0' follows '/'.
+        clauses.append("(m.namespace = ? OR (m.namespace >= ? AND m.namespace < ?))")
+        params += [flt.namespace, flt.namespace + "/", flt.namespace + "0"]
+    for column, values in (("kind", flt.kinds), ("tier", flt.tiers)):
+        if values is not None:
+            clauses.append(f"m.{column} IN (SELECT value FROM json_each(?))")
+            params.append(json.dumps(list(values)))
+    for tag in flt.tags:
+        clauses.append("EXISTS (SELECT 1 FROM json_each(m.tags) WHERE value = ?)")
+        params.append(tag)
+    for column, value in (("agent_id", flt.agent_id), ("session_id", flt.session_id)):
+        if value is not None:
+            clauses.append(f"m.{column} = ?")
+            params.append(value)
+    if flt.since is not None:
+        clauses.append("COALESCE(m.occurred_at, m.created_at) >= ?")
+        params.append(flt.since)
+    if flt.until is not None:
+        clauses.append("COALESCE(m.occurred_at, m.created_at) < ?")
+        params.append(flt.until)
+    for path, ops in flt.where.items():
+        expr = f"json_extract(m.data, {_json_path_literal(path)})"
+        for op, operand in ops.items():
+            if op == "$in":
+                clauses.append(f"{expr} IN (SELECT value FROM json_each(?))")
+                params.append(json.dumps(operand))
+            elif operand is None:
+                clauses.append(f"{expr} IS {'NOT ' if op == '$ne' else ''}NULL")
+            elif op == "$ne":
+                clauses.append(f"({expr} IS NULL OR {expr} != ?)")
+                params.append(operand)
+            else:
+                clauses.append(f"{expr} {_SQL_OPS[op]} ?")
+                params.append(operand)
+    return " AND ".join(clauses)
+
+
+class _SqliteTx(StoreTx):
+    """Primitive operations on one apsw connection inside a transaction."""
+
+    def __init__(self, conn: apsw.Connection, seq: int = 0) -> None:
+        self.conn = conn
+        self.seq = seq
+
+    def _memories(self, where: str, params: Sequence[Any]) -> builtins.list[Memory]:
+        rows = _all(self.conn.execute(f"SELECT {_COLUMNS} FROM memories m WHERE {where}", params))
+        return [memory_from_row(r) for r in rows]
+
+    def get(self, memory_id: str, now: float) -> Memory | None:
+        found = self._memories("m.id = ? AND (m.expires_at IS NULL OR m.expires_at > ?)", (memory_id, now))
+        return found[0] if found else None
+
+    def get_many(self, ids: Sequence[str], flt: MemoryFilter) -> dict[str, Memory]:
+        params: builtins.list[Any] = [json.dumps(list(ids))]
+        where = "m.id IN (SELECT value FROM json_each(?)) AND " + compile_filter(flt, params)
+        return {m.id: m for m in self._memories(where, params)}
+
+    def get_by_key(self, namespace: str, key: str, now: float) -> Memory | None:
+        found = self._memories(
+            "m.namespace = ? AND m.key = ? AND (m.expires_at IS NULL OR m.expires_at > ?)", (namespace, key, now)
+        )
+        return found[0] if found else None
+
+    def insert(self, memory: Memory) -> None:
+        self.conn.execute(_INSERT, {**memory_to_row(memory), "root": root_of(memory.namespace), "seq": self.seq})
+
+    def replace(self, memory: Memory, previous: Memory) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO memory_versions VALUES (?, ?, ?)",
+            (previous.id, previous.version, json.dumps(previous.to_dict())),
+        )
+        self.conn.execute(_UPDATE, {**memory_to_row(memory), "seq": self.seq})
+
+    def record_access(self, memory_id: str, importance: float, now: float) -> None:
+        self.conn.execute(
+            "UPDATE memories SET importance = ?, access_count = access_count + 1, last_accessed_at = ? WHERE id = ?",
+            (importance, now, memory_id),
+        )
+
+    def history(self, memory_id: str) -> builtins.list[Memory]:
+        rows = _all(
+            self.conn.execute("SELECT snapshot FROM memory_versions WHERE memory_id = ? ORDER BY version", (memory_id,))
+        )
+        return [Memory.from_dict(json.loads(r[0])) for r in rows]
+
+    def delete(self, ids: Sequence[str]) -> int:
+        if not ids:
+            return 0
+        ids_json = json.dumps(list(ids))
+        in_ids = "IN (SELECT value FROM json_each(?))"
+        self.conn.execute(f"DELETE FROM memory_versions WHERE memory_id {in_ids}", (ids_json,))
+        self.conn.execute(f"DELETE FROM relations WHERE src_id {in_ids} OR dst_id {in_ids}", (ids_json, ids_json))
+        self.conn.execute(f"DELETE FROM group_members WHERE memory_id {in_ids}", (ids_json,))
+        self.conn.execute(f"DELETE FROM memories WHERE id {in_ids}", (ids_json,))
+        return int(self.conn.changes())
+
+    def child_ids(self, parent_ids: Sequence[str]) -> builtins.list[str]:
+        rows = self.conn.execute(
+            "SELECT id FROM memories WHERE parent_id IN (SELECT value FROM json_each(?))",
+            (json.dumps(list(parent_ids)),),
+        )
+        return [r[0] for r in rows]
+
+    def ids_in_namespace(self, prefix: str) -> builtins.list[str]:
+        rows = self.conn.execute(
+            "SELECT id FROM memories WHERE namespace = ? OR (namespace >= ? AND namespace < ?)",
+            (prefix, prefix + "/", prefix + "0"),
+        )
+        return [r[0] for r in rows]
+
+    def list(
+        self, flt: MemoryFilter, order_by: str, descending: bool, after: tuple[Any, str] | None, limit: int
+    ) -> builtins.list[Memory]:
+        expr = "COALESCE(m.occurred_at, m.created_at)" if order_by == "occurred_at" else f"m.{order_by}"
+        params: builtins.list[Any] = []
+        where = compile_filter(flt, params)
+        if after is not None:
+            where += f" AND ({expr}, m.id) {'<' if descending else '>'} (?, ?)"
+            params += list(after)
+        direction = "DESC" if descending else "ASC"
+        params.append(limit)
+        return self._memories(f"{where} ORDER BY {expr} {direction}, m.id {direction} LIMIT ?", params)
+
+    def expired_ids(self, now: float, limit: int) -> builtins.list[str]:
+        rows = self.conn.execute(
+            "SELECT id FROM memories WHERE expires_at IS NOT NULL AND expires_at <= ? LIMIT ?", (now, limit)
+        )
+        return [r[0] for r in rows]
+
+    def put_relation(self, relation: Relation) -> None:
+        self.conn.execute(
+            "INSERT INTO relations VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (src_id, dst_id, type) DO UPDATE SET strength = excluded.strength",
+            (relation.src_id, relation.dst_id, relation.type, relation.strength, relation.created_at.timestamp()),
+        )
+
+    def relations(self, memory_id: str, type: str | None, direction: str) -> builtins.list[Relation]:
+        sides = {"out": ["src_id"], "in": ["dst_id"], "both": ["src_id", "dst_id"]}[direction]
+        where = " OR ".join(f"{side} = ?" for side in sides)
+        params: builtins.list[Any] = [memory_id] * len(sides)
+        sql = f"SELECT src_id, dst_id, type, strength, created_at FROM relations WHERE ({where})"
+        if type is not None:
+            sql += " AND type = ?"
+            params.append(type)
+        rows = _all(self.conn.execute(sql + " ORDER BY created_at, src_id, dst_id", params))
+        return [Relation(r[0], r[1], r[2], r[3], _aware(r[4])) for r in rows]
+
+    def put_group(self, group: Group) -> bool:
+        self.conn.execute(
+            "INSERT OR IGNORE INTO groups VALUES (?, ?, ?)",
+            (group.name, group.description, group.created_at.timestamp()),
+        )
+        return int(self.conn.changes()) == 1
+
+    def get_group(self, name: str) -> Group | None:
+        row = _one(self.conn.execute("SELECT name, description, created_at FROM groups WHERE name = ?", (name,)))
+        return None if row is None else Group(row[0], row[1], _aware(row[2]))
+
+    def add_member(self, group: str, memory_id: str, now: float) -> None:
+        self.conn.execute("INSERT OR IGNORE INTO group_members VALUES (?, ?, ?)", (group, memory_id, now))
+
+    def member_ids(self, group: str) -> builtins.list[str]:
+        rows = self.conn.execute(
+            "SELECT memory_id FROM group_members WHERE group_name = ? ORDER BY added_at, memory_id", (group,)
+        )
+        return [r[0] for r in rows]
+
+    def stats(self, prefix: str | None, now: float) -> builtins.list[tuple[str, str, int, int]]:
+        params: builtins.list[Any] = []
+        where = compile_filter(MemoryFilter(now=now, namespace=prefix), params)
+        rows = self.conn.execute(
+            "SELECT m.kind, m.tier, count(*), sum(length(CAST(m.content AS BLOB)) + length(m.data) + length(m.tags)) "
+            f"FROM memories m WHERE {where} GROUP BY m.kind, m.tier ORDER BY m.kind, m.tier",
+            params,
+        )
+        return [(r[0], r[1], int(r[2]), int(r[3])) for r in rows]
+
+    def known_hashes(self, hashes: Sequence[str]) -> set[str]:
+        rows = self.conn.execute(
+            "SELECT content_hash FROM embeddings WHERE content_hash IN (SELECT value FROM json_each(?))",
+            (json.dumps(list(hashes)),),
+        )
+        return {r[0] for r in rows}
+
+    def put_embeddings(self, vectors: Mapping[str, NDArray[np.float32]]) -> None:
+        for content_hash, vector in vectors.items():
+            self.conn.execute("INSERT OR IGNORE INTO embeddings (content_hash) VALUES (?)", (content_hash,))
+            if self.conn.changes():
+                self.conn.execute(
+                    "INSERT INTO vec_embeddings (rowid, embedding) VALUES (?, ?)",
+                    (self.conn.last_insert_rowid(), np.asarray(vector, dtype=np.float32).tobytes()),
+                )
+
+    def prune_embeddings(self, limit: int) -> int:
+        rows = _all(
+            self.conn.execute(
+                "SELECT e.id FROM embeddings e WHERE NOT EXISTS "
+                "(SELECT 1 FROM memories m WHERE m.content_hash = e.content_hash) LIMIT ?",
+                (limit,),
+            )
+        )
+        for (embedding_id,) in rows:
+            self.conn.execute("DELETE FROM embeddings WHERE id = ?", (embedding_id,))
+            self.conn.execute("DELETE FROM vec_embeddings WHERE rowid = ?", (embedding_id,))
+        return len(rows)
+
+
+def _one(cursor: Any) -> Any:
+    """The first row of a cursor, typed loosely: SQLite values are dynamically typed."""
+    return cursor.fetchone()
+
+
+def _all(cursor: Any) -> builtins.list[Any]:
+    """Every row of a cursor, typed loosely."""
+    return builtins.list(cursor.fetchall())
+
+
+def _aware(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, tz=UTC)
+
+
+class SqliteStore(Store):
+    """A Store on one SQLite file (or ``:memory:``).
+
+    Args:
+        path: File path or ``:memory:``.
+        synchronous: ``full`` (default), ``normal`` or ``extra``.
+        busy_timeout_ms: How long a writer waits for the lock before retrying.
+        vector_search: ``matrix`` (in-process index) or ``sqlite-vec`` (KNN in SQL).
+    """
+
+    def __init__(
+        self, path: str, *, synchronous: str = "full", busy_timeout_ms: int = 30_000, vector_search: str = "matrix"
+    ) -> None:
+        self.path = path
+        self.durable = path != ":memory:"
+        self.synchronous = synchronous
+        self.busy_timeout_ms = busy_timeout_ms
+        self.vector_search_mode = vector_search
+        self._local = threading.local()
+        self._connections: builtins.list[apsw.Connection] = []
+        self._connections_lock = threading.Lock()
+        # ':memory:' is one database per connection, so it has exactly one, used under this lock.
+        self._memory_lock = threading.RLock() if not self.durable else None
+        self._failed: str | None = None
+        self._closed = False
+        self._index: MatrixIndex | None = None
+        self._dim: int | None = None
+        with self._guard():
+            self._migrate(self._connection())
+            row = self._connection().execute("SELECT value FROM meta WHERE key = 'vector_dim'").fetchone()
+            self._dim = int(row[0]) if row else None
+
+    # -- connections ---------------------------------------------------------------------------
+
+    def _connection(self) -> apsw.Connection:
+        if self._closed:
+            raise StorageUnavailable("the store is closed")
+        if self._failed is not None:
+            raise StorageUnavailable(f"an earlier storage error stopped this store: {self._failed}")
+        conn: apsw.Connection | None = getattr(self._local, "conn", None)
+        if conn is None and not self.durable and self._connections:
+            conn = self._connections[0]
+        if conn is None:
+            conn = self._open_connection()
+            self._local.conn = conn
+        return conn
+
+    def _open_connection(self) -> apsw.Connection:
+        conn = apsw.Connection(self.path)
+        # Writers queue for the lock instead of failing at once; write() still retries past it.
+        conn.setbusytimeout(self.busy_timeout_ms)
+        conn.enable_load_extension(True)
+        conn.load_extension(sqlite_vec.loadable_path())
+        conn.enable_load_extension(False)
+        if self.durable:
+            # WAL: readers never block the writer and the writer never blocks readers.
+            conn.execute("PRAGMA journal_mode = WAL")
+        # FULL: fsync the WAL on every commit, so an acknowledged write survives power loss.
+        conn.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
+        # A 64 MiB page cache per connection keeps the hot indexes in memory.
+        conn.execute("PRAGMA cache_size = -65536")
+        # Sorts and temporary b-trees for big recalls stay off the disk.
+        conn.execute("PRAGMA temp_store = MEMORY")
+        with self._connections_lock:
+            self._connections.append(conn)
+        return conn
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Hold the ``:memory:`` lock and translate driver errors into HiveErrors."""
+        lock = self._memory_lock
+        if lock is not None:
+            lock.acquire()
+        try:
+            yield
+        except HiveError:
+            raise
+        except _FATAL as exc:
+            self._failed = f"{type(exc).__name__}: {exc}"
+            raise StorageUnavailable(f"storage failed: {exc}", reason=type(exc).__name__) from exc
+        except apsw.Error as exc:
+            raise StorageUnavailable(f"storage error: {exc}", reason=type(exc).__name__) from exc
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _migrate(self, conn: apsw.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at REAL)")
+            current = _one(conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations"))[0]
+            if current > len(MIGRATIONS):
+                raise ConfigError(
+                    f"{self.path} has schema version {current}; this HiveMem knows only {len(MIGRATIONS)}",
+                    schema_version=current,
+                )
+            for version in range(current + 1, len(MIGRATIONS) + 1):
+                for statement in MIGRATIONS[version - 1]:
+                    conn.execute(statement)
+                conn.execute("INSERT INTO schema_migrations VALUES (?, ?)", (version, time.time()))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    # -- transactions ----------------------------------------------------------------------------
+
+    def write(self, fn: Callable[[StoreTx], T]) -> T:
+        delay = 0.005
+        deadline = time.monotonic() + self.busy_timeout_ms / 1000
+        while True:
+            try:
+                with self._guard():
+                    return self._write_once(fn)
+            except StorageUnavailable as exc:
+                transient = isinstance(exc.__cause__, _TRANSIENT)
+                if not transient or time.monotonic() > deadline:
+                    raise
+            time.sleep(delay * (1 + random.random()))
+            delay = min(delay * 2, 0.25)
+
+    def _write_once(self, fn: Callable[[StoreTx], T]) -> T:
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            seq = _one(conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'seq' RETURNING value"))[0]
+            result = fn(_SqliteTx(conn, seq))
+            conn.execute("COMMIT")
+        except BaseException:
+            if not conn.getautocommit():
+                conn.execute("ROLLBACK")
+            raise
+        return result
+
+    def read(self, fn: Callable[[StoreTx], T]) -> T:
+        with self._guard():
+            conn = self._connection()
+            conn.execute("BEGIN")
+            try:
+                return fn(_SqliteTx(conn))
+            finally:
+                conn.execute("COMMIT")
+
+    # -- search ----------------------------------------------------------------------------------
+
+    def keyword_search(self, terms: Sequence[str], flt: MemoryFilter, limit: int) -> builtins.list[ScoredId]:
+        if not terms:
+            return []
+        match = " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
+        params: builtins.list[Any] = [match]
+        where = compile_filter(flt, params)
+        params.append(limit)
+        with self._guard():
+            rows = self._connection().execute(
+                "SELECT m.id, -bm25(memories_fts) AS score FROM memories_fts "
+                "JOIN memories m ON m.rowid = memories_fts.rowid "
+                f"WHERE memories_fts MATCH ? AND {where} ORDER BY score DESC LIMIT ?",
+                params,
+            )
+            return [ScoredId(r[0], float(r[1])) for r in rows]
+
+    def vector_search(self, vector: NDArray[np.float32], flt: MemoryFilter, limit: int) -> builtins.list[ScoredId]:
+        if self._dim is None:
+            return []
+        vector = np.ascontiguousarray(vector, dtype=np.float32)
+        with self._guard():
+            if self.vector_search_mode == "sqlite-vec":
+                return self._sqlite_vec_search(vector, flt, limit)
+            index = self._refreshed_index()
+            with index.lock:
+                return index.search(vector, flt, limit)
+
+    def _sqlite_vec_search(self, vector: NDArray[np.float32], flt: MemoryFilter, limit: int) -> builtins.list[ScoredId]:
+        params: builtins.list[Any] = [vector.tobytes(), limit]
+        where = compile_filter(flt, params)
+        rows = self._connection().execute(
+            "WITH knn AS (SELECT rowid, distance FROM vec_embeddings WHERE embedding MATCH ? AND k = ?) "
+            "SELECT m.id, 1.0 - knn.distance FROM knn JOIN embeddings e ON e.id = knn.rowid "
+            f"JOIN memories m ON m.content_hash = e.content_hash WHERE {where} ORDER BY knn.distance, m.id",
+            params,
+        )
+        return [ScoredId(r[0], float(r[1])) for r in rows]
+
+    def _refreshed_index(self) -> MatrixIndex:
+        """The matrix index, caught up with every commit made so far by anyone."""
+        assert self._dim is not None
+        if self._index is None:
+            self._index = MatrixIndex(self._dim)
+        index = self._index
+        conn = self._connection()
+        with index.lock:
+            seq = _one(conn.execute("SELECT value FROM meta WHERE key = 'seq'"))[0]
+            if seq == index.seq:
+                return index
+            conn.execute("BEGIN")
+            try:
+                seq, pruned = _one(
+                    conn.execute(
+                        "SELECT (SELECT value FROM meta WHERE key = 'seq'), "
+                        "(SELECT value FROM meta WHERE key = 'deletions_pruned_below')"
+                    )
+                )
+                if index.seq < pruned:
+                    index.clear()
+                deleted = conn.execute("SELECT memory_rowid FROM deletions WHERE seq > ?", (index.seq,))
+                index.remove(r[0] for r in deleted)
+                for row in conn.execute(
+                    "SELECT m.rowid, m.id, m.namespace, m.kind, m.tier, v.embedding FROM memories m "
+                    "JOIN embeddings e ON e.content_hash = m.content_hash "
+                    "JOIN vec_embeddings v ON v.rowid = e.id WHERE m.seq > ?",
+                    (index.seq,),
+                ):
+                    index.upsert(*row)
+                index.seq = seq
+            finally:
+                conn.execute("COMMIT")
+        return index
+
+    def bind_embedder(self, name: str, dim: int | None) -> None:
+        with self._guard():
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                stored = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('embedder', 'vector_dim')"))
+                if stored.get("embedder") not in (None, name):
+                    raise ConfigError(
+                        f"{self.path} holds vectors made by embedder {stored['embedder']!r}, not {name!r}; "
+                        "open it with that embedder, or with embedder='none' for keyword-only recall",
+                        stored=stored["embedder"],
+                        requested=name,
+                    )
+                if dim is not None and stored.get("vector_dim") not in (None, dim):
+                    raise ConfigError(f"{self.path} holds {stored['vector_dim']}-dimension vectors, not {dim}")
+                conn.execute("INSERT OR IGNORE INTO meta VALUES ('embedder', ?)", (name,))
+                if dim is not None and "vector_dim" not in stored:
+                    conn.execute("INSERT INTO meta VALUES ('vector_dim', ?)", (dim,))
+                    conn.execute(
+                        "CREATE VIRTUAL TABLE vec_embeddings USING "
+                        f"vec0(embedding float[{int(dim)}] distance_metric=cosine)"
+                    )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            if dim is not None:
+                self._dim = dim
+
+    def prune_deletion_log(self) -> int:
+        """Trim the deletion log to its newest rows; returns how many were dropped."""
+
+        def prune(tx: StoreTx) -> int:
+            assert isinstance(tx, _SqliteTx)
+            row = _one(
+                tx.conn.execute("SELECT seq FROM deletions ORDER BY seq DESC LIMIT 1 OFFSET ?", (_DELETIONS_KEPT,))
+            )
+            if row is None:
+                return 0
+            tx.conn.execute("DELETE FROM deletions WHERE seq <= ?", (row[0],))
+            dropped = int(tx.conn.changes())
+            tx.conn.execute("UPDATE meta SET value = ? WHERE key = 'deletions_pruned_below'", (row[0] + 1,))
+            return dropped
+
+        return self.write(prune)
+
+    def close(self) -> None:
+        with self._connections_lock:
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            conn.close()
+        self._closed = True
