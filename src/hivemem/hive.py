@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -573,6 +573,78 @@ class Hive:
                 slot["memories"] += count
                 slot["bytes"] += size
         return out
+
+    # -- moving data ---------------------------------------------------------------------------
+
+    def export(self, namespace: str | None = None, *, batch_size: int = 500) -> Iterator[Memory]:
+        """Every live memory under a prefix, oldest first, streamed page by page."""
+        cursor: str | None = None
+        while True:
+            page = self.list(namespace, limit=batch_size, cursor=cursor)
+            yield from page.items
+            if page.next_cursor is None:
+                return
+            cursor = page.next_cursor
+
+    def import_memories(self, memories: Iterable[Memory], *, batch_size: int = 500) -> int:
+        """Store exported memories exactly as they were (ids, versions, times, every field).
+
+        A memory whose id exists here replaces it; so does one whose key is
+        taken in its namespace by another id. Each batch is one transaction.
+
+        Returns:
+            How many memories were stored.
+
+        Raises:
+            InvalidInput: A record is malformed; the batch holding it is not written.
+        """
+        batch_size = v.positive_int(batch_size, "batch_size", self.config.max_batch)
+        total = 0
+        batch: builtins.list[Memory] = []
+        for memory in memories:
+            batch.append(self._checked_import(memory))
+            if len(batch) >= batch_size:
+                total += self._import_batch(batch)
+                batch = []
+        if batch:
+            total += self._import_batch(batch)
+        return total
+
+    def _checked_import(self, memory: Memory) -> Memory:
+        if not isinstance(memory, Memory):
+            raise InvalidInput("memory", "must be a Memory record")
+        draft(
+            memory.namespace,
+            memory.content,
+            self.config,
+            kind=memory.kind,
+            tier=memory.tier,
+            key=memory.key,
+            data=memory.data,
+            tags=memory.tags,
+            importance=memory.importance,
+            agent_id=memory.agent_id,
+            session_id=memory.session_id,
+            parent_id=memory.parent_id,
+            occurred_at=memory.occurred_at,
+            expires_at=memory.expires_at,
+        )
+        if not isinstance(memory.id, str) or not memory.id or memory.created_at is None or memory.updated_at is None:
+            raise InvalidInput("id", "an imported memory needs its id, created_at and updated_at")
+        return dataclasses.replace(memory, content_hash=content_hash(memory.content))
+
+    def _import_batch(self, batch: Sequence[Memory]) -> int:
+        vectors = self._retriever.vectors_for([m.content for m in batch])
+
+        def write(tx: StoreTx) -> int:
+            Retriever.store_vectors(tx, vectors)
+            for memory in batch:
+                taken = tx.get_by_key(memory.namespace, memory.key, float("-inf")) if memory.key else None
+                tx.delete([memory.id] + ([taken.id] if taken is not None and taken.id != memory.id else []))
+                tx.insert(memory)
+            return len(batch)
+
+        return self.store.write(write)
 
     # -- relations and groups ------------------------------------------------------------------
 

@@ -1,0 +1,327 @@
+"""The ``hivemem`` command: a thin shell over the Hive.
+
+Each command parses its arguments, calls one Hive method and renders the
+result as a table (or JSON with ``--json``). Errors become one clean line on
+stderr (the JSON error shape with ``--json``) and an exit code: 2 for invalid
+input, 3 for not found, 1 for anything else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import IO, Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+import hivemem
+from hivemem.config import HiveConfig
+from hivemem.errors import HiveError, InvalidInput, NotFound
+from hivemem.hive import Hive
+from hivemem.models import Memory
+
+F = TypeVar("F", bound=Callable[..., Any])
+_EXIT_CODES: dict[type[HiveError], int] = {InvalidInput: 2, NotFound: 3}
+
+
+class Context:
+    """What the group options set up for every command."""
+
+    def __init__(self, db: str | None, embedder: str | None, as_json: bool) -> None:
+        self.config = HiveConfig.from_env(os.environ)
+        self.db_given = db is not None
+        if db is not None:
+            self.config = self.config.with_options(url=db)
+        if embedder is not None:
+            self.config = self.config.with_options(embedder=embedder)
+        self.as_json = as_json
+        self.console = Console()
+        self.err = Console(stderr=True)
+
+    def open(self) -> Hive:
+        """Open the Hive the options name."""
+        return hivemem.open(self.config.url, config=self.config)
+
+    def emit(self, payload: Any, render: Callable[[], None] | None = None) -> None:
+        """Print ``payload`` as JSON, or call ``render`` for people."""
+        if self.as_json or render is None:
+            click.echo(json.dumps(payload, default=str, ensure_ascii=False))
+        else:
+            render()
+
+
+def _run(fn: F) -> F:
+    """Turn HiveErrors into a message and an exit code."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        ctx = click.get_current_context().find_object(Context)
+        try:
+            return fn(*args, **kwargs)
+        except HiveError as exc:
+            if ctx is not None and ctx.as_json:
+                click.echo(json.dumps({"error": exc.to_dict()}, default=str), err=True)
+            else:
+                click.echo(f"error: {exc.message}", err=True)
+            sys.exit(_EXIT_CODES.get(type(exc), 1))
+
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper  # type: ignore[return-value]
+
+
+def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    found = ctx.find_object(Context)
+    if value and found is not None:
+        found.as_json = True
+
+
+def _command(fn: F) -> F:
+    """Every command: ``--json`` accepted after the command too, and HiveErrors handled."""
+    option = click.option(
+        "--json", "as_json", is_flag=True, expose_value=False, callback=_set_json, help="Print JSON for scripts."
+    )
+    return option(click.pass_obj(_run(fn)))  # type: ignore[return-value]
+
+
+def _json_arg(value: str | None, name: str) -> Any:
+    if value is None:
+        return None
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(name, f"is not valid JSON: {exc.msg}") from None
+
+
+def _memory_table(memories: list[Memory], console: Console) -> None:
+    table = Table("id", "namespace", "kind", "tier", "v", "content")
+    for m in memories:
+        table.add_row(m.id, m.namespace, m.kind, m.tier, str(m.version), _short(m.content))
+    console.print(table)
+
+
+def _short(text: str, width: int = 80) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+@click.group()
+@click.option("--db", envvar="HIVEMEM_URL", help="Database: a file path, sqlite:///path or :memory:.")
+@click.option("--embedder", envvar="HIVEMEM_EMBEDDER", help="minilm (default), none, or openai:<model>.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.version_option(hivemem.__version__, prog_name="hivemem")
+@click.pass_context
+def main(ctx: click.Context, db: str | None, embedder: str | None, as_json: bool) -> None:
+    """HiveMem: shared, durable memory for teams of AI agents."""
+    ctx.obj = Context(db, embedder, as_json)
+
+
+@main.command()
+@click.argument("namespace")
+@click.argument("content")
+@click.option("--kind", default="note", show_default=True)
+@click.option("--tier", default="short", show_default=True)
+@click.option("--key")
+@click.option("--tag", "tags", multiple=True, help="Repeat for several tags.")
+@click.option("--importance", type=float, default=0.5, show_default=True)
+@click.option("--data", help="A JSON object.")
+@click.option("--agent", "agent_id")
+@click.option("--session", "session_id")
+@click.option("--parent", "parent_id")
+@click.option("--ttl", type=float, help="Seconds until the memory expires.")
+@_command
+def remember(obj: Context, namespace: str, content: str, data: str | None, ttl: float | None, **options: Any) -> None:
+    """Store a memory in NAMESPACE."""
+    with obj.open() as hive:
+        memory = hive.remember(
+            namespace,
+            content,
+            data=_json_arg(data, "data"),
+            ttl=timedelta(seconds=ttl) if ttl is not None else None,
+            **options,
+        )
+    obj.emit(memory.to_dict(), lambda: obj.console.print(f"remembered {memory.id} (version {memory.version})"))
+
+
+@main.command()
+@click.argument("query")
+@click.option("--namespace", "-n", help="Namespace prefix to search under.")
+@click.option("-k", "k", type=int, default=10, show_default=True)
+@click.option("--kind", "kinds", multiple=True)
+@click.option("--tier", "tiers", multiple=True)
+@click.option("--tag", "tags", multiple=True)
+@click.option("--agent", "agent_id")
+@click.option("--where", help="Conditions on data, e.g. '{\"success\": true}'.")
+@click.option("--min-score", type=float)
+@_command
+def recall(
+    obj: Context, /, query: str, kinds: tuple[str, ...], tiers: tuple[str, ...], where: str | None, **opts: Any
+) -> None:
+    """Find the memories most relevant to QUERY."""
+    with obj.open() as hive:
+        hits = hive.recall(query, kinds=kinds or None, tiers=tiers or None, where=_json_arg(where, "where"), **opts)
+
+    def render() -> None:
+        table = Table("score", "id", "namespace", "kind", "content", "why")
+        for h in hits:
+            why = " ".join(f"{k}={v:.2f}" for k, v in h.scores.items())
+            table.add_row(
+                f"{h.score:.3f}", h.memory.id, h.memory.namespace, h.memory.kind, _short(h.memory.content, 60), why
+            )
+        obj.console.print(table)
+
+    obj.emit([h.to_dict() for h in hits], render)
+
+
+@main.command()
+@click.argument("memory_id")
+@_command
+def get(obj: Context, memory_id: str) -> None:
+    """Show one memory."""
+    with obj.open() as hive:
+        memory = hive.get(memory_id)
+    obj.emit(memory.to_dict())
+
+
+@main.command(name="list")
+@click.argument("namespace", required=False)
+@click.option("--kind", "kinds", multiple=True)
+@click.option("--tier", "tiers", multiple=True)
+@click.option("--tag", "tags", multiple=True)
+@click.option("--order-by", default="created_at", show_default=True)
+@click.option("--desc", "descending", is_flag=True)
+@click.option("--limit", type=int, default=20, show_default=True)
+@click.option("--cursor")
+@_command
+def list_(obj: Context, /, namespace: str | None, kinds: tuple[str, ...], tiers: tuple[str, ...], **opts: Any) -> None:
+    """List memories under NAMESPACE (all if omitted), one page at a time."""
+    with obj.open() as hive:
+        page = hive.list(namespace, kinds=kinds or None, tiers=tiers or None, **opts)
+
+    def render() -> None:
+        _memory_table(list(page.items), obj.console)
+        if page.next_cursor:
+            obj.console.print(f"next page: --cursor {page.next_cursor}")
+
+    obj.emit({"items": [m.to_dict() for m in page.items], "next_cursor": page.next_cursor}, render)
+
+
+@main.command()
+@click.argument("memory_id", required=False)
+@click.option("--cascade", is_flag=True, help="Also forget its children.")
+@click.option("--namespace", help="Forget every memory under this prefix instead.")
+@_command
+def forget(obj: Context, memory_id: str | None, cascade: bool, namespace: str | None) -> None:
+    """Forget a memory (or a whole namespace with --namespace)."""
+    if (memory_id is None) == (namespace is None):
+        raise InvalidInput("memory_id", "give a memory id or --namespace, not both")
+    with obj.open() as hive:
+        count = hive.forget_namespace(namespace) if namespace else hive.forget(str(memory_id), cascade=cascade)
+    obj.emit({"forgotten": count}, lambda: obj.console.print(f"forgot {count} memories"))
+
+
+@main.command()
+@click.argument("namespace", required=False)
+@_command
+def stats(obj: Context, namespace: str | None) -> None:
+    """Counts and bytes by kind and tier."""
+    with obj.open() as hive:
+        result = hive.stats(namespace)
+
+    def render() -> None:
+        table = Table("group", "name", "memories", "bytes")
+        for group in ("by_kind", "by_tier"):
+            for name, slot in result[group].items():
+                table.add_row(group[3:], name, str(slot["memories"]), str(slot["bytes"]))
+        table.add_row("total", "", str(result["memories"]), str(result["bytes"]))
+        obj.console.print(table)
+
+    obj.emit(result, render)
+
+
+@main.command()
+@_command
+def sweep(obj: Context) -> None:
+    """Delete expired memories and unused vectors."""
+    with obj.open() as hive:
+        counts = hive.sweep()
+    obj.emit(counts, lambda: obj.console.print(", ".join(f"{k}: {v}" for k, v in counts.items())))
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    )
+
+
+@main.command(name="export")
+@click.argument("output", type=click.Path(allow_dash=True, dir_okay=False, path_type=Path), default="-")
+@click.option("--namespace", "-n", help="Only this prefix.")
+@_command
+def export_(obj: Context, output: Path, namespace: str | None) -> None:
+    """Write memories as JSON Lines to OUTPUT (- for stdout), streaming."""
+    with obj.open() as hive:
+        total = hive.stats(namespace)["memories"]
+        to_stdout = str(output) == "-"
+        stream: IO[str] = sys.stdout if to_stdout else output.open("w", encoding="utf-8")
+        count = 0
+        try:
+            with _progress(obj.err) as progress:
+                task = progress.add_task("exporting", total=total)
+                for memory in hive.export(namespace):
+                    stream.write(json.dumps(memory.to_dict(), ensure_ascii=False) + "\n")
+                    count += 1
+                    progress.advance(task)
+        finally:
+            if not to_stdout:
+                stream.close()
+    if not to_stdout:
+        obj.emit({"exported": count}, lambda: obj.console.print(f"exported {count} memories to {output}"))
+
+
+@main.command(name="import")
+@click.argument("source", type=click.Path(allow_dash=True, dir_okay=False, path_type=Path))
+@click.option("--batch-size", type=int, default=500, show_default=True)
+@_command
+def import_(obj: Context, source: Path, batch_size: int) -> None:
+    """Read memories from a JSON Lines file (- for stdin), keeping every field."""
+    from_stdin = str(source) == "-"
+    if not from_stdin and not source.exists():
+        raise InvalidInput("source", f"{source} does not exist")
+    stream: IO[str] = sys.stdin if from_stdin else source.open(encoding="utf-8")
+    total = None if from_stdin else sum(1 for line in source.open(encoding="utf-8") if line.strip())
+    try:
+        with obj.open() as hive, _progress(obj.err) as progress:
+            task = progress.add_task("importing", total=total)
+
+            def records() -> Iterator[Memory]:
+                for number, line in enumerate(stream, start=1):
+                    if not line.strip():
+                        continue
+                    try:
+                        memory = Memory.from_dict(json.loads(line))
+                    except (ValueError, TypeError) as exc:
+                        raise InvalidInput(f"line {number}", f"not a memory record: {exc}") from None
+                    progress.advance(task)
+                    yield memory
+
+            count = hive.import_memories(records(), batch_size=batch_size)
+    finally:
+        if not from_stdin:
+            stream.close()
+    obj.emit({"imported": count}, lambda: obj.console.print(f"imported {count} memories"))
+
+
+@main.command()
+@_command
+def demo(obj: Context) -> None:
+    """Run a short multi-agent scenario against the database (a temporary one unless --db is given)."""
+    from hivemem.demo import run_demo
+
+    run_demo(obj.config, obj.console, explicit_db=obj.db_given)
