@@ -285,6 +285,11 @@ def export_(obj: Context, output: Path, namespace: str | None) -> None:
         obj.emit({"exported": count}, lambda: obj.console.print(f"exported {count} memories to {output}"))
 
 
+def _count_lines(path: Path) -> int:
+    with path.open(encoding="utf-8") as lines:
+        return sum(1 for line in lines if line.strip())
+
+
 @main.command(name="import")
 @click.argument("source", type=click.Path(allow_dash=True, dir_okay=False, path_type=Path))
 @click.option("--batch-size", type=int, default=500, show_default=True)
@@ -295,7 +300,7 @@ def import_(obj: Context, source: Path, batch_size: int) -> None:
     if not from_stdin and not source.exists():
         raise InvalidInput("source", f"{source} does not exist")
     stream: IO[str] = sys.stdin if from_stdin else source.open(encoding="utf-8")
-    total = None if from_stdin else sum(1 for line in source.open(encoding="utf-8") if line.strip())
+    total = None if from_stdin else _count_lines(source)
     try:
         with obj.open() as hive, _progress(obj.err) as progress:
             task = progress.add_task("importing", total=total)

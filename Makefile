@@ -1,0 +1,33 @@
+# One entry point for people and CI. Each target installs what it needs first.
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench-quick bench
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/hivemem demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/mypy
+
+test: lint
+	$(PY) -m pytest
+
+bench-quick: $(STAMP)
+	$(PY) bench/ingest.py --quick
+	$(PY) bench/recall_latency.py --quick
+	$(PY) bench/locomo.py --quick
+
+bench: $(STAMP)
+	$(PY) bench/ingest.py
+	$(PY) bench/recall_latency.py
+	$(PY) bench/locomo.py

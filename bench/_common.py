@@ -1,0 +1,231 @@
+"""Shared helpers for the benchmarks: deterministic text, timing, tables and JSON results.
+
+Not a benchmark itself; each ``bench/<name>.py`` imports it (the script's own
+folder is first on ``sys.path`` when run as ``python bench/<name>.py``).
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import hivemem
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+#: Bump when the text generator changes, so cached embeddings of old texts are not reused.
+GENERATOR_VERSION = 1
+
+
+def log(message: str) -> None:
+    """Progress goes to stderr so stdout keeps only the tables."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def results_dir() -> Path:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    return RESULTS_DIR
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "hivemem": hivemem.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def write_results(name: str, args: Any, results: dict[str, Any]) -> Path:
+    """Write ``bench/results/<name>.json`` with the run's arguments and machine facts."""
+    payload = {
+        "benchmark": name,
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "args": vars(args) if not isinstance(args, dict) else args,
+        "machine": machine(),
+        **results,
+    }
+    path = results_dir() / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n")
+    return path
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.integer | np.floating):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path | datetime):
+        return str(value)
+    raise TypeError(f"not JSON: {type(value).__name__}")
+
+
+def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """A plain aligned text table on stdout: numbers right-aligned, text left-aligned."""
+    cells = [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    numeric = [all(_is_number(row[i]) for row in rows) and bool(rows) for i in range(len(headers))]
+
+    def line(values: Sequence[str]) -> str:
+        parts = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric, strict=True)]
+        return "  ".join(parts).rstrip()
+
+    print()
+    print(title)
+    print(line(list(headers)))
+    print("  ".join("-" * w for w in widths))
+    for row in cells:
+        print(line(row))
+    sys.stdout.flush()
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool) or value is None
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int | np.integer):
+        return f"{int(value):,}"
+    if isinstance(value, float | np.floating):
+        x = float(value)
+        if math.isnan(x):
+            return "-"
+        if abs(x) >= 1000:
+            return f"{x:,.0f}"
+        if abs(x) >= 100:
+            return f"{x:.1f}"
+        if abs(x) >= 1:
+            return f"{x:.2f}"
+        return f"{x:.3f}"
+    return str(value)
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """The p-th percentile (0..100), linear interpolation; NaN for no values."""
+    if not values:
+        return float("nan")
+    return float(np.percentile(np.asarray(values, dtype=np.float64), p))
+
+
+def latency_summary(seconds: Sequence[float]) -> dict[str, float]:
+    """p50/p95/p99/mean/max in milliseconds."""
+    ms = [s * 1000 for s in seconds]
+    return {
+        "n": len(ms),
+        "p50_ms": percentile(ms, 50),
+        "p95_ms": percentile(ms, 95),
+        "p99_ms": percentile(ms, 99),
+        "mean_ms": float(np.mean(ms)) if ms else float("nan"),
+        "max_ms": max(ms) if ms else float("nan"),
+    }
+
+
+@contextmanager
+def stopwatch() -> Iterator[list[float]]:
+    """``with stopwatch() as t: ...`` then ``t[0]`` is the elapsed seconds."""
+    out: list[float] = []
+    start = time.perf_counter()
+    try:
+        yield out
+    finally:
+        out.append(time.perf_counter() - start)
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+# -- deterministic text ------------------------------------------------------------------------
+
+
+def _vocabulary() -> list[str]:
+    """Whole English words from the MiniLM WordPiece vocabulary, roughly in frequency order.
+
+    BERT's vocabulary lists its whole words after the special tokens and single
+    characters, most frequent first ("the", "of", "and"...), which gives a
+    natural Zipf-like word distribution when words are drawn by rank.
+    """
+    text = importlib.resources.files("hivemem.data").joinpath("minilm-vocab.txt").read_text(encoding="utf-8")
+    tokens = text.split("\n")
+    start = tokens.index("the")
+    return [t for t in tokens[start:] if t.isascii() and t.isalpha() and t.islower() and (len(t) > 1 or t in "ai")]
+
+
+class TextGenerator:
+    """Distinct, varied English-like sentences from a seeded RNG.
+
+    Words are drawn from the MiniLM vocabulary with Zipf weights (rank ** -1.05),
+    so common words ("the", "was") are common and posting lists have realistic
+    lengths; a few sentences carry a number or a ticket id. Every text returned
+    by one generator is distinct (HiveMem caches embeddings by content hash, so
+    duplicates would make ingestion look cheaper than it is).
+
+    Args:
+        seed: RNG seed; the same seed gives the same texts on any machine.
+        min_words: Shortest sentence.
+        max_words: Longest sentence.
+    """
+
+    def __init__(self, seed: int, min_words: int = 10, max_words: int = 30) -> None:
+        self.words = _vocabulary()
+        ranks = np.arange(1, len(self.words) + 1, dtype=np.float64)
+        weights = ranks**-1.05
+        self._cdf = np.cumsum(weights / weights.sum())
+        self._rng = np.random.default_rng(seed)
+        self.min_words = min_words
+        self.max_words = max_words
+        self._seen: set[str] = set()
+
+    def _draw(self, n: int) -> list[str]:
+        idx = np.searchsorted(self._cdf, self._rng.random(n), side="right")
+        return [self.words[min(int(i), len(self.words) - 1)] for i in idx]
+
+    def sentence(self) -> str:
+        while True:
+            n = int(self._rng.integers(self.min_words, self.max_words + 1))
+            words = self._draw(n)
+            roll = self._rng.random()
+            if roll < 0.15:
+                words.insert(int(self._rng.integers(0, n)), str(int(self._rng.integers(2, 5000))))
+            elif roll < 0.2:
+                words.insert(int(self._rng.integers(0, n)), f"ticket-{int(self._rng.integers(1000, 99999))}")
+            text = " ".join(words)
+            text = text[0].upper() + text[1:] + "."
+            if text not in self._seen:
+                self._seen.add(text)
+                return text
+
+    def sentences(self, count: int) -> list[str]:
+        return [self.sentence() for _ in range(count)]
+
+    def queries(self, count: int, min_words: int = 4, max_words: int = 10) -> list[str]:
+        """Distinct question-like queries (shorter than the corpus sentences)."""
+        openers = ["what did we learn about", "how do we handle", "why did", "when was", "notes on", "find", ""]
+        out: list[str] = []
+        while len(out) < count:
+            n = int(self._rng.integers(min_words, max_words + 1))
+            opener = openers[int(self._rng.integers(0, len(openers)))]
+            text = (opener + " " + " ".join(self._draw(n))).strip() + "?"
+            if text not in self._seen:
+                self._seen.add(text)
+                out.append(text)
+        return out

@@ -1,0 +1,5 @@
+"""``python -m hivemem`` runs the CLI."""
+
+from hivemem.cli import main
+
+main()

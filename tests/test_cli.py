@@ -1,0 +1,125 @@
+"""The ``hivemem`` command: each command against a real SQLite file, plus one real process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+import hivemem
+from hivemem.cli import main
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    return str(tmp_path / "cli.db")
+
+
+def run(db: str, *args: str, ok: bool = True) -> Result:
+    result = CliRunner().invoke(main, ["--db", db, "--embedder", "none", *args])
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
+
+
+def as_json(result: Result) -> object:
+    return json.loads(result.stdout)
+
+
+def test_remember_get_and_recall(db: str) -> None:
+    stored = as_json(run(db, "remember", "swarm/a", "deploy failed on migration", "--tag", "ops", "--json"))
+    assert isinstance(stored, dict)
+    assert stored["tags"] == ["ops"]
+    fetched = as_json(run(db, "get", stored["id"], "--json"))
+    assert fetched == stored
+    hits = as_json(run(db, "--json", "recall", "deploying", "-n", "swarm"))
+    assert isinstance(hits, list)
+    assert [h["memory"]["id"] for h in hits] == [stored["id"]]
+    assert set(hits[0]["scores"]) >= {"keyword", "relevance", "recency", "importance", "outcome"}
+
+
+def test_data_and_where_filter(db: str) -> None:
+    run(db, "remember", "s", "task alpha", "--kind", "episode", "--data", '{"success": true}')
+    run(db, "remember", "s", "task alpha again", "--kind", "episode", "--data", '{"success": false}')
+    hits = as_json(run(db, "recall", "task alpha", "--where", '{"success": true}', "--json"))
+    assert isinstance(hits, list)
+    assert [h["memory"]["data"]["success"] for h in hits] == [True]
+
+
+def test_list_pages_with_cursor(db: str) -> None:
+    for i in range(5):
+        run(db, "remember", "s/x", f"note {i}")
+    first = as_json(run(db, "list", "s", "--limit", "3", "--json"))
+    assert isinstance(first, dict)
+    second = as_json(run(db, "list", "s", "--limit", "3", "--cursor", first["next_cursor"], "--json"))
+    assert isinstance(second, dict)
+    contents = [m["content"] for m in first["items"] + second["items"]]
+    assert contents == [f"note {i}" for i in range(5)]
+    assert second["next_cursor"] is None
+
+
+def test_errors_have_exit_codes_and_write_nothing(db: str) -> None:
+    bad = run(db, "remember", "bad//ns", "x", ok=False)
+    assert bad.exit_code == 2
+    assert "namespace" in bad.stderr
+    missing = run(db, "--json", "get", "no-such-id", ok=False)
+    assert missing.exit_code == 3
+    assert json.loads(missing.stderr)["error"]["code"] == "not_found"
+    bad_json = run(db, "remember", "s", "x", "--data", "{oops", ok=False)
+    assert bad_json.exit_code == 2
+    assert as_json(run(db, "stats", "--json")) == {"memories": 0, "bytes": 0, "by_kind": {}, "by_tier": {}}
+
+
+def test_forget_stats_and_sweep(db: str) -> None:
+    kept = as_json(run(db, "remember", "a/b", "keep me", "--json"))
+    gone = as_json(run(db, "remember", "a/c", "forget me", "--json"))
+    run(db, "remember", "ab", "other root")
+    assert isinstance(kept, dict) and isinstance(gone, dict)
+    assert as_json(run(db, "forget", gone["id"], "--json")) == {"forgotten": 1}
+    assert as_json(run(db, "forget", "--namespace", "ab", "--json")) == {"forgotten": 1}
+    stats = as_json(run(db, "stats", "--json"))
+    assert isinstance(stats, dict)
+    assert stats["memories"] == 1
+    assert as_json(run(db, "sweep", "--json")) == {"expired": 0, "embeddings_pruned": 0}
+
+
+def test_export_import_round_trips_every_field(db: str, tmp_path: Path) -> None:
+    with hivemem.open(db, embedder=None) as hive:
+        parent = hive.remember("s/a", "parent", kind="fact", tier="long", key="k1", tags=["x", "y"], importance=0.9)
+        hive.remember("s/a", "child", parent_id=parent.id, data={"n": [1, {"deep": True}]}, ttl=3600, agent_id="a1")
+        hive.update(parent.id, content="parent v2")
+        hive.reinforce(parent.id)
+        original = [m.to_dict() for m in hive.export()]
+    dump = tmp_path / "dump.jsonl"
+    run(db, "export", str(dump))
+    target = str(tmp_path / "copy.db")
+    assert as_json(run(target, "import", str(dump), "--json")) == {"imported": 2}
+    with hivemem.open(target, embedder=None) as copy:
+        assert [m.to_dict() for m in copy.export()] == original
+    # Importing again replaces by id instead of duplicating.
+    run(target, "import", str(dump))
+    with hivemem.open(target, embedder=None) as copy:
+        assert copy.stats()["memories"] == 2
+
+
+def test_import_rejects_bad_lines_and_writes_nothing(db: str, tmp_path: Path) -> None:
+    dump = tmp_path / "bad.jsonl"
+    dump.write_text('{"id": "x", "namespace": "bad//ns", "content": "c"}\n')
+    result = run(db, "import", str(dump), ok=False)
+    assert result.exit_code == 2
+    assert as_json(run(db, "stats", "--json"))["memories"] == 0  # type: ignore[index]
+
+
+def test_demo_runs_as_a_real_process(tmp_path: Path) -> None:
+    db = str(tmp_path / "demo.db")
+    proc = subprocess.run(
+        [sys.executable, "-m", "hivemem", "--db", db, "demo"], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Lesson to apply: throttle below the limit" in proc.stdout
+    with hivemem.open(db) as hive:
+        assert hive.stats("demo-swarm")["by_kind"]["episode"]["memories"] == 2
