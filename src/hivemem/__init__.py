@@ -61,6 +61,7 @@ __all__ = [
     "Unauthenticated",
     "VersionConflict",
     "__version__",
+    "make_embedder",
     "open",
 ]
 

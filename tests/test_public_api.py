@@ -1,0 +1,51 @@
+"""The public surface: ``__all__`` is complete and errors keep one shape."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+
+import hivemem
+from hivemem import errors
+
+
+def test_all_lists_every_public_name_and_only_real_ones() -> None:
+    public = {
+        name
+        for name, value in vars(hivemem).items()
+        if not name.startswith("_")
+        and not inspect.ismodule(value)
+        and getattr(value, "__module__", "hivemem").startswith("hivemem")
+        and name != "annotations"
+    }
+    assert public <= set(hivemem.__all__)
+    assert all(hasattr(hivemem, name) for name in hivemem.__all__)
+
+
+def test_every_error_class_is_exported_and_has_a_unique_code() -> None:
+    classes = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.HiveError)]
+    codes = [c.code for c in classes]
+    assert len(codes) == len(set(codes))
+    assert {c.__name__ for c in classes} <= set(hivemem.__all__)
+    assert set(errors.ERRORS_BY_CODE.values()) == set(classes)
+
+
+@pytest.mark.parametrize("cls", list(errors.ERRORS_BY_CODE.values()))
+def test_error_shape_round_trips_to_the_same_class(cls: type[errors.HiveError]) -> None:
+    if cls is errors.InvalidInput:
+        original: errors.HiveError = errors.InvalidInput("importance", "must be between 0 and 1", value=2)
+    else:
+        original = cls("something failed", id="m-1", current_version=3)
+    shape = original.to_dict()
+    assert set(shape) == {"code", "status", "message", "details"}
+    rebuilt = errors.HiveError.from_dict(shape)
+    assert type(rebuilt) is cls
+    assert rebuilt.to_dict() == shape
+
+
+def test_open_refuses_unknown_options_and_schemes(tmp_path: object) -> None:
+    with pytest.raises(hivemem.ConfigError, match="unknown option"):
+        hivemem.open(":memory:", embedder=None, no_such_option=1)
+    with pytest.raises(hivemem.ConfigError, match="no backend"):
+        hivemem.open("mysql://localhost/db", embedder=None)
