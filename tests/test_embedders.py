@@ -200,7 +200,7 @@ def test_minilm_concurrent_first_use_loads_once_and_agrees(monkeypatch: pytest.M
         try:
             barrier.wait()
             results.append(embedder.embed(texts))
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=work) for _ in range(4)]

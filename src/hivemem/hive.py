@@ -126,8 +126,13 @@ class Hive:
             try:
                 namespace, content = options.pop("namespace", None), options.pop("content", None)
                 drafts.append(draft(namespace, content, self.config, **options))
-            except InvalidInput as exc:
-                raise InvalidInput(f"items[{index}].{exc.field}", exc.message.split(": ", 1)[-1]) from None
+            except (InvalidInput, PayloadTooLarge) as exc:
+                field = f"items[{index}].{exc.details.get('field', '?')}"
+                if isinstance(exc, PayloadTooLarge):
+                    raise PayloadTooLarge(
+                        f"{field}: {exc.message.split(': ', 1)[-1]}", **{**exc.details, "field": field}
+                    ) from None
+                raise InvalidInput(field, exc.message.split(": ", 1)[-1]) from None
         return self._store_drafts(drafts)
 
     def _store_drafts(self, drafts: Sequence[Draft]) -> builtins.list[Memory]:
@@ -243,7 +248,7 @@ class Hive:
 
     def forget_namespace(self, prefix: str) -> int:
         """Delete every memory under a namespace prefix; returns how many."""
-        ns = v.namespace_prefix(prefix)
+        ns = v.namespace_prefix(prefix if prefix is not None else "")
         assert ns is not None
         return self.store.write(lambda tx: tx.delete(tx.ids_in_namespace(ns)))
 
@@ -309,6 +314,7 @@ class Hive:
             metrics: Numbers worth keeping (duration, tokens...).
             **options: Other :meth:`remember` options (tags, importance, agent_id...); tier defaults to ``mid``.
         """
+        _refuse_options(options, ("kind", "data"), "remember_episode")
         content, data = episode_fields(context, action, outcome, success, lesson, tools, metrics)
         options.setdefault("tier", "mid")
         return self.remember(namespace, content, kind="episode", data=data, **options)
@@ -324,6 +330,8 @@ class Hive:
         Raises:
             InvalidInput: A bad type, name or properties.
         """
+        _refuse_options(options, ("kind", "data", "key"), "upsert_entity")
+        options.setdefault("tier", "long")
         entity_type = v.kind(type, "type")
         entity_name = text_field(name, "name")
         assert entity_name is not None
@@ -341,7 +349,7 @@ class Hive:
             if self.embedder is not None and digest not in vectors and not tx.known_hashes([digest]):
                 raise _NeedsVector(text)
             Retriever.store_vectors(tx, {h: vec for h, vec in vectors.items() if h == digest})
-            entity = draft(ns, text, self.config, kind="entity", tier="long", key=key, data=data, **options)
+            entity = draft(ns, text, self.config, kind="entity", key=key, data=data, **options)
             return self._write_draft(tx, entity, now)
 
         # The merge happens inside the transaction (no lost update); the model
@@ -373,6 +381,7 @@ class Hive:
             source_memory_id: The memory the rule was learned from, if any.
             **options: Other :meth:`remember` options; tier defaults to ``long``.
         """
+        _refuse_options(options, ("kind", "data"), "add_rule")
         data = {
             "rule_type": v.kind(rule_type, "rule_type"),
             "confidence": v.unit_float(confidence, "confidence"),
@@ -464,7 +473,8 @@ class Hive:
         if cursor is not None:
             try:
                 order, value, last_id = decode_cursor(cursor)
-                if order != f"{order_by}:{descending}" or not isinstance(last_id, str):
+                valid_value = value is None or (isinstance(value, str | int | float) and not isinstance(value, bool))
+                if order != f"{order_by}:{descending}" or not isinstance(last_id, str) or not valid_value:
                     raise ValueError("cursor from another listing")
             except (ValueError, TypeError):
                 raise InvalidInput("cursor", "not a cursor of this listing") from None
@@ -772,6 +782,13 @@ def _aware(ts: float) -> datetime:
     value = to_datetime(ts)
     assert value is not None
     return value
+
+
+def _refuse_options(options: Mapping[str, Any], owned: Sequence[str], helper: str) -> None:
+    """Typed helpers set some remember() fields themselves; refuse them as options."""
+    for name in owned:
+        if name in options:
+            raise InvalidInput(name, f"is set by {helper} and cannot be given")
 
 
 class _NeedsVector(Exception):

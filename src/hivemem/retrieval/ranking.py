@@ -45,7 +45,7 @@ def fuse(keyword: Sequence[ScoredId], vector: Sequence[ScoredId], weights: Ranki
         if not ranked or weight <= 0:
             continue
         active += weight / (k0 + 1)
-        for rank, item in enumerate(ranked, start=1):
+        for rank, item in zip(_competition_ranks(ranked), ranked, strict=True):
             entry = parts.setdefault(item.id, [0.0, 0.0, 0.0])
             entry[0] += weight / (k0 + rank)
             entry[1 + which] = item.score
@@ -54,6 +54,19 @@ def fuse(keyword: Sequence[ScoredId], vector: Sequence[ScoredId], weights: Ranki
     fused = [Fused(i, e[0] / active, e[1], e[2]) for i, e in parts.items()]
     fused.sort(key=lambda f: (-f.relevance, f.id))
     return fused
+
+
+def _competition_ranks(ranked: Sequence[ScoredId]) -> list[int]:
+    """1-based ranks of a best-first list where equal scores share the better rank.
+
+    Identical evidence must give identical relevance, so the order a backend
+    happens to return ties in never decides between them.
+    """
+    ranks: list[int] = []
+    for position, item in enumerate(ranked, start=1):
+        tied = position > 1 and item.score == ranked[position - 2].score
+        ranks.append(ranks[-1] if tied else position)
+    return ranks
 
 
 def outcome_of(memory: Memory) -> float:

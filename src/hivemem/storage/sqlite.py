@@ -104,9 +104,10 @@ MIGRATIONS: builtins.list[list[str]] = [
             PRIMARY KEY (src_id, dst_id, type)) WITHOUT ROWID""",
         "CREATE INDEX relations_dst ON relations (dst_id)",
         "CREATE TABLE groups (name TEXT PRIMARY KEY, description TEXT, created_at REAL NOT NULL)",
+        # A rowid table: members list in the order they were added, even within one clock tick.
         """CREATE TABLE group_members (
             group_name TEXT NOT NULL, memory_id TEXT NOT NULL, added_at REAL NOT NULL,
-            PRIMARY KEY (group_name, memory_id)) WITHOUT ROWID""",
+            UNIQUE (group_name, memory_id))""",
         "CREATE INDEX group_members_memory ON group_members (memory_id)",
         # One vector per distinct content: the embedding cache. Vectors live in a
         # sqlite-vec table created once the embedder's dimension is known.
@@ -150,6 +151,24 @@ def _json_path_literal(path: str) -> str:
     return "'$." + path.replace("'", "''") + "'"
 
 
+def _typed_compare(path_literal: str, op: str, operand: Any, params: list[Any]) -> str:
+    """A comparison of a data field that only holds between values of the same JSON type.
+
+    SQLite's json_extract turns true into 1 and compares numbers with text by
+    type order; a filter must not: ``{"x": 1}`` does not match ``true`` and
+    ``{"$gt": 5}`` does not match a string.
+    """
+    json_type = f"json_type(m.data, {path_literal})"
+    if operand is None:
+        # None matches a JSON null and a missing field alike.
+        return f"coalesce({json_type} = 'null', 1)"
+    if isinstance(operand, bool):
+        return f"coalesce({json_type} = '{'true' if operand else 'false'}', 0)"
+    params.append(operand)
+    kinds = "('integer', 'real')" if isinstance(operand, int | float) else "('text')"
+    return f"coalesce({json_type} IN {kinds} AND json_extract(m.data, {path_literal}) {_SQL_OPS[op]} ?, 0)"
+
+
 def compile_filter(flt: MemoryFilter, params: builtins.list[Any]) -> str:
     """SQL conditions on alias ``m`` for ``flt``, appending bind values to ``params``."""
     clauses = ["(m.expires_at IS NULL OR m.expires_at > ?)"]
@@ -177,19 +196,15 @@ def compile_filter(flt: MemoryFilter, params: builtins.list[Any]) -> str:
         clauses.append("COALESCE(m.occurred_at, m.created_at) < ?")
         params.append(flt.until)
     for path, ops in flt.where.items():
-        expr = f"json_extract(m.data, {_json_path_literal(path)})"
+        literal = _json_path_literal(path)
         for op, operand in ops.items():
             if op == "$in":
-                clauses.append(f"{expr} IN (SELECT value FROM json_each(?))")
-                params.append(json.dumps(operand))
-            elif operand is None:
-                clauses.append(f"{expr} IS {'NOT ' if op == '$ne' else ''}NULL")
+                matches = [_typed_compare(literal, "$eq", item, params) for item in operand]
+                clauses.append("(" + " OR ".join(matches) + ")")
             elif op == "$ne":
-                clauses.append(f"({expr} IS NULL OR {expr} != ?)")
-                params.append(operand)
+                clauses.append(f"NOT {_typed_compare(literal, '$eq', operand, params)}")
             else:
-                clauses.append(f"{expr} {_SQL_OPS[op]} ?")
-                params.append(operand)
+                clauses.append(_typed_compare(literal, op, operand, params))
     return " AND ".join(clauses)
 
 
@@ -318,9 +333,7 @@ class _SqliteTx(StoreTx):
         self.conn.execute("INSERT OR IGNORE INTO group_members VALUES (?, ?, ?)", (group, memory_id, now))
 
     def member_ids(self, group: str) -> builtins.list[str]:
-        rows = self.conn.execute(
-            "SELECT memory_id FROM group_members WHERE group_name = ? ORDER BY added_at, memory_id", (group,)
-        )
+        rows = self.conn.execute("SELECT memory_id FROM group_members WHERE group_name = ? ORDER BY rowid", (group,))
         return [r[0] for r in rows]
 
     def stats(self, prefix: str | None, now: float) -> builtins.list[tuple[str, str, int, int]]:

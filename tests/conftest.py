@@ -1,0 +1,109 @@
+"""Shared fixtures: every contract test runs once per deployment in DEPLOYMENTS."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import pytest
+
+import hivemem
+from fakes import HashEmbedder
+
+#: The fixed instant every test's manual clock starts at (2023-11-14T22:13:20Z).
+START = 1_700_000_000.0
+
+
+class Factory(Protocol):
+    """Opens a Hive of one deployment.
+
+    ``directory`` belongs to this hive: calling the factory again with the same
+    directory must reach the same data (for durable deployments), a different
+    directory must give an empty hive. ``options`` are ``hivemem.open`` options
+    such as ``max_content_bytes``.
+    """
+
+    def __call__(
+        self, directory: Path, clock: hivemem.ManualClock, embedder: hivemem.Embedder | None, **options: Any
+    ) -> hivemem.Hive: ...
+
+
+def _sqlite_file(
+    directory: Path, clock: hivemem.ManualClock, embedder: hivemem.Embedder | None, **options: Any
+) -> hivemem.Hive:
+    return hivemem.open(str(directory / "hive.db"), embedder=embedder, clock=clock, **options)
+
+
+def _sqlite_memory(
+    directory: Path, clock: hivemem.ManualClock, embedder: hivemem.Embedder | None, **options: Any
+) -> hivemem.Hive:
+    return hivemem.open(":memory:", embedder=embedder, clock=clock, **options)
+
+
+#: Every deployment the contract runs on, by test id. A new deployment (PostgreSQL
+#: from a test database URL, the HTTP client against an in-process server...) is
+#: one more entry here: a factory(directory, clock, embedder, **options) -> Hive.
+#: Factories that need an unavailable service should call pytest.skip() with the reason.
+DEPLOYMENTS: dict[str, Factory] = {
+    "sqlite-file": _sqlite_file,
+    "sqlite-memory": _sqlite_memory,
+}
+
+#: Marks "use the test's shared embedder" in open_hive (None means keyword-only).
+SHARED: Any = object()
+
+
+@pytest.fixture
+def clock() -> hivemem.ManualClock:
+    """A clock frozen at START that moves only when a test advances it."""
+    return hivemem.ManualClock(START)
+
+
+@pytest.fixture
+def embedder() -> HashEmbedder:
+    """A fresh deterministic embedder (its ``texts_embedded`` starts empty)."""
+    return HashEmbedder()
+
+
+@pytest.fixture(params=list(DEPLOYMENTS), ids=list(DEPLOYMENTS))
+def deployment(request: pytest.FixtureRequest) -> str:
+    """The name of the deployment under test."""
+    name: str = request.param
+    return name
+
+
+OpenHive = Callable[..., hivemem.Hive]
+
+
+@pytest.fixture
+def open_hive(
+    deployment: str, tmp_path: Path, clock: hivemem.ManualClock, embedder: HashEmbedder
+) -> Iterator[OpenHive]:
+    """Open (more) hives of the deployment under test; all are closed at teardown.
+
+    Call as ``open_hive(slot="main", embedder=SHARED, **options)``: the same slot
+    reaches the same data again on a durable deployment (close and reopen),
+    another slot is a separate, empty hive. Every hive shares the test's clock.
+    """
+    factory = DEPLOYMENTS[deployment]
+    opened: list[hivemem.Hive] = []
+
+    def _open(slot: str = "main", *, embedder: Any = SHARED, **options: Any) -> hivemem.Hive:
+        directory = tmp_path / slot
+        directory.mkdir(exist_ok=True)
+        chosen = shared_embedder if embedder is SHARED else embedder
+        hive = factory(directory, clock, chosen, **options)
+        opened.append(hive)
+        return hive
+
+    shared_embedder = embedder
+    yield _open
+    for hive in reversed(opened):
+        hive.close()
+
+
+@pytest.fixture
+def hive(open_hive: OpenHive) -> hivemem.Hive:
+    """A fresh, empty hive of the deployment under test, with the manual clock and HashEmbedder."""
+    return open_hive()

@@ -1,0 +1,265 @@
+"""Many writers at once: real processes on one SQLite file, threads on one Hive, and the
+in-process vector index following changes made by other processes.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import queue
+import random
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import hivemem
+from fakes import HashEmbedder
+from hivemem import Hive, VersionConflict
+from hivemem.storage.base import MemoryFilter
+
+PROCESSES = 4
+N = 200  # plain memories per process
+UPSERTS = 50  # keyed upserts per process, spread over SHARED_KEYS
+SHARED_KEYS = 10
+INCREMENTS = 25  # successful counter increments per process
+JOIN_TIMEOUT = 240
+
+SPAWN = multiprocessing.get_context("spawn")
+
+
+def _increment(hive: Hive, counter_id: str, think: float = 0.0) -> int:
+    """Add one to the counter with optimistic concurrency; returns how many conflicts it took."""
+    conflicts = 0
+    while True:
+        current = hive.get(counter_id)
+        time.sleep(think)  # an agent deciding what to write: others get to write meanwhile
+        try:
+            hive.update(counter_id, data={"n": current.data["n"] + 1}, expected_version=current.version)
+        except VersionConflict as exc:
+            assert exc.current_version > current.version
+            conflicts += 1
+            continue
+        return conflicts
+
+
+def _workload(
+    hive: Hive, worker: int, n: int, upserts: int, increments: int, counter_id: str, barrier: Any
+) -> dict[str, int]:
+    """One writer's share: a shuffled mix of all writes, then (after ``barrier``) a burst of
+    counter increments at the same time as every other writer, so that conflicts do happen."""
+    mixed = increments // 5
+    ops = ["remember"] * n + ["upsert"] * upserts + ["increment"] * mixed
+    random.Random(worker).shuffle(ops)
+    done = {"remember": 0, "upsert": 0, "increment": 0, "conflicts": 0}
+    barrier.wait(timeout=120)
+    for op in ops:
+        if op == "remember":
+            i = done["remember"]
+            hive.remember(f"conc/w{worker}", f"worker {worker} note {i}", data={"w": worker, "i": i})
+        elif op == "upsert":
+            j = done["upsert"]
+            hive.remember("conc/shared", f"worker {worker} wrote {j}", key=f"key-{j % SHARED_KEYS}")
+        else:
+            done["conflicts"] += _increment(hive, counter_id)
+        done[op] += 1
+    barrier.wait(timeout=120)
+    for _ in range(increments - mixed):
+        done["conflicts"] += _increment(hive, counter_id, think=0.002)
+        done["increment"] += 1
+    return done
+
+
+def _process_worker(path: str, worker: int, counter_id: str, barrier: Any, results: Any) -> None:
+    try:
+        with hivemem.open(path, embedder=None) as hive:
+            done = _workload(hive, worker, N, UPSERTS, INCREMENTS, counter_id, barrier)
+        results.put((worker, "ok", done))
+    except BaseException:
+        results.put((worker, "error", traceback.format_exc()))
+        raise SystemExit(1) from None
+
+
+def _run_processes(target: Any, args_for: list[tuple[Any, ...]], results: Any) -> list[tuple[int, str, Any]]:
+    procs = [SPAWN.Process(target=target, args=args) for args in args_for]
+    for p in procs:
+        p.start()
+    reports: list[tuple[int, str, Any]] = []
+    try:
+        for _ in procs:
+            reports.append(results.get(timeout=JOIN_TIMEOUT))
+    except queue.Empty:
+        pass
+    finally:
+        for p in procs:
+            p.join(timeout=JOIN_TIMEOUT)
+            if p.is_alive():
+                p.terminate()
+                p.join()
+    errors = [r[2] for r in reports if r[1] != "ok"]
+    assert not errors, "worker failed:\n" + "\n".join(errors)
+    assert [p.exitcode for p in procs] == [0] * len(procs)
+    assert len(reports) == len(procs)
+    return reports
+
+
+def _check_final_state(hive: Hive, workers: int, n: int, upserts: int, increments: int, counter_id: str) -> None:
+    assert hive.stats()["memories"] == workers * n + SHARED_KEYS + 1
+    for w in range(workers):
+        mine = hive.list(f"conc/w{w}", limit=1000)
+        assert sorted(m.data["i"] for m in mine) == list(range(n))
+        assert {m.data["w"] for m in mine} == {w}
+    shared = hive.list("conc/shared", limit=1000)
+    assert len(shared) == SHARED_KEYS
+    per_key = workers * upserts // SHARED_KEYS
+    for j in range(SHARED_KEYS):
+        keyed = hive.get_by_key("conc/shared", f"key-{j}")
+        assert keyed.version == per_key
+        assert [m.version for m in hive.history(keyed.id)] == list(range(1, per_key + 1))
+    counter = hive.get(counter_id)
+    assert counter.data["n"] == workers * increments  # no lost update
+    assert counter.version == workers * increments + 1
+
+
+def test_processes_share_one_file(tmp_path: Path) -> None:
+    path = str(tmp_path / "shared.db")
+    with hivemem.open(path, embedder=None) as hive:
+        counter_id = hive.remember("conc", "counter", data={"n": 0}).id
+    barrier = SPAWN.Barrier(PROCESSES)
+    results = SPAWN.Queue()
+    reports = _run_processes(
+        _process_worker, [(path, w, counter_id, barrier, results) for w in range(PROCESSES)], results
+    )
+    for _, _, done in reports:
+        assert (done["remember"], done["upsert"], done["increment"]) == (N, UPSERTS, INCREMENTS)
+    assert sum(done["conflicts"] for _, _, done in reports) > 0, "no conflict: the retry path was not exercised"
+    with hivemem.open(path, embedder=None) as hive:
+        _check_final_state(hive, PROCESSES, N, UPSERTS, INCREMENTS, counter_id)
+
+
+def test_threads_share_one_hive(hive: Hive) -> None:
+    threads_n, n, upserts, increments = 8, 40, 20, 10
+    counter_id = hive.remember("conc", "counter", data={"n": 0}).id
+    barrier = threading.Barrier(threads_n)
+    errors: list[str] = []
+    done: list[dict[str, int]] = []
+    recalled: list[int] = []
+
+    def run(worker: int) -> None:
+        try:
+            done.append(_workload(hive, worker, n, upserts, increments, counter_id, barrier))
+            hits = hive.recall(f"worker {worker} note", namespace=f"conc/w{worker}", k=1000)
+            recalled.append(len(hits))
+        except BaseException:
+            errors.append(traceback.format_exc())
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in range(threads_n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=JOIN_TIMEOUT)
+    assert not any(t.is_alive() for t in threads)
+    assert not errors, "\n".join(errors)
+    assert len(done) == threads_n
+    assert all((d["remember"], d["upsert"], d["increment"]) == (n, upserts, increments) for d in done)
+    assert sum(d["conflicts"] for d in done) > 0, "no conflict: the retry path was not exercised"
+    assert recalled == [n] * threads_n
+    _check_final_state(hive, threads_n, n, upserts, increments, counter_id)
+
+
+def test_threads_recall_while_others_write(hive: Hive) -> None:
+    for i in range(20):
+        hive.remember("seed", f"seed memory {i} about gardening")
+    stop = threading.Event()
+    errors: list[str] = []
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                hits = hive.recall("gardening", namespace="seed", k=50)
+                assert len(hits) == 20
+        except BaseException:
+            errors.append(traceback.format_exc())
+
+    def writer(worker: int) -> None:
+        try:
+            for i in range(30):
+                m = hive.remember(f"busy/{worker}", f"writer {worker} item {i} about gardening")
+                if i % 3 == 0:
+                    hive.forget(m.id)
+        except BaseException:
+            errors.append(traceback.format_exc())
+
+    readers = [threading.Thread(target=reader) for _ in range(3)]
+    writers = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+    for t in readers + writers:
+        t.start()
+    for t in writers:
+        t.join(timeout=JOIN_TIMEOUT)
+    stop.set()
+    for t in readers:
+        t.join(timeout=JOIN_TIMEOUT)
+    assert not errors, "\n".join(errors)
+    assert hive.stats("busy")["memories"] == 4 * 20
+    assert len(hive.recall("gardening", namespace="busy", k=1000)) == 4 * 20
+
+
+# --------------------------------------------------------------------------- the vector index across processes
+
+
+def _index_child(path: str, action: str, argument: str, results: Any) -> None:
+    try:
+        with hivemem.open(path, embedder=HashEmbedder()) as hive:
+            if action == "remember":
+                value: Any = hive.remember("shared", argument).id
+            elif action == "forget":
+                value = hive.forget(argument)
+            elif action == "update":
+                memory_id, content = argument.split("|", 1)
+                value = hive.update(memory_id, content=content).version
+            else:
+                raise ValueError(action)
+        results.put((0, "ok", value))
+    except BaseException:
+        results.put((0, "error", traceback.format_exc()))
+        raise SystemExit(1) from None
+
+
+def _in_child(path: str, action: str, argument: str) -> Any:
+    results = SPAWN.Queue()
+    (report,) = _run_processes(_index_child, [(path, action, argument, results)], results)
+    return report[2]
+
+
+def _vector_ids(hive: Hive, embedder: HashEmbedder, text: str) -> dict[str, float]:
+    found = hive.store.vector_search(embedder.vector(text), MemoryFilter(now=hive.clock.now()), 100)
+    return {s.id: s.score for s in found}
+
+
+@pytest.mark.parametrize("vector_search", ["matrix", "sqlite-vec"])
+def test_vector_index_follows_other_processes(tmp_path: Path, vector_search: str) -> None:
+    path = str(tmp_path / "index.db")
+    embedder = HashEmbedder()
+    with hivemem.open(path, embedder=embedder, vector_search=vector_search) as hive:
+        base = hive.remember("shared", "apples and pears in the orchard")
+        assert list(_vector_ids(hive, embedder, "apples and pears in the orchard")) == [base.id]  # index built
+
+        text = "zebra crossing near the school"
+        child_id = _in_child(path, "remember", text)
+        vectors = _vector_ids(hive, embedder, text)
+        assert vectors[child_id] == pytest.approx(1.0, abs=1e-5)
+        hits = hive.recall(text, k=5)
+        assert hits[0].memory.id == child_id
+        assert hits[0].scores["vector"] == pytest.approx(1.0, abs=1e-5)
+
+        new_text = "bananas ripen in the sun"
+        assert _in_child(path, "update", f"{base.id}|{new_text}") == 2
+        assert _vector_ids(hive, embedder, new_text)[base.id] == pytest.approx(1.0, abs=1e-5)
+        assert hive.recall(new_text, k=1)[0].memory.id == base.id
+
+        assert _in_child(path, "forget", child_id) == 1
+        assert child_id not in _vector_ids(hive, embedder, text)
+        assert child_id not in [h.memory.id for h in hive.recall(text, k=5)]
+        assert list(_vector_ids(hive, embedder, new_text)) == [base.id]
