@@ -206,6 +206,32 @@ def test_threads_recall_while_others_write(hive: Hive) -> None:
     assert len(hive.recall("gardening", namespace="busy", k=1000)) == 4 * 20
 
 
+def test_threads_upsert_one_entity(hive: Hive) -> None:
+    threads_n, calls = 8, 5
+    barrier = threading.Barrier(threads_n)
+    errors: list[str] = []
+
+    def run(worker: int) -> None:
+        try:
+            barrier.wait(timeout=60)
+            for i in range(calls):
+                hive.upsert_entity("crm", "person", "Ada Lovelace", {f"w{worker}-{i}": i, "last": worker})
+        except BaseException:
+            errors.append(traceback.format_exc())
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in range(threads_n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=JOIN_TIMEOUT)
+    assert not errors, "\n".join(errors)
+    (entity,) = hive.list("crm", kinds="entity")
+    assert entity.data["interactions"] == threads_n * calls
+    assert entity.version == threads_n * calls
+    props = entity.data["properties"]
+    assert {k for k in props if k != "last"} == {f"w{w}-{i}" for w in range(threads_n) for i in range(calls)}
+
+
 # --------------------------------------------------------------------------- the vector index across processes
 
 
@@ -263,3 +289,24 @@ def test_vector_index_follows_other_processes(tmp_path: Path, vector_search: str
         assert child_id not in _vector_ids(hive, embedder, text)
         assert child_id not in [h.memory.id for h in hive.recall(text, k=5)]
         assert list(_vector_ids(hive, embedder, new_text)) == [base.id]
+
+
+@pytest.mark.parametrize("vector_search", ["matrix", "sqlite-vec"])
+def test_vector_search_sees_a_memory_whose_content_was_embedded_later(tmp_path: Path, vector_search: str) -> None:
+    # A keyword-only writer (embedder=None, as the ConfigError message suggests) stores a memory
+    # without a vector; once the same text is embedded for another memory, the shared vector
+    # (embeddings are by content hash) makes it findable: both vector search modes must agree.
+    path = str(tmp_path / "mixed.db")
+    embedder = HashEmbedder()
+    with (
+        hivemem.open(path, embedder=embedder, vector_search=vector_search) as hive,
+        hivemem.open(path, embedder=None) as keyword_only,
+    ):
+        hive.remember("warm", "warm up the index")
+        assert _vector_ids(hive, embedder, "warm up the index")  # the index is built and current
+        text = "orange juice recipe"
+        plain = keyword_only.remember("ns", text)
+        assert _vector_ids(hive, embedder, "warm up the index")  # the index caught up past it
+        hive.remember("other", text)  # embeds the text now
+        found = hive.store.vector_search(embedder.vector(text), MemoryFilter(now=hive.clock.now(), namespace="ns"), 10)
+        assert [s.id for s in found] == [plain.id]

@@ -219,6 +219,7 @@ def test_update_unknown_id_is_not_found(hive: Hive) -> None:
         ({"importance": True}, "importance"),
         ({"tier": "forever"}, "tier"),
         ({"expected_version": 0}, "expected_version"),
+        ({"content": "lone surrogate \ud800"}, "content"),
     ],
 )
 def test_update_bad_input_writes_nothing(hive: Hive, changes: dict[str, Any], field: str) -> None:
@@ -579,6 +580,26 @@ def test_recall_k_and_min_score(hive: Hive) -> None:
     assert ids(kept) == ids(every)[:4]
     assert all(h.score >= threshold for h in kept)
     assert hive.recall("kettle", k=100, min_score=1e9) == []
+
+
+def test_recall_filters_never_hide_a_match_ranked_below_the_candidates(hive: Hive) -> None:
+    # 150 memories are closer to the query than the one that passes the filter, and the
+    # keyword list cannot see it (its only shared word is a stop word): recall must widen.
+    hive.remember_many([{"namespace": "w", "content": f"zebra stripes {i}"} for i in range(150)])
+    rare = hive.remember("w", "them " + " ".join(f"x{i}" for i in range(1, 9)), tags=["rare"])
+    hits = hive.recall("them zebra", namespace="w", tags=["rare"], k=5)
+    assert ids(hits) == [rare.id]
+    assert hits[0].scores["vector"] > 0
+
+
+def test_memories_hidden_by_a_filter_do_not_lower_relevance(hive: Hive) -> None:
+    # The keyword list is ranked among the memories that pass the filter; the vector list
+    # must be too, or a hit's relevance (and min_score) depends on memories the caller excluded.
+    hive.remember_many([{"namespace": "w", "content": f"zebra stripes {i}", "agent_id": "a"} for i in range(30)])
+    mine = hive.remember("w", "them " + " ".join(f"x{i}" for i in range(1, 9)), agent_id="b")
+    (hit,) = hive.recall("them zebra", agent_id="b", k=5)
+    assert hit.memory.id == mine.id
+    assert hit.scores["relevance"] == pytest.approx(1.0)
 
 
 def test_recall_importance_breaks_ties(hive: Hive) -> None:
@@ -1239,6 +1260,10 @@ BAD_REMEMBER = [
     ({"agent_id": ""}, "agent_id"),
     ({"session_id": 3}, "session_id"),
     ({"parent_id": ""}, "parent_id"),
+    ({"content": "lone surrogate \ud800"}, "content"),  # not encodable as UTF-8
+    ({"key": "\udcff"}, "key"),
+    ({"agent_id": "agent-\ud800"}, "agent_id"),
+    ({"ttl": 1e12}, "ttl"),  # expiry past year 9999
     ({"colour": "blue"}, "colour"),
     ({"namespaces": "typo"}, "namespaces"),
 ]

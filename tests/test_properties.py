@@ -335,3 +335,29 @@ def test_fuse_single_list_is_strictly_decreasing_in_rank(ranked: list[str], weig
     assert all(a > b for a, b in itertools.pairwise(relevances))
     assert all(f.vector == 0.0 for f in fused)
     assert [f.keyword for f in fused] == [s.score for s in scored(ranked)]
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(
+    keyword=st.dictionaries(st.sampled_from(IDS), st.sampled_from([1.0, 2.0, 3.0]), max_size=10),
+    vector=st.dictionaries(st.sampled_from(IDS), st.sampled_from([0.1, 0.5, 0.9]), max_size=10),
+    weights=WEIGHTS,
+)
+def test_fuse_equal_evidence_gives_equal_relevance(
+    keyword: dict[str, float], vector: dict[str, float], weights: RankingWeights
+) -> None:
+    # Backends return tied scores in any order: shuffle the ties and the relevances must not change.
+    def best_first(scores: dict[str, float], ties_reversed: bool) -> list[ScoredId]:
+        by_id = sorted(scores, reverse=ties_reversed)
+        order = sorted(by_id, key=lambda i: -scores[i])  # stable: ties keep the id order chosen above
+        return [ScoredId(i, scores[i]) for i in order]
+
+    one = {f.id: f.relevance for f in fuse(best_first(keyword, False), best_first(vector, False), weights)}
+    two = {f.id: f.relevance for f in fuse(best_first(keyword, True), best_first(vector, True), weights)}
+    assert one == two
+    for a, rel_a in one.items():
+        for b, rel_b in one.items():
+            if keyword.get(a) == keyword.get(b) and vector.get(a) == vector.get(b):
+                assert rel_a == rel_b
+            if keyword.get(a, -1.0) >= keyword.get(b, -1.0) and vector.get(a, -1.0) >= vector.get(b, -1.0):
+                assert rel_a >= rel_b - 1e-12

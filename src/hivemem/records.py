@@ -125,9 +125,7 @@ def draft(namespace: object, content: object, config: HiveConfig, **options: Any
     expires_at = v.timestamp(options.get("expires_at"), "expires_at")
     if ttl is not None and expires_at is not None:
         raise InvalidInput("ttl", "give ttl or expires_at, not both")
-    key = options.get("key")
-    if key is not None and (not isinstance(key, str) or not key or len(key) > v.MAX_KEY_LEN or "\x00" in key):
-        raise InvalidInput("key", f"must be a non-empty string of at most {v.MAX_KEY_LEN} characters")
+    key = v.optional_id(options.get("key"), "key")
     sensitive = options.get("sensitive", False)
     if not isinstance(sensitive, bool):
         raise InvalidInput("sensitive", "must be true or false")

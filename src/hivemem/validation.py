@@ -30,6 +30,18 @@ MAX_DATA_DEPTH = 16
 WHERE_OPERATORS = ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in")
 
 
+MAX_TTL_SECONDS = 100 * 366 * 86_400
+
+
+def _encodable(value: str, field: str) -> str:
+    """Refuse text that is not valid Unicode (lone surrogates cannot be stored as UTF-8)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(field, "must be valid Unicode text (it holds a lone surrogate)") from None
+    return value
+
+
 def namespace(value: object, field: str = "namespace") -> str:
     """A namespace that a write may target: ``seg[/seg...]``.
 
@@ -111,7 +123,7 @@ def content(value: object, max_bytes: int, field: str = "content") -> str:
     """Non-blank text of at most ``max_bytes`` UTF-8 bytes."""
     if not isinstance(value, str) or not value.strip():
         raise InvalidInput(field, "must be non-empty text")
-    size = len(value.encode("utf-8", errors="surrogatepass"))
+    size = len(_encodable(value, field).encode("utf-8"))
     if size > max_bytes:
         raise PayloadTooLarge(f"{field}: {size} bytes is over the limit of {max_bytes}", field=field, limit=max_bytes)
     if "\x00" in value:
@@ -125,7 +137,7 @@ def optional_id(value: object, field: str) -> str | None:
         return None
     if not isinstance(value, str) or not value or len(value) > MAX_KEY_LEN or "\x00" in value:
         raise InvalidInput(field, f"must be a non-empty string of at most {MAX_KEY_LEN} characters", value=repr(value))
-    return value
+    return _encodable(value, field)
 
 
 def tags(value: object, field: str = "tags") -> tuple[str, ...]:
@@ -136,6 +148,7 @@ def tags(value: object, field: str = "tags") -> tuple[str, ...]:
     for tag in value:
         if not isinstance(tag, str) or not tag.strip() or len(tag) > MAX_TAG_LEN or "\x00" in tag:
             raise InvalidInput(field, f"each tag must be non-empty text of at most {MAX_TAG_LEN} characters")
+        _encodable(tag, field)
         if tag not in out:
             out.append(tag)
     if len(out) > MAX_TAGS:
@@ -190,7 +203,10 @@ def ttl_seconds(value: object, field: str = "ttl") -> float | None:
         return None
     if isinstance(value, timedelta):
         value = value.total_seconds()
-    return positive_float(value, field)
+    seconds = positive_float(value, field)
+    if seconds > MAX_TTL_SECONDS:
+        raise InvalidInput(field, "must be at most 100 years (leave it out for no expiry)")
+    return seconds
 
 
 def where(value: object, field: str = "where") -> dict[str, dict[str, Any]]:

@@ -116,9 +116,13 @@ class Retriever:
             vector = []
             if pending is not None:
                 vector = self.store.vector_search(pending.result(), flt, limit)
-            fused = fuse(keyword, vector, self.weights)
-            ids = [f.id for f in fused]
+            ids = list({s.id: None for s in [*keyword, *vector]})
             memories = self.store.read(functools.partial(_visible, ids=ids, flt=flt))
+            # Filter before fusing: a memory the caller cannot see must not push
+            # visible ones down the ranks (nor reveal itself through their scores).
+            visible_keyword = [s for s in keyword if s.id in memories]
+            visible_vector = [s for s in vector if s.id in memories]
+            fused = fuse(visible_keyword, visible_vector, self.weights)
             hits = score(fused, memories, flt.now, self.weights)
             exhausted = len(keyword) < limit and len(vector) < limit
             if len(hits) >= k or exhausted or limit >= MAX_CANDIDATES:

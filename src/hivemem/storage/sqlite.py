@@ -361,6 +361,9 @@ class _SqliteTx(StoreTx):
                     "INSERT INTO vec_embeddings (rowid, embedding) VALUES (?, ?)",
                     (self.conn.last_insert_rowid(), np.asarray(vector, dtype=np.float32).tobytes()),
                 )
+                # Memories stored earlier without a vector (embedder off) now have one:
+                # mark them changed so every matrix index picks them up.
+                self.conn.execute("UPDATE memories SET seq = ? WHERE content_hash = ?", (self.seq, content_hash))
 
     def prune_embeddings(self, limit: int) -> int:
         rows = _all(
