@@ -93,7 +93,7 @@ def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool) or value is None
+    return (isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)) or value is None
 
 
 def _cell(value: Any) -> str:

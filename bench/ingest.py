@@ -44,8 +44,8 @@ from typing import Any
 import apsw
 
 import hivemem
-from hivemem.clock import new_id
 from _common import TextGenerator, latency_summary, log, print_table, write_results
+from hivemem.clock import new_id
 
 NAMESPACE = "bench/ingest"
 

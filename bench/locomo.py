@@ -505,7 +505,8 @@ def main(argv: list[str] | None = None) -> int:
         )
     if variants:
         print_table(
-            f"HiveMem ranking variants (format {HEADLINE_FORMAT!r}); conv +/- = conversations better/worse than default",
+            f"HiveMem ranking variants (format {HEADLINE_FORMAT!r}); "
+            "conv +/- = conversations better/worse than default",
             ["variant", "recall@10", "delta", "se", "conv +/-", "recall@5", "MRR@10", *cat_names],
             rows,
         )
