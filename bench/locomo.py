@@ -384,10 +384,26 @@ def ranking_variants(quick: bool) -> list[Variant]:
             if (rrf_k, vector) == (10, 1.0):
                 continue
             out.append(Variant(f"rrf_k {rrf_k}, vector {vector}", ranking={"rrf_k": rrf_k, "vector": vector}))
-    out += [
-        Variant("rrf_k 20, vector 1.25, recency 0", ranking={"rrf_k": 20, "vector": 1.25, "recency": 0.0}),
-    ]
     return out
+
+
+def leave_one_out(base: Scores, variants: dict[str, Scores]) -> dict[str, Any]:
+    """Tune on four conversations, test on the fifth: does picking the best variant generalise?
+
+    For each held-out conversation, the variant (default included) with the best
+    recall@10 over the other conversations' questions is chosen and scored on the
+    held-out questions. Returns the picks and the pooled held-out recall@10 of the
+    tuned choice next to the default's.
+    """
+    candidates = {"default": base, **variants}
+    convs = np.asarray([q.conv for q in base.questions])
+    picks, tuned = {}, np.zeros(len(convs))
+    for held in dict.fromkeys(convs.tolist()):
+        train = convs != held
+        best = max(candidates, key=lambda name: candidates[name].r10[train].mean())
+        picks[held] = best
+        tuned[~train] = candidates[best].r10[~train]
+    return {"picks": picks, "tuned_recall@10": float(tuned.mean()), "default_recall@10": float(base.r10.mean())}
 
 
 # -- main --------------------------------------------------------------------------------------
@@ -488,6 +504,21 @@ def main(argv: list[str] | None = None) -> int:
             ["format", *methods],
             [[f, *(s.summary()["recall@10"] for s in runs_.values())] for f, runs_ in by_format.items()],
         )
+        print_table(
+            "content formats, HiveMem default: recall@10 by category; delta and se against the headline format",
+            ["format", "recall@10", "delta", "se", "conv +/-", *cat_names],
+            [
+                [
+                    f,
+                    r["hivemem default"].summary()["recall@10"],
+                    r["hivemem default"].versus(base)["delta_recall@10"],
+                    r["hivemem default"].versus(base)["se"],
+                    "{convs_better}/{convs_worse}".format(**r["hivemem default"].versus(base)),
+                    *(r["hivemem default"].by_category()[c]["recall@10"] for c in cat_names),
+                ]
+                for f, r in by_format.items()
+            ],
+        )
     rows = []
     for label, s in [("default", base), *variants.items()]:
         vs = s.versus(base)
@@ -509,6 +540,18 @@ def main(argv: list[str] | None = None) -> int:
             "conv +/- = conversations better/worse than default",
             ["variant", "recall@10", "delta", "se", "conv +/-", "recall@5", "MRR@10", *cat_names],
             rows,
+        )
+    loo = leave_one_out(base, variants) if len(conversations) > 1 and variants else None
+    if loo is not None:
+        print_table(
+            "leave one conversation out: the variant that scores best on the other conversations, "
+            "scored on the held-out one",
+            ["held out", "picked on the others"],
+            list(loo["picks"].items()),
+        )
+        print(
+            f"held-out recall@10: tuned {loo['tuned_recall@10']:.3f} vs default {loo['default_recall@10']:.3f} "
+            "(a tuned score no better than the default means the tuning does not generalise)"
         )
     print(
         f"\nHEADLINE: HiveMem default recall@10 = {head['recall@10']:.3f} over {head['n']} questions "
@@ -533,8 +576,9 @@ def main(argv: list[str] | None = None) -> int:
             "headline": head,
             "target_recall@10": TARGET_RECALL10,
             "methods": {n: dump(s) for n, s in methods.items()},
-            "formats": {f: {n: s.summary() for n, s in r.items()} for f, r in by_format.items()},
+            "formats": {f: {n: dump(s) for n, s in r.items()} for f, r in by_format.items()},
             "variants": {label: dump(s) for label, s in variants.items()},
+            "leave_one_conversation_out": loo,
             "seconds": elapsed,
         },
     )
