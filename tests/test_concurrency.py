@@ -10,6 +10,7 @@ import random
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -139,29 +140,38 @@ def test_processes_share_one_file(tmp_path: Path) -> None:
         _check_final_state(hive, PROCESSES, N, UPSERTS, INCREMENTS, counter_id)
 
 
-def test_threads_share_one_hive(hive: Hive) -> None:
-    threads_n, n, upserts, increments = 8, 40, 20, 10
-    counter_id = hive.remember("conc", "counter", data={"n": 0}).id
-    barrier = threading.Barrier(threads_n)
+def _run_threads(target: Callable[[int], None], count: int) -> None:
+    """Run ``target(worker)`` on ``count`` threads; fail with every worker's traceback."""
     errors: list[str] = []
-    done: list[dict[str, int]] = []
-    recalled: list[int] = []
 
-    def run(worker: int) -> None:
+    def guarded(worker: int) -> None:
         try:
-            done.append(_workload(hive, worker, n, upserts, increments, counter_id, barrier))
-            hits = hive.recall(f"worker {worker} note", namespace=f"conc/w{worker}", k=1000)
-            recalled.append(len(hits))
+            target(worker)
         except BaseException:
             errors.append(traceback.format_exc())
 
-    threads = [threading.Thread(target=run, args=(w,)) for w in range(threads_n)]
+    threads = [threading.Thread(target=guarded, args=(w,)) for w in range(count)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=JOIN_TIMEOUT)
     assert not any(t.is_alive() for t in threads)
     assert not errors, "\n".join(errors)
+
+
+def test_threads_share_one_hive(hive: Hive) -> None:
+    threads_n, n, upserts, increments = 8, 40, 20, 10
+    counter_id = hive.remember("conc", "counter", data={"n": 0}).id
+    barrier = threading.Barrier(threads_n)
+    done: list[dict[str, int]] = []
+    recalled: list[int] = []
+
+    def run(worker: int) -> None:
+        done.append(_workload(hive, worker, n, upserts, increments, counter_id, barrier))
+        hits = hive.recall(f"worker {worker} note", namespace=f"conc/w{worker}", k=1000)
+        recalled.append(len(hits))
+
+    _run_threads(run, threads_n)
     assert len(done) == threads_n
     assert all((d["remember"], d["upsert"], d["increment"]) == (n, upserts, increments) for d in done)
     assert sum(d["conflicts"] for d in done) > 0, "no conflict: the retry path was not exercised"
@@ -209,22 +219,13 @@ def test_threads_recall_while_others_write(hive: Hive) -> None:
 def test_threads_upsert_one_entity(hive: Hive) -> None:
     threads_n, calls = 8, 5
     barrier = threading.Barrier(threads_n)
-    errors: list[str] = []
 
     def run(worker: int) -> None:
-        try:
-            barrier.wait(timeout=60)
-            for i in range(calls):
-                hive.upsert_entity("crm", "person", "Ada Lovelace", {f"w{worker}-{i}": i, "last": worker})
-        except BaseException:
-            errors.append(traceback.format_exc())
+        barrier.wait(timeout=60)
+        for i in range(calls):
+            hive.upsert_entity("crm", "person", "Ada Lovelace", {f"w{worker}-{i}": i, "last": worker})
 
-    threads = [threading.Thread(target=run, args=(w,)) for w in range(threads_n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=JOIN_TIMEOUT)
-    assert not errors, "\n".join(errors)
+    _run_threads(run, threads_n)
     (entity,) = hive.list("crm", kinds="entity")
     assert entity.data["interactions"] == threads_n * calls
     assert entity.version == threads_n * calls

@@ -51,7 +51,12 @@ class ManualClock:
 
 def to_datetime(ts: float | None) -> datetime | None:
     """Unix seconds to an aware UTC datetime (None stays None)."""
-    return None if ts is None else datetime.fromtimestamp(ts, tz=UTC)
+    return None if ts is None else utc(ts)
+
+
+def utc(ts: float) -> datetime:
+    """Unix seconds to an aware UTC datetime."""
+    return datetime.fromtimestamp(ts, tz=UTC)
 
 
 def to_timestamp(value: datetime) -> float:

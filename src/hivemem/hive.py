@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from hivemem import validation as v
-from hivemem.clock import Clock, SystemClock, new_id, to_datetime
+from hivemem.clock import Clock, SystemClock, new_id, to_datetime, utc
 from hivemem.config import HiveConfig
 from hivemem.errors import InvalidInput, NotFound, PayloadTooLarge, VersionConflict
 from hivemem.models import Group, Hit, Memory, Page, Related, Relation, decode_cursor, encode_cursor
@@ -343,7 +343,7 @@ class Hive:
         def write(tx: StoreTx) -> Memory:
             now = self.clock.now()
             current = tx.get_by_key(ns, key, now)
-            data = merged_entity_data(current.data if current else None, entity_type, entity_name, props, _aware(now))
+            data = merged_entity_data(current.data if current else None, entity_type, entity_name, props, utc(now))
             text = entity_content(entity_type, data["name"], data["properties"])
             digest = content_hash(text)
             if self.embedder is not None and digest not in vectors and not tx.known_hashes([digest]):
@@ -672,7 +672,7 @@ class Hive:
             now = self.clock.now()
             self._require(tx, src_id, now)
             self._require(tx, dst_id, now)
-            relation = Relation(src_id, dst_id, rel_type, weight, _aware(now))
+            relation = Relation(src_id, dst_id, rel_type, weight, utc(now))
             tx.put_relation(relation)
             return relation
 
@@ -729,7 +729,7 @@ class Hive:
         if group_name is None:
             raise InvalidInput("name", "is required")
         text = text_field(description, "description", optional=True)
-        group = Group(group_name, text, _aware(self.clock.now()))
+        group = Group(group_name, text, utc(self.clock.now()))
         if not self.store.write(lambda tx: tx.put_group(group)):
             raise InvalidInput("name", f"a group named {group_name!r} exists")
         return group
@@ -776,12 +776,6 @@ class Hive:
         if found is None:
             raise NotFound(f"no memory with id {memory_id}", id=memory_id)
         return found
-
-
-def _aware(ts: float) -> datetime:
-    value = to_datetime(ts)
-    assert value is not None
-    return value
 
 
 def _refuse_options(options: Mapping[str, Any], owned: Sequence[str], helper: str) -> None:

@@ -33,12 +33,17 @@ WHERE_OPERATORS = ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in")
 MAX_TTL_SECONDS = 100 * 366 * 86_400
 
 
-def _encodable(value: str, field: str) -> str:
-    """Refuse text that is not valid Unicode (lone surrogates cannot be stored as UTF-8)."""
+def _utf8(value: str, field: str) -> bytes:
+    """The UTF-8 bytes of ``value``; text that is not valid Unicode (a lone surrogate) is refused."""
     try:
-        value.encode("utf-8")
+        return value.encode("utf-8")
     except UnicodeEncodeError:
         raise InvalidInput(field, "must be valid Unicode text (it holds a lone surrogate)") from None
+
+
+def _encodable(value: str, field: str) -> str:
+    """``value`` itself, once it is known to be storable as UTF-8."""
+    _utf8(value, field)
     return value
 
 
@@ -123,7 +128,7 @@ def content(value: object, max_bytes: int, field: str = "content") -> str:
     """Non-blank text of at most ``max_bytes`` UTF-8 bytes."""
     if not isinstance(value, str) or not value.strip():
         raise InvalidInput(field, "must be non-empty text")
-    size = len(_encodable(value, field).encode("utf-8"))
+    size = len(_utf8(value, field))
     if size > max_bytes:
         raise PayloadTooLarge(f"{field}: {size} bytes is over the limit of {max_bytes}", field=field, limit=max_bytes)
     if "\x00" in value:

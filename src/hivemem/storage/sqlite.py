@@ -18,7 +18,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from typing import Any
 
 import apsw
@@ -26,6 +25,7 @@ import numpy as np
 import sqlite_vec
 from numpy.typing import NDArray
 
+from hivemem.clock import utc
 from hivemem.errors import ConfigError, HiveError, StorageUnavailable
 from hivemem.models import Group, Memory, Relation
 from hivemem.storage.base import (
@@ -169,15 +169,22 @@ def _typed_compare(path_literal: str, op: str, operand: Any, params: list[Any]) 
     return f"coalesce({json_type} IN {kinds} AND json_extract(m.data, {path_literal}) {_SQL_OPS[op]} ?, 0)"
 
 
+def _namespace_clause(prefix: str, params: list[Any]) -> str:
+    """``m.namespace`` lies under ``prefix``, appending bind values to ``params``.
+
+    A range on the binary collation: index-friendly, case-sensitive and
+    segment-wise ('a' matches 'a' and 'a/...' but not 'ab'); '0' follows '/'.
+    """
+    params += [prefix, prefix + "/", prefix + "0"]
+    return "(m.namespace = ? OR (m.namespace >= ? AND m.namespace < ?))"
+
+
 def compile_filter(flt: MemoryFilter, params: builtins.list[Any]) -> str:
     """SQL conditions on alias ``m`` for ``flt``, appending bind values to ``params``."""
     clauses = ["(m.expires_at IS NULL OR m.expires_at > ?)"]
     params.append(flt.now)
     if flt.namespace is not None:
-        # A range on the binary collation: index-friendly, case-sensitive and
-        # segment-wise ('a' matches 'a' and 'a/...' but not 'ab'); '0' follows '/'.
-        clauses.append("(m.namespace = ? OR (m.namespace >= ? AND m.namespace < ?))")
-        params += [flt.namespace, flt.namespace + "/", flt.namespace + "0"]
+        clauses.append(_namespace_clause(flt.namespace, params))
     for column, values in (("kind", flt.kinds), ("tier", flt.tiers)):
         if values is not None:
             clauses.append(f"m.{column} IN (SELECT value FROM json_each(?))")
@@ -275,10 +282,8 @@ class _SqliteTx(StoreTx):
         return [r[0] for r in rows]
 
     def ids_in_namespace(self, prefix: str) -> builtins.list[str]:
-        rows = self.conn.execute(
-            "SELECT id FROM memories WHERE namespace = ? OR (namespace >= ? AND namespace < ?)",
-            (prefix, prefix + "/", prefix + "0"),
-        )
+        params: list[Any] = []
+        rows = self.conn.execute(f"SELECT m.id FROM memories m WHERE {_namespace_clause(prefix, params)}", params)
         return [r[0] for r in rows]
 
     def list(
@@ -316,7 +321,7 @@ class _SqliteTx(StoreTx):
             sql += " AND type = ?"
             params.append(type)
         rows = _all(self.conn.execute(sql + " ORDER BY created_at, src_id, dst_id", params))
-        return [Relation(r[0], r[1], r[2], r[3], _aware(r[4])) for r in rows]
+        return [Relation(r[0], r[1], r[2], r[3], utc(r[4])) for r in rows]
 
     def put_group(self, group: Group) -> bool:
         self.conn.execute(
@@ -327,7 +332,7 @@ class _SqliteTx(StoreTx):
 
     def get_group(self, name: str) -> Group | None:
         row = _one(self.conn.execute("SELECT name, description, created_at FROM groups WHERE name = ?", (name,)))
-        return None if row is None else Group(row[0], row[1], _aware(row[2]))
+        return None if row is None else Group(row[0], row[1], utc(row[2]))
 
     def add_member(self, group: str, memory_id: str, now: float) -> None:
         self.conn.execute("INSERT OR IGNORE INTO group_members VALUES (?, ?, ?)", (group, memory_id, now))
@@ -387,10 +392,6 @@ def _one(cursor: Any) -> Any:
 def _all(cursor: Any) -> builtins.list[Any]:
     """Every row of a cursor, typed loosely."""
     return builtins.list(cursor.fetchall())
-
-
-def _aware(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, tz=UTC)
 
 
 class SqliteStore(Store):
