@@ -359,6 +359,7 @@ class _SqliteTx(StoreTx):
         return {r[0] for r in rows}
 
     def put_embeddings(self, vectors: Mapping[str, NDArray[np.float32]]) -> None:
+        added: builtins.list[str] = []
         for content_hash, vector in vectors.items():
             self.conn.execute("INSERT OR IGNORE INTO embeddings (content_hash) VALUES (?)", (content_hash,))
             if self.conn.changes():
@@ -366,9 +367,14 @@ class _SqliteTx(StoreTx):
                     "INSERT INTO vec_embeddings (rowid, embedding) VALUES (?, ?)",
                     (self.conn.last_insert_rowid(), np.asarray(vector, dtype=np.float32).tobytes()),
                 )
-                # Memories stored earlier without a vector (embedder off) now have one:
-                # mark them changed so every matrix index picks them up.
-                self.conn.execute("UPDATE memories SET seq = ? WHERE content_hash = ?", (self.seq, content_hash))
+                added.append(content_hash)
+        if added:
+            # Memories stored earlier without a vector (embedder off) now have one:
+            # mark them changed so every matrix index picks them up. One statement per call.
+            self.conn.execute(
+                "UPDATE memories SET seq = ? WHERE content_hash IN (SELECT value FROM json_each(?))",
+                (self.seq, json.dumps(added)),
+            )
 
     def prune_embeddings(self, limit: int) -> int:
         rows = _all(
