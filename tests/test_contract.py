@@ -1346,6 +1346,28 @@ def test_remember_many(hive: Hive, clock: hivemem.ManualClock) -> None:
     assert hive.remember_many([]) == []
 
 
+def test_a_batch_that_rewrites_its_own_rows_keeps_keyword_search_exact(hive: Hive, clock: hivemem.ManualClock) -> None:
+    made = hive.remember_many(
+        [
+            {"namespace": "ns", "content": "alpha apples", "key": "k"},
+            {"namespace": "ns", "content": "beta bananas", "key": "k"},
+            {"namespace": "ns", "content": "gamma grapes", "key": "short-lived", "ttl": 1},
+        ]
+    )
+    assert made[1].id == made[0].id and made[1].version == 2
+    clock.advance(2)
+    # The expired keyed memory is deleted and a new one inserted, in one transaction.
+    hive.remember_many([{"namespace": "ns", "content": "delta dates", "key": "short-lived"}])
+
+    def keyword_hits(query: str) -> list[str]:
+        return [h.memory.content for h in hive.recall(query, namespace="ns") if h.scores["keyword"] > 0]
+
+    assert keyword_hits("apples") == []
+    assert keyword_hits("bananas") == ["beta bananas"]
+    assert keyword_hits("grapes") == []
+    assert keyword_hits("dates") == ["delta dates"]
+
+
 @pytest.mark.parametrize(
     ("bad_item", "field"),
     [

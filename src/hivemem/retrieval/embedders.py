@@ -313,6 +313,10 @@ class MiniLMEmbedder:
         options = onnxruntime.SessionOptions()
         if self.threads is not None:
             options.intra_op_num_threads = self.threads
+        # Idle worker threads would otherwise spin for a while after each run, taking
+        # the cores that recall's keyword search and a server's other requests need.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "0")
         # Only errors: optimizer notes about the int8 graph are noise for users.
         options.log_severity_level = 3
         try:
