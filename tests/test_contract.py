@@ -29,6 +29,7 @@ from hivemem import (
     PayloadTooLarge,
     VersionConflict,
 )
+from hivemem.storage.base import MemoryFilter, RankFacts
 
 T0 = datetime.fromtimestamp(START, tz=UTC)
 SCORE_PARTS = {"keyword", "vector", "relevance", "recency", "importance", "outcome"}
@@ -1520,3 +1521,32 @@ def test_where_equality_distinguishes_booleans_from_numbers(hive: Hive) -> None:
     assert ids(hive.list(where={"x": True})) == [flag.id]
     assert ids(hive.list(where={"x": 1})) == [one.id]
     assert ids(hive.list(where={"x": {"$in": [1]}})) == [one.id]
+
+
+def test_rank_facts_read_by_the_store_match_the_memories(hive: Hive, clock: hivemem.ManualClock) -> None:
+    event = datetime.fromtimestamp(START - 3600, tz=UTC)
+    made = [
+        hive.remember_episode("ns", context="c", action="a", outcome="o", success=True, importance=0.9),
+        hive.remember_episode("ns", context="c", action="a", outcome="o", success=False, occurred_at=event),
+        hive.remember("ns", "an episode whose success is not a bool", kind="episode", data={"success": 1}),
+        hive.remember("ns", "a note that says success", data={"success": True}),
+        hive.remember("other", "outside the filter"),
+    ]
+    ids = [m.id for m in made]
+    flt = MemoryFilter(now=clock.now(), namespace="ns")
+    read = hive.store.read(lambda tx: tx.rank_facts(ids, flt))
+    assert read == {m.id: RankFacts.of(m) for m in made[:4]}
+    assert [read[i].success for i in ids[:4]] == [True, False, None, None]
+    assert read[ids[1]].when == START - 3600
+
+
+def test_keyword_search_finds_filtered_matches_below_better_unfiltered_ones(hive: Hive) -> None:
+    # More strong matches outside the namespace than recall's candidate list holds.
+    hive.remember_many([{"namespace": "b", "content": f"apple apple apple pie {i}"} for i in range(150)])
+    weaker = hive.remember_many([{"namespace": "a", "content": f"one apple in crate {i}"} for i in range(20)])
+    hits = hive.recall("apple", namespace="a", k=10)
+    assert len(hits) == 10
+    assert {h.memory.namespace for h in hits} == {"a"}
+    assert all(h.scores["keyword"] > 0 for h in hits)
+    assert {h.memory.id for h in hits} <= {m.id for m in weaker}
+    assert {h.memory.namespace for h in hive.recall("apple", k=10)} == {"b"}

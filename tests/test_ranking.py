@@ -10,7 +10,7 @@ from hivemem import Memory
 from hivemem.config import RankingWeights
 from hivemem.retrieval.ranking import Fused, fuse, outcome_of, recency_of, score
 from hivemem.retrieval.text import MAX_TERMS, STOP_WORDS, keyword_terms
-from hivemem.storage.base import ScoredId
+from hivemem.storage.base import RankFacts, ScoredId
 
 W = RankingWeights()
 NOW = 1_700_000_000.0
@@ -20,6 +20,10 @@ DAY = 86_400.0
 def memory(memory_id: str = "m", **fields: object) -> Memory:
     fields.setdefault("created_at", datetime.fromtimestamp(NOW, tz=UTC))
     return Memory(id=memory_id, namespace="ns", content="text", **fields)  # type: ignore[arg-type]
+
+
+def facts(**fields: object) -> RankFacts:
+    return RankFacts.of(memory(**fields))
 
 
 def ranked(*ids: str) -> list[ScoredId]:
@@ -110,20 +114,20 @@ def test_fuse_gives_equal_evidence_equal_relevance() -> None:
     ],
 )
 def test_outcome_of(kind: str, data: dict[str, object], expected: float) -> None:
-    assert outcome_of(memory(kind=kind, data=data)) == expected
+    assert outcome_of(facts(kind=kind, data=data)) == expected
 
 
 def test_recency_of() -> None:
     half_life = 30.0
-    assert recency_of(memory(), NOW, half_life) == 1.0
-    assert recency_of(memory(), NOW + 30 * DAY, half_life) == pytest.approx(0.5)
-    assert recency_of(memory(), NOW + 60 * DAY, half_life) == pytest.approx(0.25)
-    assert recency_of(memory(), NOW + 7 * DAY, 7.0) == pytest.approx(0.5)
-    assert recency_of(memory(), NOW - DAY, half_life) == 1.0  # from the future: not above 1
-    assert recency_of(memory(created_at=None), NOW, half_life) == 0.0
+    assert recency_of(facts(), NOW, half_life) == 1.0
+    assert recency_of(facts(), NOW + 30 * DAY, half_life) == pytest.approx(0.5)
+    assert recency_of(facts(), NOW + 60 * DAY, half_life) == pytest.approx(0.25)
+    assert recency_of(facts(), NOW + 7 * DAY, 7.0) == pytest.approx(0.5)
+    assert recency_of(facts(), NOW - DAY, half_life) == 1.0  # from the future: not above 1
+    assert recency_of(facts(created_at=None), NOW, half_life) == 0.0
     event = datetime.fromtimestamp(NOW - 30 * DAY, tz=UTC)
-    assert recency_of(memory(occurred_at=event), NOW, half_life) == pytest.approx(0.5)  # event time wins
-    ages = [recency_of(memory(), NOW + d * DAY, half_life) for d in (0, 1, 10, 100, 1000)]
+    assert recency_of(facts(occurred_at=event), NOW, half_life) == pytest.approx(0.5)  # event time wins
+    ages = [recency_of(facts(), NOW + d * DAY, half_life) for d in (0, 1, 10, 100, 1000)]
     assert ages == sorted(ages, reverse=True)
     assert all(0.0 <= a <= 1.0 for a in ages)
 
@@ -139,10 +143,10 @@ def test_score_combines_the_parts() -> None:
         "b": memory("b", importance=1.0),
     }
     candidates = [Fused("a", 1.0, 5.0, 0.9), Fused("b", 0.5, 0.0, 0.7), Fused("gone", 0.9, 1.0, 1.0)]
-    hits = score(candidates, memories, NOW, weights)
-    assert [h.memory.id for h in hits] == ["a", "b"]  # "gone" was filtered out
+    hits = score(candidates, {i: RankFacts.of(m) for i, m in memories.items()}, NOW, weights)
+    assert [h.id for h in hits] == ["a", "b"]  # "gone" was filtered out
     a, b = hits
-    assert dict(a.scores) == {
+    assert dict(a.parts) == {
         "keyword": 5.0,
         "vector": 0.9,
         "relevance": 1.0,
@@ -155,28 +159,28 @@ def test_score_combines_the_parts() -> None:
 
 
 def test_score_orders_by_score_then_id() -> None:
-    memories = {i: memory(i) for i in ("c", "a", "b")}
+    memories = {i: facts() for i in ("c", "a", "b")}
     hits = score([Fused("c", 0.2, 0, 0), Fused("b", 0.9, 0, 0), Fused("a", 0.2, 0, 0)], memories, NOW, W)
-    assert [h.memory.id for h in hits] == ["b", "a", "c"]
+    assert [h.id for h in hits] == ["b", "a", "c"]
     assert hits[0].score > hits[1].score == hits[2].score
 
 
 def test_outcome_breaks_a_tie_in_relevance() -> None:
     memories = {
-        "failed": memory("failed", kind="episode", data={"success": False}),
-        "worked": memory("worked", kind="episode", data={"success": True}),
+        "failed": facts(kind="episode", data={"success": False}),
+        "worked": facts(kind="episode", data={"success": True}),
     }
     hits = score([Fused("failed", 0.8, 1, 1), Fused("worked", 0.8, 1, 1)], memories, NOW, W)
-    assert [h.memory.id for h in hits] == ["worked", "failed"]
+    assert [h.id for h in hits] == ["worked", "failed"]
 
 
 def test_side_weights_do_not_override_clear_relevance() -> None:
     memories = {
-        "relevant": memory("relevant", importance=0.0, created_at=datetime.fromtimestamp(NOW - 365 * DAY, tz=UTC)),
-        "popular": memory("popular", kind="episode", data={"success": True}, importance=1.0),
+        "relevant": facts(importance=0.0, created_at=datetime.fromtimestamp(NOW - 365 * DAY, tz=UTC)),
+        "popular": facts(kind="episode", data={"success": True}, importance=1.0),
     }
     hits = score([Fused("relevant", 1.0, 1, 1), Fused("popular", 0.5, 1, 1)], memories, NOW, W)
-    assert hits[0].memory.id == "relevant"
+    assert hits[0].id == "relevant"
 
 
 def test_score_of_nothing() -> None:

@@ -12,8 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from hivemem.config import RankingWeights
-from hivemem.models import Hit, Memory
-from hivemem.storage.base import ScoredId
+from hivemem.storage.base import RankFacts, ScoredId
 
 _SECONDS_PER_DAY = 86_400.0
 
@@ -69,46 +68,53 @@ def _competition_ranks(ranked: Sequence[ScoredId]) -> list[int]:
     return ranks
 
 
-def outcome_of(memory: Memory) -> float:
+def outcome_of(facts: RankFacts) -> float:
     """1.0 for a successful episode, 0.0 for a failed one, 0.5 when there is no outcome."""
-    success = memory.data.get("success") if memory.kind == "episode" else None
-    if isinstance(success, bool):
-        return 1.0 if success else 0.0
-    return 0.5
+    if facts.success is None:
+        return 0.5
+    return 1.0 if facts.success else 0.0
 
 
-def recency_of(memory: Memory, now: float, half_life_days: float) -> float:
+def recency_of(facts: RankFacts, now: float, half_life_days: float) -> float:
     """Exponential decay of the memory's age (event time, else creation time): 1 now, 0.5 at the half-life."""
-    when = memory.occurred_at or memory.created_at
-    if when is None:
+    if facts.when is None:
         return 0.0
-    age_days = max(0.0, now - when.timestamp()) / _SECONDS_PER_DAY
+    age_days = max(0.0, now - facts.when) / _SECONDS_PER_DAY
     return math.pow(0.5, age_days / half_life_days)
 
 
+@dataclass(frozen=True, slots=True)
+class Scored:
+    """A ranked candidate: its final score and the parts it was made of."""
+
+    id: str
+    score: float
+    parts: Mapping[str, float]
+
+
 def score(
-    candidates: Sequence[Fused], memories: Mapping[str, Memory], now: float, weights: RankingWeights
-) -> list[Hit]:
-    """Final hits for the candidates whose memory is present, best first.
+    candidates: Sequence[Fused], facts: Mapping[str, RankFacts], now: float, weights: RankingWeights
+) -> list[Scored]:
+    """Final scores of the candidates that have facts, best first (ties by id).
 
     Args:
         candidates: Fused candidates.
-        memories: The visible memories by id (candidates missing here were filtered out).
+        facts: The visible memories' facts by id (candidates missing here were filtered out).
         now: Current time, Unix seconds.
         weights: Ranking weights.
     """
-    hits: list[Hit] = []
+    scored: list[Scored] = []
     for cand in candidates:
-        memory = memories.get(cand.id)
-        if memory is None:
+        found = facts.get(cand.id)
+        if found is None:
             continue
         parts = {
             "keyword": cand.keyword,
             "vector": cand.vector,
             "relevance": cand.relevance,
-            "recency": recency_of(memory, now, weights.recency_half_life_days),
-            "importance": memory.importance,
-            "outcome": outcome_of(memory),
+            "recency": recency_of(found, now, weights.recency_half_life_days),
+            "importance": found.importance,
+            "outcome": outcome_of(found),
         }
         total = (
             weights.relevance * parts["relevance"]
@@ -116,6 +122,6 @@ def score(
             + weights.importance * parts["importance"]
             + weights.outcome * parts["outcome"]
         )
-        hits.append(Hit(memory, total, parts))
-    hits.sort(key=lambda h: (-h.score, h.memory.id))
-    return hits
+        scored.append(Scored(cand.id, total, parts))
+    scored.sort(key=lambda s: (-s.score, s.id))
+    return scored

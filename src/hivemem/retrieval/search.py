@@ -23,7 +23,7 @@ from hivemem.records import content_hash
 from hivemem.retrieval.embedders import Embedder
 from hivemem.retrieval.ranking import fuse, score
 from hivemem.retrieval.text import keyword_terms
-from hivemem.storage.base import MemoryFilter, Store, StoreTx
+from hivemem.storage.base import MemoryFilter, RankFacts, Store, StoreTx
 
 #: When filters leave too few hits, candidate lists grow by this factor, up to MAX_CANDIDATES.
 _WIDEN = 4
@@ -31,7 +31,11 @@ MAX_CANDIDATES = 20_000
 _QUERY_CACHE_SIZE = 1024
 
 
-def _visible(tx: StoreTx, ids: Sequence[str], flt: MemoryFilter) -> dict[str, Memory]:
+def _facts(tx: StoreTx, ids: Sequence[str], flt: MemoryFilter) -> dict[str, RankFacts]:
+    return tx.rank_facts(ids, flt)
+
+
+def _memories(tx: StoreTx, ids: Sequence[str], flt: MemoryFilter) -> dict[str, Memory]:
     return tx.get_many(ids, flt)
 
 
@@ -117,17 +121,17 @@ class Retriever:
             if pending is not None:
                 vector = self.store.vector_search(pending.result(), flt, limit)
             ids = list({s.id: None for s in [*keyword, *vector]})
-            memories = self.store.read(functools.partial(_visible, ids=ids, flt=flt))
+            facts = self.store.read(functools.partial(_facts, ids=ids, flt=flt))
             # Filter before fusing: a memory the caller cannot see must not push
             # visible ones down the ranks (nor reveal itself through their scores).
-            visible_keyword = [s for s in keyword if s.id in memories]
-            visible_vector = [s for s in vector if s.id in memories]
-            fused = fuse(visible_keyword, visible_vector, self.weights)
-            hits = score(fused, memories, flt.now, self.weights)
+            visible_keyword = [s for s in keyword if s.id in facts]
+            visible_vector = [s for s in vector if s.id in facts]
+            scored = score(fuse(visible_keyword, visible_vector, self.weights), facts, flt.now, self.weights)
             exhausted = len(keyword) < limit and len(vector) < limit
-            if len(hits) >= k or exhausted or limit >= MAX_CANDIDATES:
+            if len(scored) >= k or exhausted or limit >= MAX_CANDIDATES:
                 break
             limit = min(limit * _WIDEN, MAX_CANDIDATES)
-        if min_score is not None:
-            hits = [h for h in hits if h.score >= min_score]
-        return hits[:k]
+        top = [s for s in scored if min_score is None or s.score >= min_score][:k]
+        # Whole memories only for the hits. One deleted since the facts were read is left out.
+        memories = self.store.read(functools.partial(_memories, ids=[s.id for s in top], flt=flt))
+        return [Hit(memories[s.id], s.score, s.parts) for s in top if s.id in memories]

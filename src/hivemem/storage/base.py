@@ -67,6 +67,32 @@ class ScoredId:
     score: float
 
 
+@dataclass(frozen=True, slots=True)
+class RankFacts:
+    """What recall weighs besides relevance, read for every candidate (cheaper than whole memories).
+
+    Attributes:
+        importance: The memory's importance.
+        when: Event time, else creation time, Unix seconds (None if neither is known).
+        success: An episode's outcome (``data["success"]`` when it is a bool); None for anything else.
+    """
+
+    importance: float
+    when: float | None
+    success: bool | None
+
+    @classmethod
+    def of(cls, memory: Memory) -> RankFacts:
+        """The facts of a whole memory."""
+        when = memory.occurred_at or memory.created_at
+        success = memory.data.get("success") if memory.kind == "episode" else None
+        return cls(
+            memory.importance,
+            None if when is None else when.timestamp(),
+            success if isinstance(success, bool) else None,
+        )
+
+
 class StoreTx(ABC):
     """Primitive operations inside one transaction of a backend."""
 
@@ -77,6 +103,13 @@ class StoreTx(ABC):
     @abstractmethod
     def get_many(self, ids: Sequence[str], flt: MemoryFilter) -> dict[str, Memory]:
         """The memories among ``ids`` that pass ``flt``, by id."""
+
+    def rank_facts(self, ids: Sequence[str], flt: MemoryFilter) -> dict[str, RankFacts]:
+        """:class:`RankFacts` of the memories among ``ids`` that pass ``flt``, by id.
+
+        Backends override this with a query that skips the content and data.
+        """
+        return {i: RankFacts.of(m) for i, m in self.get_many(ids, flt).items()}
 
     @abstractmethod
     def get_by_key(self, namespace: str, key: str, now: float) -> Memory | None:

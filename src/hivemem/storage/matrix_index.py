@@ -39,16 +39,13 @@ class _Codes:
             self.values.append(value)
         return found
 
-    def matching(self, accept: Iterable[str] | None = None, prefix: str | None = None) -> NDArray[np.int32]:
+    def matching(self, accept: Iterable[str] | None = None, prefix: str | None = None) -> NDArray[np.int32] | None:
+        """Codes of the values that pass, or None when every value does (no need to filter)."""
         wanted = set(accept) if accept is not None else None
-        return np.array(
-            [
-                i
-                for i, value in enumerate(self.values)
-                if (wanted is None or value in wanted) and in_prefix(value, prefix)
-            ],
-            dtype=np.int32,
-        )
+        codes = [
+            i for i, value in enumerate(self.values) if (wanted is None or value in wanted) and in_prefix(value, prefix)
+        ]
+        return None if len(codes) == len(self.values) else np.array(codes, dtype=np.int32)
 
 
 class MatrixIndex:
@@ -125,14 +122,16 @@ class MatrixIndex:
             return []
         codes = self._codes[:n]
         mask: NDArray[np.bool_] | None = None
-        if flt.namespace is not None:
-            mask = np.isin(codes[:, 0], self._namespaces.matching(prefix=flt.namespace))
-        if flt.kinds is not None:
-            kind_mask = np.isin(codes[:, 1], self._kinds.matching(flt.kinds))
-            mask = kind_mask if mask is None else mask & kind_mask
-        if flt.tiers is not None:
-            tier_mask = np.isin(codes[:, 2], self._tiers.matching(flt.tiers))
-            mask = tier_mask if mask is None else mask & tier_mask
+        for column, accepted in enumerate(
+            (
+                self._namespaces.matching(prefix=flt.namespace) if flt.namespace is not None else None,
+                self._kinds.matching(flt.kinds) if flt.kinds is not None else None,
+                self._tiers.matching(flt.tiers) if flt.tiers is not None else None,
+            )
+        ):
+            if accepted is not None:
+                column_mask = np.isin(codes[:, column], accepted)
+                mask = column_mask if mask is None else mask & column_mask
         if mask is None:
             positions = None
             scores = self._matrix[:n] @ vector

@@ -31,6 +31,7 @@ from hivemem.models import Group, Memory, Relation
 from hivemem.storage.base import (
     MEMORY_COLUMNS,
     MemoryFilter,
+    RankFacts,
     ScoredId,
     Store,
     StoreTx,
@@ -145,6 +146,7 @@ def sqlite_path(url: str) -> str:
     return url
 
 
+_JSON_BOOLS = {"true": True, "false": False}
 _SQL_OPS = {"$eq": "=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
 
 
@@ -254,6 +256,17 @@ class _SqliteTx(StoreTx):
         params: builtins.list[Any] = [json.dumps(list(ids))]
         where = "m.id IN (SELECT value FROM json_each(?)) AND " + compile_filter(flt, params)
         return {m.id: m for m in self._memories(where, params)}
+
+    def rank_facts(self, ids: Sequence[str], flt: MemoryFilter) -> dict[str, RankFacts]:
+        params: builtins.list[Any] = [json.dumps(list(ids))]
+        where = "m.id IN (SELECT value FROM json_each(?)) AND " + compile_filter(flt, params)
+        rows = self.conn.execute(
+            "SELECT m.id, m.importance, COALESCE(m.occurred_at, m.created_at), "
+            "CASE WHEN m.kind = 'episode' THEN json_type(m.data, '$.success') END "
+            f"FROM memories m WHERE {where}",
+            params,
+        )
+        return {r[0]: RankFacts(r[1], r[2], _JSON_BOOLS.get(r[3])) for r in rows}
 
     def get_by_key(self, namespace: str, key: str, now: float) -> Memory | None:
         found = self._memories(
@@ -575,16 +588,30 @@ class SqliteStore(Store):
         if not terms:
             return []
         match = " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
-        params: builtins.list[Any] = [match]
+        params: builtins.list[Any] = []
         where = compile_filter(flt, params)
-        params.append(limit)
         with self._guard():
-            rows = self._connection().execute(
-                "SELECT m.id, -bm25(memories_fts) AS score FROM memories_fts "
-                "JOIN memories m ON m.rowid = memories_fts.rowid "
-                f"WHERE memories_fts MATCH ? AND {where} ORDER BY score DESC LIMIT ?",
-                params,
+            conn = self._connection()
+            # First the best `limit` matches by BM25 from the full-text index alone,
+            # then the filter: twice as fast as joining every match (common words
+            # match thousands). If the filter dropped any, a full join finds the rest.
+            rows = _all(
+                conn.execute(
+                    "SELECT m.id, -f.rank FROM (SELECT rowid, rank FROM memories_fts "
+                    "WHERE memories_fts MATCH ? ORDER BY rank LIMIT ?) f "
+                    f"JOIN memories m ON m.rowid = f.rowid WHERE {where} ORDER BY f.rank",
+                    [match, limit, *params],
+                )
             )
+            if len(rows) < limit:
+                rows = _all(
+                    conn.execute(
+                        "SELECT m.id, -bm25(memories_fts) AS score FROM memories_fts "
+                        "JOIN memories m ON m.rowid = memories_fts.rowid "
+                        f"WHERE memories_fts MATCH ? AND {where} ORDER BY score DESC LIMIT ?",
+                        [match, *params, limit],
+                    )
+                )
             return [ScoredId(r[0], float(r[1])) for r in rows]
 
     def vector_search(self, vector: NDArray[np.float32], flt: MemoryFilter, limit: int) -> builtins.list[ScoredId]:
