@@ -41,6 +41,14 @@ def _sqlite_memory(
     return hivemem.open(":memory:", embedder=embedder, clock=clock, **options)
 
 
+def _postgres(
+    directory: Path, clock: hivemem.ManualClock, embedder: hivemem.Embedder | None, **options: Any
+) -> hivemem.Hive:
+    from pg_server import schema_url
+
+    return hivemem.open(schema_url(directory), embedder=embedder, clock=clock, pool_size=4, **options)
+
+
 #: Every deployment the contract runs on, by test id. A new deployment (PostgreSQL
 #: from a test database URL, the HTTP client against an in-process server...) is
 #: one more entry here: a factory(directory, clock, embedder, **options) -> Hive.
@@ -48,6 +56,7 @@ def _sqlite_memory(
 DEPLOYMENTS: dict[str, Factory] = {
     "sqlite-file": _sqlite_file,
     "sqlite-memory": _sqlite_memory,
+    "postgres": _postgres,
 }
 
 #: Marks "use the test's shared embedder" in open_hive (None means keyword-only).

@@ -1,5 +1,5 @@
-"""Many writers at once: real processes on one SQLite file, threads on one Hive, and the
-in-process vector index following changes made by other processes.
+"""Many writers at once: real processes on one SQLite file or one PostgreSQL database,
+threads on one Hive, and the in-process vector index following changes made by other processes.
 """
 
 from __future__ import annotations
@@ -73,9 +73,9 @@ def _workload(
     return done
 
 
-def _process_worker(path: str, worker: int, counter_id: str, barrier: Any, results: Any) -> None:
+def _process_worker(target: str, worker: int, counter_id: str, barrier: Any, results: Any) -> None:
     try:
-        with hivemem.open(path, embedder=None) as hive:
+        with hivemem.open(target, embedder=None) as hive:
             done = _workload(hive, worker, N, UPSERTS, INCREMENTS, counter_id, barrier)
         results.put((worker, "ok", done))
     except BaseException:
@@ -124,20 +124,65 @@ def _check_final_state(hive: Hive, workers: int, n: int, upserts: int, increment
     assert counter.version == workers * increments + 1
 
 
-def test_processes_share_one_file(tmp_path: Path) -> None:
-    path = str(tmp_path / "shared.db")
-    with hivemem.open(path, embedder=None) as hive:
+def _shared_target(kind: str, tmp_path: Path) -> str:
+    """A target every process can open: a SQLite file, or a PostgreSQL schema of the test server."""
+    if kind == "sqlite-file":
+        return str(tmp_path / "shared.db")
+    from pg_server import schema_url
+
+    return schema_url(tmp_path)
+
+
+SHARED_TARGETS = ["sqlite-file", "postgres"]
+
+
+@pytest.mark.parametrize("kind", SHARED_TARGETS)
+def test_processes_share_one_store(tmp_path: Path, kind: str) -> None:
+    target = _shared_target(kind, tmp_path)
+    with hivemem.open(target, embedder=None) as hive:
         counter_id = hive.remember("conc", "counter", data={"n": 0}).id
     barrier = SPAWN.Barrier(PROCESSES)
     results = SPAWN.Queue()
     reports = _run_processes(
-        _process_worker, [(path, w, counter_id, barrier, results) for w in range(PROCESSES)], results
+        _process_worker, [(target, w, counter_id, barrier, results) for w in range(PROCESSES)], results
     )
     for _, _, done in reports:
         assert (done["remember"], done["upsert"], done["increment"]) == (N, UPSERTS, INCREMENTS)
     assert sum(done["conflicts"] for _, _, done in reports) > 0, "no conflict: the retry path was not exercised"
-    with hivemem.open(path, embedder=None) as hive:
+    with hivemem.open(target, embedder=None) as hive:
         _check_final_state(hive, PROCESSES, N, UPSERTS, INCREMENTS, counter_id)
+
+
+def _sweep_worker(target: str, worker: int, now: float, barrier: Any, results: Any) -> None:
+    try:
+        with hivemem.open(target, embedder=None, clock=hivemem.ManualClock(now)) as hive:
+            barrier.wait(timeout=120)
+            results.put((worker, "ok", hive.sweep()["expired"]))
+    except BaseException:
+        results.put((worker, "error", traceback.format_exc()))
+        raise SystemExit(1) from None
+
+
+@pytest.mark.parametrize("kind", SHARED_TARGETS)
+def test_sweeps_in_several_processes_delete_each_row_once(tmp_path: Path, kind: str) -> None:
+    target = _shared_target(kind, tmp_path)
+    start = 1_700_000_000.0
+    expiring = 3000
+    with hivemem.open(target, embedder=None, clock=hivemem.ManualClock(start)) as hive:
+        for lo in range(0, expiring, 1000):
+            hive.remember_many(
+                [{"namespace": "sweep", "content": f"short-lived {i}", "ttl": 5} for i in range(lo, lo + 1000)]
+            )
+        kept = hive.remember("sweep", "stays")
+    barrier = SPAWN.Barrier(PROCESSES)
+    results = SPAWN.Queue()
+    reports = _run_processes(
+        _sweep_worker, [(target, w, start + 10, barrier, results) for w in range(PROCESSES)], results
+    )
+    assert sum(r[2] for r in reports) == expiring
+    with hivemem.open(target, embedder=None, clock=hivemem.ManualClock(start + 10)) as hive:
+        assert [m.id for m in hive.list("sweep", limit=10)] == [kept.id]
+        assert hive.sweep()["expired"] == 0
 
 
 def _run_threads(target: Callable[[int], None], count: int) -> None:

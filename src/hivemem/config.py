@@ -52,12 +52,21 @@ class RankingWeights:
     candidates: int = 100
 
 
+_BOOLEANS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+
+
 @dataclass(frozen=True, slots=True)
 class HiveConfig:
     """Everything a Hive needs to open.
 
     Attributes:
-        url: Where the data lives: a file path, ``sqlite:///path`` or ``:memory:``.
+        url: Where the data lives: a file path, ``sqlite:///path``, ``:memory:``
+            or a PostgreSQL URL (``postgresql://...``, several hosts allowed).
+        read_url: PostgreSQL only: a replica's URL; recall, get and list read there.
+        pool_size: PostgreSQL only: most connections per pool.
+        auto_migrate: PostgreSQL only: apply missing schema migrations at open.
+            False refuses to open a database whose schema is behind (for roles
+            without DDL rights; an administrator runs ``hivemem migrate``).
         embedder: ``"minilm"`` (the default, offline), ``"none"`` (keyword-only
             recall) or ``"openai:<model>"``.
         embedder_url: Base URL of an OpenAI-compatible embeddings API.
@@ -75,6 +84,9 @@ class HiveConfig:
     """
 
     url: str = "hive.db"
+    read_url: str | None = None
+    pool_size: int = 10
+    auto_migrate: bool = True
     embedder: str = "minilm"
     embedder_url: str | None = None
     embedder_api_key: str | None = None
@@ -91,7 +103,7 @@ class HiveConfig:
             raise ConfigError(f"synchronous must be full, normal or extra, not {self.synchronous!r}")
         if self.vector_search not in ("matrix", "sqlite-vec"):
             raise ConfigError(f"vector_search must be matrix or sqlite-vec, not {self.vector_search!r}")
-        for name in ("busy_timeout_ms", "max_content_bytes", "max_data_bytes", "max_batch"):
+        for name in ("busy_timeout_ms", "max_content_bytes", "max_data_bytes", "max_batch", "pool_size"):
             if int(getattr(self, name)) <= 0:
                 raise ConfigError(f"{name} must be positive")
 
@@ -123,5 +135,10 @@ class HiveConfig:
             if raw is None or f.name == "ranking":
                 continue
             default = getattr(cls(), f.name)
-            options[f.name] = int(raw) if isinstance(default, int) else raw
+            if isinstance(default, bool):
+                if raw.lower() not in _BOOLEANS:
+                    raise ConfigError(f"HIVEMEM_{f.name.upper()} must be true or false, not {raw!r}")
+                options[f.name] = _BOOLEANS[raw.lower()]
+            else:
+                options[f.name] = int(raw) if isinstance(default, int) else raw
         return cls(**options)

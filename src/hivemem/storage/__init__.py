@@ -28,4 +28,20 @@ def open_store(config: HiveConfig) -> Store:
             busy_timeout_ms=config.busy_timeout_ms,
             vector_search=config.vector_search,
         )
-    raise ConfigError(f"no backend for {scheme}:// URLs (use a file path, sqlite:///path or :memory:)", url=url)
+    if scheme in ("postgresql", "postgres"):
+        try:
+            from hivemem.storage.postgres import PostgresStore
+        except ImportError as exc:
+            raise ConfigError(
+                f"PostgreSQL support needs extra packages: pip install 'hivemem[postgres]' ({exc})"
+            ) from exc
+        return PostgresStore(
+            url,
+            read_url=config.read_url,
+            pool_size=config.pool_size,
+            auto_migrate=config.auto_migrate,
+            busy_timeout_ms=config.busy_timeout_ms,
+        )
+    raise ConfigError(
+        f"no backend for {scheme}:// URLs (use a file path, sqlite:///path, :memory: or postgresql://...)", url=url
+    )

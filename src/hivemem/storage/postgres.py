@@ -1,0 +1,698 @@
+"""The shared backend: PostgreSQL through psycopg 3, tsvector + GIN and pgvector HNSW.
+
+Many processes and many Hives on one database behave as one because every
+rule lives in the database: a write transaction reads the rows it will
+change with ``FOR UPDATE`` (so concurrent versioned updates queue instead of
+losing one), a unique index owns each ``(namespace, key)`` (a racing second
+insert fails and its transaction is retried, finding the first), and sweeps
+take expired rows with ``FOR UPDATE SKIP LOCKED`` (each row is deleted once).
+
+Every table is keyed by namespace root first so it can be hash partitioned
+or distributed by root. Times are Unix seconds (``double precision``) and
+text columns that HiveMem compares use the ``C`` collation, so ranges and
+orderings are bytewise, exactly as on SQLite.
+
+Failover and read scaling come from PostgreSQL and libpq: the URL may list
+several hosts (``host=a,b`` with ``target_session_attrs=read-write``), and an
+optional read URL sends recall, get and list to a replica. A write that fails
+on a lost connection before its COMMIT was sent is retried on a new one; a
+connection lost during COMMIT leaves the outcome unknown, which is reported,
+never guessed.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import random
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from typing import Any
+
+import numpy as np
+import psycopg
+import psycopg_pool
+from numpy.typing import NDArray
+from psycopg import errors as pg_errors
+
+from hivemem.clock import utc
+from hivemem.errors import ConfigError, HiveError, StorageUnavailable
+from hivemem.models import Group, Memory, Relation
+from hivemem.storage.base import (
+    MEMORY_COLUMNS,
+    MemoryFilter,
+    RankFacts,
+    ScoredId,
+    Store,
+    StoreTx,
+    T,
+    memory_from_row,
+    memory_to_row,
+)
+from hivemem.validation import root_of
+
+_C = 'COLLATE "C"'
+
+#: Append-only: never edit a released step, add a new one. Vector columns are not
+#: here: their dimension is the embedder's, so :meth:`PostgresStore.bind_embedder`
+#: adds them (and a database used keyword-only never needs pgvector).
+MIGRATIONS: builtins.list[builtins.list[str]] = [
+    [
+        "CREATE TABLE hivemem_meta (key text PRIMARY KEY, value text NOT NULL)",
+        # English stemming that keeps stop words, like SQLite's porter tokenizer: recall drops
+        # them from queries itself, except a query of nothing but stop words ("to be").
+        "CREATE TEXT SEARCH DICTIONARY hivemem_stem (TEMPLATE = snowball, Language = english)",
+        "CREATE TEXT SEARCH CONFIGURATION hivemem_english (COPY = english)",
+        "ALTER TEXT SEARCH CONFIGURATION hivemem_english ALTER MAPPING "
+        "FOR asciiword, asciihword, hword_asciipart, word, hword, hword_part WITH hivemem_stem",
+        f"""CREATE TABLE memories (
+            root text {_C} NOT NULL,
+            id text {_C} NOT NULL,
+            namespace text {_C} NOT NULL,
+            key text {_C},
+            kind text {_C} NOT NULL,
+            tier text {_C} NOT NULL,
+            content text NOT NULL,
+            data json NOT NULL,
+            tags text[] {_C} NOT NULL,
+            importance double precision NOT NULL,
+            agent_id text {_C},
+            session_id text {_C},
+            parent_id text {_C},
+            occurred_at double precision,
+            created_at double precision NOT NULL,
+            updated_at double precision NOT NULL,
+            expires_at double precision,
+            access_count bigint NOT NULL,
+            last_accessed_at double precision,
+            version integer NOT NULL,
+            content_hash text {_C} NOT NULL,
+            sensitive boolean NOT NULL,
+            tsv tsvector GENERATED ALWAYS AS (to_tsvector('hivemem_english'::regconfig, content)) STORED,
+            PRIMARY KEY (root, id)
+        )""",
+        "CREATE INDEX memories_id ON memories (id)",
+        "CREATE UNIQUE INDEX memories_key ON memories (root, namespace, key) WHERE key IS NOT NULL",
+        "CREATE INDEX memories_namespace ON memories (root, namespace, created_at)",
+        "CREATE INDEX memories_parent ON memories (parent_id) WHERE parent_id IS NOT NULL",
+        "CREATE INDEX memories_expires ON memories (expires_at) WHERE expires_at IS NOT NULL",
+        "CREATE INDEX memories_hash ON memories (content_hash)",
+        "CREATE INDEX memories_tsv ON memories USING gin (tsv)",
+        f"""CREATE TABLE memory_versions (
+            root text {_C} NOT NULL, memory_id text {_C} NOT NULL, version integer NOT NULL,
+            snapshot text NOT NULL, PRIMARY KEY (root, memory_id, version))""",
+        "CREATE INDEX memory_versions_memory ON memory_versions (memory_id)",
+        f"""CREATE TABLE relations (
+            root text {_C} NOT NULL, src_id text {_C} NOT NULL, dst_id text {_C} NOT NULL, type text {_C} NOT NULL,
+            strength double precision NOT NULL, created_at double precision NOT NULL,
+            PRIMARY KEY (root, src_id, dst_id, type))""",
+        "CREATE INDEX relations_src ON relations (src_id)",
+        "CREATE INDEX relations_dst ON relations (dst_id)",
+        f"""CREATE TABLE groups (
+            name text {_C} PRIMARY KEY, description text, created_at double precision NOT NULL)""",
+        f"""CREATE TABLE group_members (
+            group_name text {_C} NOT NULL, memory_id text {_C} NOT NULL, added_at double precision NOT NULL,
+            position bigint GENERATED ALWAYS AS IDENTITY,
+            PRIMARY KEY (group_name, memory_id))""",
+        "CREATE INDEX group_members_memory ON group_members (memory_id)",
+    ],
+]
+
+_MIGRATION_LOCK = 0x48495645  # pg_advisory_xact_lock key: one migrator at a time
+_COLUMNS = ", ".join(f"m.{c}" for c in MEMORY_COLUMNS)
+_INSERT_COLUMNS = [*MEMORY_COLUMNS, "root"]
+_INSERT = (
+    f"INSERT INTO memories ({', '.join(_INSERT_COLUMNS)}) VALUES ({', '.join(f'%({c})s' for c in _INSERT_COLUMNS)})"
+)
+_UPDATE = (
+    "UPDATE memories SET "
+    + ", ".join(f"{c} = %({c})s" for c in MEMORY_COLUMNS if c not in ("id", "namespace"))
+    + " WHERE root = %(root)s AND id = %(id)s"
+)
+#: Copy a stored vector onto a memory row: one vector per distinct content, shared.
+_SET_EMBEDDING = (
+    "UPDATE memories SET embedding = e.embedding FROM embeddings e "
+    "WHERE e.content_hash = memories.content_hash AND memories.root = %s AND memories.id = %s"
+)
+#: Retried with a fresh transaction: another writer won a race; trying again sees its result.
+_RETRY = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected, pg_errors.UniqueViolation)
+#: pgvector's HNSW scan returns at most ef_search rows; this is its maximum.
+_MAX_EF_SEARCH = 1000
+_SQL_OPS = {"$eq": "=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
+
+
+def _typed_compare(path: builtins.list[str], op: str, operand: Any, params: builtins.list[Any]) -> str:
+    """A comparison of a data field that only holds between values of the same JSON type (as on SQLite)."""
+    params.append(path)
+    json_type = "json_typeof(m.data #> %s)"
+    if operand is None:
+        return f"coalesce({json_type} = 'null', true)"
+    params.append(path)
+    if isinstance(operand, bool):
+        params.append(operand)
+        return f"(CASE WHEN {json_type} = 'boolean' THEN (m.data #>> %s)::boolean = %s ELSE false END)"
+    if isinstance(operand, int | float):
+        # Through text, so a float compares by its exact shortest decimal, not a 15-digit rounding.
+        params.append(repr(operand))
+        number = f"(m.data #>> %s)::numeric {_SQL_OPS[op]} %s::numeric"
+        return f"(CASE WHEN {json_type} = 'number' THEN {number} ELSE false END)"
+    params.append(operand)
+    return f"(CASE WHEN {json_type} = 'string' THEN (m.data #>> %s) {_C} {_SQL_OPS[op]} %s ELSE false END)"
+
+
+def _namespace_clause(prefix: str, params: builtins.list[Any]) -> str:
+    """``m.namespace`` under ``prefix``: bytewise range, segment-wise ('0' follows '/'); root first for pruning."""
+    params += [root_of(prefix), prefix, prefix + "/", prefix + "0"]
+    return "(m.root = %s AND (m.namespace = %s OR (m.namespace >= %s AND m.namespace < %s)))"
+
+
+def compile_filter(flt: MemoryFilter, params: builtins.list[Any]) -> str:
+    """SQL conditions on alias ``m`` for ``flt``, appending bind values to ``params``."""
+    clauses = ["(m.expires_at IS NULL OR m.expires_at > %s)"]
+    params.append(flt.now)
+    if flt.namespace is not None:
+        clauses.append(_namespace_clause(flt.namespace, params))
+    for column, values in (("kind", flt.kinds), ("tier", flt.tiers)):
+        if values is not None:
+            clauses.append(f"m.{column} = ANY(%s)")
+            params.append(list(values))
+    if flt.tags:
+        clauses.append("m.tags @> %s")
+        params.append(list(flt.tags))
+    for column, value in (("agent_id", flt.agent_id), ("session_id", flt.session_id)):
+        if value is not None:
+            clauses.append(f"m.{column} = %s")
+            params.append(value)
+    if flt.since is not None:
+        clauses.append("COALESCE(m.occurred_at, m.created_at) >= %s")
+        params.append(flt.since)
+    if flt.until is not None:
+        clauses.append("COALESCE(m.occurred_at, m.created_at) < %s")
+        params.append(flt.until)
+    for dotted, ops in flt.where.items():
+        path = dotted.split(".")
+        for op, operand in ops.items():
+            if op == "$in":
+                matches = [_typed_compare(path, "$eq", item, params) for item in operand]
+                clauses.append("(" + " OR ".join(matches) + ")")
+            elif op == "$ne":
+                clauses.append(f"NOT {_typed_compare(path, '$eq', operand, params)}")
+            else:
+                clauses.append(_typed_compare(path, op, operand, params))
+    return " AND ".join(clauses)
+
+
+def _row_params(memory: Memory) -> dict[str, Any]:
+    row = memory_to_row(memory)
+    row["tags"] = list(memory.tags)
+    row["sensitive"] = memory.sensitive
+    row["root"] = root_of(memory.namespace)
+    return row
+
+
+def _vector_literal(vector: NDArray[np.float32]) -> str:
+    """pgvector's text form; floats print exactly enough to read back the same float32."""
+    return "[" + ",".join(map(repr, np.asarray(vector, dtype=np.float32).tolist())) + "]"
+
+
+class _PgTx(StoreTx):
+    """Primitive operations on one connection inside a transaction.
+
+    In a write transaction, reads of single memories lock them (``FOR UPDATE``):
+    every read-modify-write in the Hive reads through :meth:`get` or
+    :meth:`get_by_key`, so two writers of one memory take turns.
+    """
+
+    def __init__(self, conn: psycopg.Connection[Any], *, writing: bool, vectors: bool) -> None:
+        self.conn = conn
+        self.lock = " FOR UPDATE OF m" if writing else ""
+        self.vectors = vectors
+
+    def _rows(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> builtins.list[Any]:
+        return self.conn.execute(sql, params).fetchall()
+
+    def _memories(self, where: str, params: Sequence[Any], suffix: str = "") -> builtins.list[Memory]:
+        rows = self._rows(f"SELECT {_COLUMNS} FROM memories m WHERE {where}{suffix}", params)
+        return [memory_from_row(r) for r in rows]
+
+    def get(self, memory_id: str, now: float) -> Memory | None:
+        found = self._memories("m.id = %s AND (m.expires_at IS NULL OR m.expires_at > %s)", (memory_id, now), self.lock)
+        return found[0] if found else None
+
+    def get_many(self, ids: Sequence[str], flt: MemoryFilter) -> dict[str, Memory]:
+        params: builtins.list[Any] = [list(ids)]
+        where = "m.id = ANY(%s) AND " + compile_filter(flt, params)
+        return {m.id: m for m in self._memories(where, params)}
+
+    def rank_facts(self, ids: Sequence[str], flt: MemoryFilter) -> dict[str, RankFacts]:
+        params: builtins.list[Any] = [list(ids)]
+        where = "m.id = ANY(%s) AND " + compile_filter(flt, params)
+        rows = self._rows(
+            "SELECT m.id, m.importance, COALESCE(m.occurred_at, m.created_at), "
+            "CASE WHEN m.kind = 'episode' AND json_typeof(m.data -> 'success') = 'boolean' "
+            "THEN (m.data ->> 'success')::boolean END "
+            f"FROM memories m WHERE {where}",
+            params,
+        )
+        return {r[0]: RankFacts(r[1], r[2], r[3]) for r in rows}
+
+    def get_by_key(self, namespace: str, key: str, now: float) -> Memory | None:
+        found = self._memories(
+            "m.root = %s AND m.namespace = %s AND m.key = %s AND (m.expires_at IS NULL OR m.expires_at > %s)",
+            (root_of(namespace), namespace, key, now),
+            self.lock,
+        )
+        return found[0] if found else None
+
+    def insert(self, memory: Memory) -> None:
+        row = _row_params(memory)
+        self.conn.execute(_INSERT, row)
+        if self.vectors:
+            self.conn.execute(_SET_EMBEDDING, (row["root"], memory.id))
+
+    def replace(self, memory: Memory, previous: Memory) -> None:
+        root = root_of(previous.namespace)
+        self.conn.execute(
+            "INSERT INTO memory_versions VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            (root, previous.id, previous.version, json.dumps(previous.to_dict())),
+        )
+        self.conn.execute(_UPDATE, _row_params(memory))
+        if self.vectors and memory.content_hash != previous.content_hash:
+            self.conn.execute("UPDATE memories SET embedding = NULL WHERE root = %s AND id = %s", (root, memory.id))
+            self.conn.execute(_SET_EMBEDDING, (root, memory.id))
+
+    def record_access(self, memory_id: str, importance: float, now: float) -> None:
+        self.conn.execute(
+            "UPDATE memories SET importance = %s, access_count = access_count + 1, last_accessed_at = %s WHERE id = %s",
+            (importance, now, memory_id),
+        )
+
+    def history(self, memory_id: str) -> builtins.list[Memory]:
+        rows = self._rows("SELECT snapshot FROM memory_versions WHERE memory_id = %s ORDER BY version", (memory_id,))
+        return [Memory.from_dict(json.loads(r[0])) for r in rows]
+
+    def delete(self, ids: Sequence[str]) -> int:
+        if not ids:
+            return 0
+        id_list = list(ids)
+        self.conn.execute("DELETE FROM memory_versions WHERE memory_id = ANY(%s)", (id_list,))
+        self.conn.execute("DELETE FROM relations WHERE src_id = ANY(%s) OR dst_id = ANY(%s)", (id_list, id_list))
+        self.conn.execute("DELETE FROM group_members WHERE memory_id = ANY(%s)", (id_list,))
+        return self.conn.execute("DELETE FROM memories WHERE id = ANY(%s)", (id_list,)).rowcount
+
+    def child_ids(self, parent_ids: Sequence[str]) -> builtins.list[str]:
+        return [r[0] for r in self._rows("SELECT id FROM memories WHERE parent_id = ANY(%s)", (list(parent_ids),))]
+
+    def ids_in_namespace(self, prefix: str) -> builtins.list[str]:
+        params: builtins.list[Any] = []
+        where = _namespace_clause(prefix, params)
+        return [r[0] for r in self._rows(f"SELECT m.id FROM memories m WHERE {where}", params)]
+
+    def list(
+        self, flt: MemoryFilter, order_by: str, descending: bool, after: tuple[Any, str] | None, limit: int
+    ) -> builtins.list[Memory]:
+        expr = "COALESCE(m.occurred_at, m.created_at)" if order_by == "occurred_at" else f"m.{order_by}"
+        params: builtins.list[Any] = []
+        where = compile_filter(flt, params)
+        if after is not None:
+            where += f" AND ({expr}, m.id) {'<' if descending else '>'} (%s, %s)"
+            params += list(after)
+        direction = "DESC" if descending else "ASC"
+        params.append(limit)
+        return self._memories(f"{where} ORDER BY {expr} {direction}, m.id {direction} LIMIT %s", params)
+
+    def expired_ids(self, now: float, limit: int) -> builtins.list[str]:
+        # SKIP LOCKED: sweeps running in several processes take disjoint rows.
+        rows = self._rows(
+            "SELECT id FROM memories WHERE expires_at IS NOT NULL AND expires_at <= %s "
+            "ORDER BY expires_at LIMIT %s FOR UPDATE SKIP LOCKED",
+            (now, limit),
+        )
+        return [r[0] for r in rows]
+
+    def put_relation(self, relation: Relation) -> None:
+        self.conn.execute(
+            "INSERT INTO relations SELECT m.root, %s, %s, %s, %s, %s FROM memories m WHERE m.id = %s "
+            "ON CONFLICT (root, src_id, dst_id, type) DO UPDATE SET strength = excluded.strength",
+            (
+                relation.src_id,
+                relation.dst_id,
+                relation.type,
+                relation.strength,
+                relation.created_at.timestamp(),
+                relation.src_id,
+            ),
+        )
+
+    def relations(self, memory_id: str, type: str | None, direction: str) -> builtins.list[Relation]:
+        sides = {"out": ["src_id"], "in": ["dst_id"], "both": ["src_id", "dst_id"]}[direction]
+        where = " OR ".join(f"{side} = %s" for side in sides)
+        params: builtins.list[Any] = [memory_id] * len(sides)
+        sql = f"SELECT src_id, dst_id, type, strength, created_at FROM relations WHERE ({where})"
+        if type is not None:
+            sql += " AND type = %s"
+            params.append(type)
+        rows = self._rows(sql + " ORDER BY created_at, src_id, dst_id", params)
+        return [Relation(r[0], r[1], r[2], r[3], utc(r[4])) for r in rows]
+
+    def put_group(self, group: Group) -> bool:
+        cursor = self.conn.execute(
+            "INSERT INTO groups VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+            (group.name, group.description, group.created_at.timestamp()),
+        )
+        return cursor.rowcount == 1
+
+    def get_group(self, name: str) -> Group | None:
+        rows = self._rows("SELECT name, description, created_at FROM groups WHERE name = %s", (name,))
+        return Group(rows[0][0], rows[0][1], utc(rows[0][2])) if rows else None
+
+    def add_member(self, group: str, memory_id: str, now: float) -> None:
+        self.conn.execute(
+            "INSERT INTO group_members (group_name, memory_id, added_at) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+            (group, memory_id, now),
+        )
+
+    def member_ids(self, group: str) -> builtins.list[str]:
+        rows = self._rows("SELECT memory_id FROM group_members WHERE group_name = %s ORDER BY position", (group,))
+        return [r[0] for r in rows]
+
+    def stats(self, prefix: str | None, now: float) -> builtins.list[tuple[str, str, int, int]]:
+        params: builtins.list[Any] = []
+        where = compile_filter(MemoryFilter(now=now, namespace=prefix), params)
+        rows = self._rows(
+            "SELECT m.kind, m.tier, count(*), sum(octet_length(m.content) + octet_length(m.data::text) "
+            "+ octet_length(array_to_json(m.tags)::text)) "
+            f"FROM memories m WHERE {where} GROUP BY m.kind, m.tier ORDER BY m.kind, m.tier",
+            params,
+        )
+        return [(r[0], r[1], int(r[2]), int(r[3])) for r in rows]
+
+    def known_hashes(self, hashes: Sequence[str]) -> set[str]:
+        if not self.vectors:
+            return set()
+        rows = self._rows("SELECT content_hash FROM embeddings WHERE content_hash = ANY(%s)", (list(hashes),))
+        return {r[0] for r in rows}
+
+    def put_embeddings(self, vectors: Mapping[str, NDArray[np.float32]]) -> None:
+        if not vectors:
+            return
+        with self.conn.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO embeddings VALUES (%s, %s::vector) ON CONFLICT DO NOTHING",
+                [(h, _vector_literal(v)) for h, v in vectors.items()],
+            )
+        # Memories stored earlier without a vector (embedder off) get theirs now.
+        self.conn.execute(
+            "UPDATE memories SET embedding = e.embedding FROM embeddings e "
+            "WHERE e.content_hash = memories.content_hash AND memories.embedding IS NULL "
+            "AND memories.content_hash = ANY(%s)",
+            (list(vectors),),
+        )
+
+    def prune_embeddings(self, limit: int) -> int:
+        if not self.vectors:
+            return 0
+        return self.conn.execute(
+            "DELETE FROM embeddings WHERE content_hash IN (SELECT e.content_hash FROM embeddings e "
+            "WHERE NOT EXISTS (SELECT 1 FROM memories m WHERE m.content_hash = e.content_hash) "
+            "LIMIT %s FOR UPDATE SKIP LOCKED)",
+            (limit,),
+        ).rowcount
+
+
+def _translate(exc: BaseException) -> StorageUnavailable:
+    reason = type(exc).__name__
+    return StorageUnavailable(f"storage error: {exc}".strip(), reason=reason)
+
+
+class PostgresStore(Store):
+    """A Store on a PostgreSQL database (pgvector needed only for vectors).
+
+    Args:
+        url: libpq URL of the primary (several hosts allowed).
+        read_url: Optional URL of a replica for reads; defaults to ``url``.
+        pool_size: Most connections per pool.
+        auto_migrate: Apply missing migrations at open (False: refuse to open a
+            database whose schema is behind; run ``hivemem migrate`` instead).
+        busy_timeout_ms: How long a write keeps retrying conflicts and lost connections.
+    """
+
+    durable = True
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        read_url: str | None = None,
+        pool_size: int = 10,
+        auto_migrate: bool = True,
+        busy_timeout_ms: int = 30_000,
+    ) -> None:
+        self.url = url
+        self.busy_timeout_ms = busy_timeout_ms
+        self._closed = False
+        self._dim: int | None = None
+        self._pool = self._open_pool(url, pool_size)
+        self._read_pool = self._pool
+        try:
+            if read_url:
+                self._read_pool = self._open_pool(read_url, pool_size)
+            with self._connection(self._pool) as conn:
+                migrate(conn, apply=auto_migrate)
+                row = conn.execute("SELECT value FROM hivemem_meta WHERE key = 'vector_dim'").fetchone()
+            self._dim = int(row[0]) if row else None
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def _open_pool(url: str, size: int) -> psycopg_pool.ConnectionPool[Any]:
+        pool: psycopg_pool.ConnectionPool[Any] = psycopg_pool.ConnectionPool(
+            url, min_size=1, max_size=size, open=False, kwargs={"autocommit": True}, timeout=10.0
+        )
+        try:
+            pool.open(wait=True, timeout=10.0)
+        except psycopg_pool.PoolTimeout as exc:
+            pool.close()
+            raise StorageUnavailable(f"cannot connect to PostgreSQL at {_safe(url)}: {exc}") from exc
+        return pool
+
+    @contextmanager
+    def _connection(self, pool: psycopg_pool.ConnectionPool[Any]) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection, with driver errors translated into HiveErrors."""
+        if self._closed:
+            raise StorageUnavailable("the store is closed")
+        try:
+            with pool.connection() as conn:
+                yield conn
+        except HiveError:
+            raise
+        except psycopg_pool.PoolTimeout as exc:
+            raise StorageUnavailable(f"no PostgreSQL connection available: {exc}", reason="PoolTimeout") from exc
+        except pg_errors.UndefinedFile as exc:
+            raise ConfigError(f"PostgreSQL lacks an extension HiveMem needs: {exc}") from exc
+        except psycopg.Error as exc:
+            raise _translate(exc) from exc
+
+    # -- transactions ----------------------------------------------------------------------------
+
+    def write(self, fn: Callable[[StoreTx], T]) -> T:
+        return self._retrying(lambda: self._write_once(fn))
+
+    def _write_once(self, fn: Callable[[StoreTx], T]) -> T:
+        with self._connection(self._pool) as conn:
+            conn.execute("BEGIN")
+            try:
+                result = fn(_PgTx(conn, writing=True, vectors=self._dim is not None))
+            except BaseException:
+                _rollback(conn)
+                raise
+            try:
+                conn.execute("COMMIT")
+            except psycopg.OperationalError as exc:
+                raise StorageUnavailable(
+                    f"the connection was lost during COMMIT; the write may or may not have been applied: {exc}",
+                    reason="CommitOutcomeUnknown",
+                ) from exc
+            return result
+
+    def read(self, fn: Callable[[StoreTx], T]) -> T:
+        def once() -> T:
+            with self._connection(self._read_pool) as conn:
+                conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                try:
+                    return fn(_PgTx(conn, writing=False, vectors=self._dim is not None))
+                finally:
+                    _rollback(conn)
+
+        return self._retrying(once)
+
+    def _retrying(self, attempt: Callable[[], T]) -> T:
+        """Run ``attempt``, again after a lost race or a lost connection, until the busy timeout."""
+        delay = 0.005
+        deadline = time.monotonic() + self.busy_timeout_ms / 1000
+        while True:
+            try:
+                return attempt()
+            except StorageUnavailable as exc:
+                cause = exc.__cause__
+                retriable = isinstance(cause, (*_RETRY, psycopg.OperationalError, psycopg_pool.PoolTimeout))
+                if not retriable or exc.details.get("reason") == "CommitOutcomeUnknown":
+                    raise
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(delay * (1 + random.random()))
+            delay = min(delay * 2, 0.5)
+
+    # -- search ----------------------------------------------------------------------------------
+
+    def keyword_search(self, terms: Sequence[str], flt: MemoryFilter, limit: int) -> builtins.list[ScoredId]:
+        if not terms:
+            return []
+        # keyword_terms yields letters and digits only; quoting each keeps tsquery syntax out of play.
+        query = " | ".join("'" + t.replace("'", "''") + "'" for t in terms)
+        params: builtins.list[Any] = [query]
+        where = compile_filter(flt, params)
+        params.append(limit)
+
+        def search(tx: StoreTx) -> builtins.list[ScoredId]:
+            assert isinstance(tx, _PgTx)
+            rows = tx._rows(
+                "SELECT m.id, ts_rank(m.tsv, q, 1) AS score FROM memories m, to_tsquery('hivemem_english', %s) q "
+                f"WHERE m.tsv @@ q AND {where} ORDER BY score DESC, m.id LIMIT %s",
+                params,
+            )
+            return [ScoredId(r[0], float(r[1])) for r in rows]
+
+        return self.read(search)
+
+    def vector_search(self, vector: NDArray[np.float32], flt: MemoryFilter, limit: int) -> builtins.list[ScoredId]:
+        if self._dim is None:
+            return []
+        literal = _vector_literal(vector)
+        params: builtins.list[Any] = [literal]
+        where = compile_filter(flt, params)
+        params += [literal, limit]
+
+        def search(tx: StoreTx) -> builtins.list[ScoredId]:
+            assert isinstance(tx, _PgTx)
+            # The HNSW scan yields at most ef_search rows before the filter; ask for enough.
+            tx.conn.execute(f"SET LOCAL hnsw.ef_search = {min(max(limit, 40), _MAX_EF_SEARCH)}")
+            rows = tx._rows(
+                "SELECT m.id, 1 - (m.embedding <=> %s::vector) FROM memories m "
+                f"WHERE m.embedding IS NOT NULL AND {where} ORDER BY m.embedding <=> %s::vector LIMIT %s",
+                params,
+            )
+            return [ScoredId(r[0], float(r[1])) for r in rows]
+
+        return self.read(search)
+
+    def bind_embedder(self, name: str, dim: int | None) -> None:
+        def bind(tx: StoreTx) -> int | None:
+            assert isinstance(tx, _PgTx)
+            conn = tx.conn
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            stored = dict(conn.execute("SELECT key, value FROM hivemem_meta").fetchall())
+            if stored.get("embedder") not in (None, name):
+                raise ConfigError(
+                    f"this database holds vectors made by embedder {stored['embedder']!r}, not {name!r}; "
+                    "open it with that embedder, or with embedder='none' for keyword-only recall",
+                    stored=stored["embedder"],
+                    requested=name,
+                )
+            if dim is not None and stored.get("vector_dim") not in (None, str(dim)):
+                raise ConfigError(f"this database holds {stored['vector_dim']}-dimension vectors, not {dim}")
+            conn.execute("INSERT INTO hivemem_meta VALUES ('embedder', %s) ON CONFLICT DO NOTHING", (name,))
+            if dim is not None and "vector_dim" not in stored:
+                _add_vector_columns(conn, dim)
+                conn.execute("INSERT INTO hivemem_meta VALUES ('vector_dim', %s)", (str(dim),))
+            return dim if dim is not None else (int(stored["vector_dim"]) if "vector_dim" in stored else None)
+
+        self._dim = self.write(bind)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for pool in {id(self._pool): self._pool, id(self._read_pool): self._read_pool}.values():
+            pool.close()
+
+
+def _add_vector_columns(conn: psycopg.Connection[Any], dim: int) -> None:
+    available = conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'").fetchone()
+    if available is None:
+        raise ConfigError(
+            "this PostgreSQL server has no pgvector extension: install pgvector, "
+            "or open HiveMem with embedder=None for keyword-only recall",
+            missing_extension="vector",
+        )
+    conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    conn.execute(f"ALTER TABLE memories ADD COLUMN embedding vector({int(dim)})")
+    conn.execute(f"CREATE TABLE embeddings (content_hash text {_C} PRIMARY KEY, embedding vector({int(dim)}) NOT NULL)")
+    conn.execute("CREATE INDEX memories_embedding ON memories USING hnsw (embedding vector_cosine_ops)")
+
+
+def _rollback(conn: psycopg.Connection[Any]) -> None:
+    # A broken connection has nothing to roll back; the pool discards it.
+    with suppress(psycopg.Error):
+        conn.execute("ROLLBACK")
+
+
+def _safe(url: str) -> str:
+    """A URL without its password, for error messages."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.Error:
+        return "<unparseable URL>"
+    info.pop("password", None)
+    return psycopg.conninfo.make_conninfo("", **{k: str(v) for k, v in info.items() if v is not None})
+
+
+def schema_version(conn: psycopg.Connection[Any]) -> int:
+    """The migration version a database is at (0 for an empty one)."""
+    exists = conn.execute("SELECT to_regclass('hivemem_schema_migrations')").fetchone()
+    if exists is None or exists[0] is None:
+        return 0
+    row = conn.execute("SELECT coalesce(max(version), 0) FROM hivemem_schema_migrations").fetchone()
+    return int(row[0]) if row else 0
+
+
+def migrate(conn: psycopg.Connection[Any], *, apply: bool = True) -> tuple[int, int]:
+    """Bring the schema to the latest version (or, with ``apply=False``, only check it is there).
+
+    One migrator at a time (an advisory lock), each version in the same
+    transaction as its statements. Returns ``(version before, version after)``.
+
+    Raises:
+        ConfigError: The schema is newer than this HiveMem, or behind and ``apply`` is False.
+    """
+    conn.execute("BEGIN")
+    try:
+        if apply:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+        current = schema_version(conn)
+        latest = len(MIGRATIONS)
+        if current > latest:
+            raise ConfigError(f"the database has schema version {current}; this HiveMem knows only {latest}")
+        if current < latest and not apply:
+            raise ConfigError(
+                f"the database schema is at version {current} of {latest}: run `hivemem migrate` "
+                "with a role that may change the schema",
+                schema_version=current,
+                latest=latest,
+            )
+        if current < latest:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS hivemem_schema_migrations "
+                "(version integer PRIMARY KEY, applied_at double precision NOT NULL)"
+            )
+            for version in range(current + 1, latest + 1):
+                for statement in MIGRATIONS[version - 1]:
+                    conn.execute(statement)
+                conn.execute("INSERT INTO hivemem_schema_migrations VALUES (%s, %s)", (version, time.time()))
+        conn.execute("COMMIT")
+    except BaseException:
+        _rollback(conn)
+        raise
+    return current, latest
