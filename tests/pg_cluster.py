@@ -94,12 +94,12 @@ def _own(path: Path, *, directory: bool) -> None:
         _open_to_others(path)
 
 
-def _gone(proc: psutil.Process) -> bool:
-    """True once ``proc`` has exited (a zombie counts: a container's PID 1 may never reap it)."""
+def _status(pid: int) -> str:
+    """psutil status of ``pid`` or "gone"; "zombie" = dead but not yet reaped (this container's PID 1 takes ~2 s)."""
     try:
-        return proc.status() == psutil.STATUS_ZOMBIE
+        return str(psutil.Process(pid).status())
     except psutil.NoSuchProcess:
-        return True
+        return "gone"
 
 
 def _wait(what: str, condition: Callable[[], bool], timeout: float = TIMEOUT) -> None:
@@ -146,8 +146,21 @@ class PgNode:
         with (self.data_dir / "postgresql.conf").open("a") as conf:
             conf.write(f"\n# pg_cluster.py\n{lines}")
 
+    def postmaster_pid(self) -> int | None:
+        """The PID in postmaster.pid (stale after kill9), None if there is no such file."""
+        with contextlib.suppress(FileNotFoundError):
+            return int((self.data_dir / "postmaster.pid").read_text().split()[0])
+        return None
+
+    def is_running(self) -> bool:
+        """True if the postmaster is alive."""
+        pid = self.postmaster_pid()
+        return pid is not None and _status(pid) not in {"zombie", "gone"}
+
     def start(self) -> None:
         """Start the server and wait until it accepts connections."""
+        if (pid := self.postmaster_pid()) is not None:  # PostgreSQL won't start while a crashed one is a zombie
+            _wait(f"crashed {self.name} to be reaped", lambda: _status(pid) != "zombie")
         _own(self.log_file, directory=False)
         _run("pg_ctl", "start", "-w", "-t", str(int(TIMEOUT)), "-D", str(self.data_dir), "-l", str(self.log_file))
         self.wait_ready()
@@ -157,20 +170,21 @@ class PgNode:
         _run("pg_ctl", "stop", "-w", "-t", str(int(TIMEOUT)), "-D", str(self.data_dir), "-m", mode)
 
     def kill9(self) -> None:
-        """Crash the server: SIGKILL the postmaster and all its children at once, wait until they are gone.
+        """Crash the server: SIGKILL the postmaster and its children at once; return when all are dead.
 
         pg_ctl starts the postmaster in its own session, so its process group is the whole server.
         postmaster.pid stays behind, as after a real crash; start() recovers from it.
         """
-        pid = int((self.data_dir / "postmaster.pid").read_text().split()[0])
-        procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+        pid = self.postmaster_pid()
+        assert pid is not None, f"{self.name} is not running"
+        pids = [pid, *(child.pid for child in psutil.Process(pid).children(recursive=True))]
         os.killpg(pid, signal.SIGKILL)
-        _wait(f"{self} to die", lambda: all(_gone(proc) for proc in procs))
+        _wait(f"{self.name} to die", lambda: all(_status(each) in {"zombie", "gone"} for each in pids))
 
     def promote(self) -> None:
         """Promote this standby to a primary; returns once it accepts writes."""
         _run("pg_ctl", "promote", "-w", "-t", str(int(TIMEOUT)), "-D", str(self.data_dir))
-        _wait(f"{self} to leave recovery", lambda: not self.is_in_recovery())
+        _wait(f"{self.name} to leave recovery", lambda: not self.is_in_recovery())
 
     def url(self, dbname: str = "postgres") -> str:
         """libpq URL reaching this node over TCP."""
@@ -188,7 +202,7 @@ class PgNode:
 
     def wait_ready(self) -> None:
         """Wait until the node answers queries over TCP."""
-        _wait(f"{self} to accept connections", lambda: self.query("SELECT 1") == [(1,)])
+        _wait(f"{self.name} to accept connections", lambda: self.query("SELECT 1") == [(1,)])
 
 
 def _replication_state(primary: PgNode, standby_name: str) -> tuple[str, str]:
@@ -207,7 +221,7 @@ def make_standby(primary: PgNode, data_dir: Path, port: int, name: str = "standb
     node._configure()  # the copied postgresql.conf carries the primary's port and socket dir
     node.start()
     try:
-        _wait(f"{name} to stream from {primary}", lambda: _replication_state(primary, name)[0] == "streaming")
+        _wait(f"{name} to stream from {primary.name}", lambda: _replication_state(primary, name)[0] == "streaming")
     except BaseException:
         with contextlib.suppress(Exception):
             node.stop("immediate")
@@ -233,13 +247,13 @@ def wait_replayed(primary: PgNode, standby: PgNode) -> None:
     """
     lsn = primary.query("SELECT pg_current_wal_lsn()")[0][0]
     replayed = "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn"
-    _wait(f"{standby} to replay {lsn}", lambda: standby.query(replayed, (lsn,))[0][0])
+    _wait(f"{standby.name} to replay {lsn}", lambda: standby.query(replayed, (lsn,))[0][0])
 
 
 def pause_replay(standby: PgNode) -> None:
     """Stop applying WAL on ``standby`` (it still receives and flushes it); returns once paused."""
     standby.query("SELECT pg_wal_replay_pause()")
-    _wait(f"{standby} to pause", lambda: standby.query("SELECT pg_get_wal_replay_pause_state()")[0][0] == "paused")
+    _wait(f"{standby.name} to pause", lambda: standby.query("SELECT pg_get_wal_replay_pause_state()")[0][0] == "paused")
 
 
 def resume_replay(standby: PgNode) -> None:
@@ -262,7 +276,7 @@ def primary_and_standby(base_dir: Path | None = None, *, synchronous: bool = Tru
     """A running primary and streaming standby ("standby", synchronous unless told otherwise), torn down at exit.
 
     Data dirs go in ``base_dir``/primary and ``base_dir``/standby; without ``base_dir`` a short temporary
-    dir is used and deleted afterwards. Teardown stops (immediate mode, or kill -9) both nodes, ignoring errors.
+    dir is used and deleted afterwards. Teardown stops (mode immediate, else kill -9) running nodes, ignoring errors.
     """
     own_dir = base_dir is None
     base = Path(tempfile.mkdtemp(prefix="pg")) if base_dir is None else Path(base_dir)
@@ -277,9 +291,9 @@ def primary_and_standby(base_dir: Path | None = None, *, synchronous: bool = Tru
             make_synchronous(primary, standby.name)
         yield primary, standby
     finally:
-        for node in reversed(nodes):
+        for node in filter(PgNode.is_running, nodes):
             try:
-                node.stop("immediate")  # fast would wait for a promoted node's spread checkpoint (~2 s)
+                node.stop("immediate")  # "fast" waits for a promoted node's spread checkpoint (~2 s)
             except Exception:
                 with contextlib.suppress(Exception):
                     node.kill9()

@@ -112,7 +112,7 @@ def _short(text: str, width: int = 80) -> str:
 
 
 @click.group()
-@click.option("--db", envvar="HIVEMEM_URL", help="Database: a file path, sqlite:///path or :memory:.")
+@click.option("--db", envvar="HIVEMEM_URL", help="Database: a file path, sqlite:///path, :memory: or postgresql://...")
 @click.option("--embedder", envvar="HIVEMEM_EMBEDDER", help="minilm (default), none, or openai:<model>.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @click.version_option(hivemem.__version__, prog_name="hivemem")
@@ -321,6 +321,23 @@ def import_(obj: Context, source: Path, batch_size: int) -> None:
         if not from_stdin:
             stream.close()
     obj.emit({"imported": count}, lambda: obj.console.print(f"imported {count} memories"))
+
+
+@main.command()
+@click.option("--check", is_flag=True, help="Only verify the schema is current (for roles without DDL rights).")
+@_command
+def migrate(obj: Context, check: bool) -> None:
+    """Bring the database schema up to date (exit 1 with --check if it is behind)."""
+    from hivemem.storage import migrate as migrate_store
+
+    result = migrate_store(obj.config, apply=not check)
+    obj.emit(
+        result,
+        lambda: obj.console.print(
+            f"{result['backend']} schema at version {result['version']}"
+            + (f" (was {result['version_before']})" if result["version_before"] != result["version"] else "")
+        ),
+    )
 
 
 @main.command()

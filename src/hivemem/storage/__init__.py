@@ -45,3 +45,33 @@ def open_store(config: HiveConfig) -> Store:
     raise ConfigError(
         f"no backend for {scheme}:// URLs (use a file path, sqlite:///path, :memory: or postgresql://...)", url=url
     )
+
+
+def migrate(config: HiveConfig, *, apply: bool = True) -> dict[str, object]:
+    """Bring the schema of the store ``config.url`` names up to date, or (``apply=False``) check it is.
+
+    Returns:
+        ``{"backend", "version_before", "version"}``.
+
+    Raises:
+        ConfigError: The schema is behind and ``apply`` is False, or is newer than this HiveMem.
+    """
+    scheme = config.url.split("://", 1)[0].lower() if "://" in config.url else ""
+    if scheme in ("postgresql", "postgres"):
+        import psycopg
+
+        from hivemem.errors import StorageUnavailable
+        from hivemem.storage import postgres
+
+        try:
+            with psycopg.connect(config.url, autocommit=True) as conn:
+                before, after = postgres.migrate(conn, apply=apply)
+        except psycopg.Error as exc:
+            raise StorageUnavailable(f"cannot migrate: {exc}", reason=type(exc).__name__) from exc
+        return {"backend": "postgresql", "version_before": before, "version": after}
+    if scheme not in ("", "sqlite"):
+        raise ConfigError(f"no backend for {scheme}:// URLs", url=config.url)
+    from hivemem.storage import sqlite
+
+    before, after = sqlite.migrate(sqlite.sqlite_path(config.url), apply=apply)
+    return {"backend": "sqlite", "version_before": before, "version": after}

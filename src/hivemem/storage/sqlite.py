@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import apsw
@@ -435,6 +436,36 @@ def _one(cursor: Any) -> Any:
 def _all(cursor: Any) -> builtins.list[Any]:
     """Every row of a cursor, typed loosely."""
     return builtins.list(cursor.fetchall())
+
+
+def migrate(path: str, *, apply: bool = True) -> tuple[int, int]:
+    """Bring a SQLite file to the latest schema (opening a store does this too), or only check it.
+
+    Returns ``(version before, version after)``.
+
+    Raises:
+        ConfigError: The schema is behind and ``apply`` is False, or is newer than this HiveMem.
+    """
+    before = 0
+    if path != ":memory:" and Path(path).exists():
+        conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+        try:
+            if _one(conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'schema_migrations'"))[0]:
+                before = _one(conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations"))[0]
+        finally:
+            conn.close()
+    latest = len(MIGRATIONS)
+    if before > latest:
+        raise ConfigError(f"{path} has schema version {before}; this HiveMem knows only {latest}")
+    if before < latest and not apply:
+        raise ConfigError(
+            f"{path} has schema version {before} of {latest}: run `hivemem migrate`",
+            schema_version=before,
+            latest=latest,
+        )
+    if before < latest:
+        SqliteStore(path).close()
+    return before, latest
 
 
 class SqliteStore(Store):

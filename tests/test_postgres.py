@@ -1,0 +1,105 @@
+"""PostgreSQL-only behaviour: migrations and the verify-only mode, a server without pgvector,
+and moving data between SQLite and PostgreSQL with the CLI.
+
+The contract suite (test_contract.py) already runs every Hive method on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+from click.testing import CliRunner, Result
+
+import hivemem
+from fakes import HashEmbedder
+from hivemem import ConfigError
+from hivemem.cli import main
+from pg_server import schema_url, with_options
+
+#: The machine's own PostgreSQL 15, which has no pgvector (see env/machines).
+PLAIN_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def cli(db: str, *args: str) -> Result:
+    return CliRunner().invoke(main, ["--db", db, "--embedder", "none", *args])
+
+
+def test_migrate_applies_the_schema_and_check_mode_only_verifies(tmp_path: Path) -> None:
+    url = schema_url(tmp_path)
+    behind = cli(url, "migrate", "--check")
+    assert behind.exit_code == 1
+    assert "run `hivemem migrate`" in behind.output
+    with pytest.raises(ConfigError, match="hivemem migrate"):
+        hivemem.open(url, embedder=None, auto_migrate=False)
+
+    applied = cli(url, "--json", "migrate")
+    assert applied.exit_code == 0, applied.output
+    assert json.loads(applied.stdout) == {"backend": "postgresql", "version_before": 0, "version": 1}
+    assert cli(url, "migrate", "--check").exit_code == 0
+    with hivemem.open(url, embedder=None, auto_migrate=False) as hive:
+        assert hive.remember("ns", "schema in place").version == 1
+
+
+def _plain_postgres_schema() -> str:
+    try:
+        with psycopg.connect(PLAIN_POSTGRES, autocommit=True, connect_timeout=3) as conn:
+            if conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'vector'").fetchone():
+                pytest.skip("the PostgreSQL on 127.0.0.1:5432 has pgvector; this test needs one without")
+            schema = "t_" + uuid.uuid4().hex[:16]
+            conn.execute(f"CREATE SCHEMA {schema}")
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"no PostgreSQL without pgvector on 127.0.0.1:5432: {exc}")
+    return with_options(PLAIN_POSTGRES, options=f"-csearch_path={schema}")
+
+
+def test_a_server_without_pgvector_is_refused_at_open_and_works_keyword_only() -> None:
+    url = _plain_postgres_schema()
+    with pytest.raises(ConfigError, match="pgvector") as info:
+        hivemem.open(url, embedder=HashEmbedder())
+    assert info.value.details["missing_extension"] == "vector"
+    with hivemem.open(url, embedder=None) as hive:
+        stored = hive.remember("ns", "deployments roll back when health checks fail")
+        assert [h.memory.id for h in hive.recall("deployment rollback", namespace="ns")] == [stored.id]
+    # The refused open changed nothing: opening with an embedder still fails the same clear way.
+    with pytest.raises(ConfigError, match="pgvector"):
+        hivemem.open(url, embedder=HashEmbedder())
+
+
+def test_export_and_import_round_trip_every_field_between_sqlite_and_postgres(tmp_path: Path) -> None:
+    source = str(tmp_path / "source.db")
+    with hivemem.open(source, embedder=None) as hive:
+        parent = hive.remember("s/a", "parent", kind="fact", tier="long", key="k1", tags=["x", "y"], importance=0.9)
+        hive.remember(
+            "s/a",
+            "child — ünïcode ✓",
+            parent_id=parent.id,
+            data={"n": [1, 2.5, {"deep": True}], "big": 10**20, "tiny": 1e-7, "order": {"b": 1, "a": 2}},
+            ttl=3600,
+            agent_id="a1",
+            session_id="s1",
+        )
+        hive.remember_episode("s/b", context="c", action="a", outcome="o", success=False, lesson="l")
+        hive.update(parent.id, content="parent v2")
+        hive.reinforce(parent.id)
+        original = [m.to_dict() for m in hive.export()]
+
+    dump = tmp_path / "from-sqlite.jsonl"
+    assert cli(source, "export", str(dump)).exit_code == 0
+    postgres = schema_url(tmp_path / "pg")
+    imported = cli(postgres, "--json", "import", str(dump))
+    assert imported.exit_code == 0, imported.output
+    assert json.loads(imported.stdout) == {"imported": 3}
+    with hivemem.open(postgres, embedder=None) as hive:
+        assert [m.to_dict() for m in hive.export()] == original
+
+    back = tmp_path / "from-postgres.jsonl"
+    assert cli(postgres, "export", str(back)).exit_code == 0
+    assert back.read_text() == dump.read_text()
+    again = str(tmp_path / "again.db")
+    assert cli(again, "import", str(back)).exit_code == 0
+    with hivemem.open(again, embedder=None) as hive:
+        assert [m.to_dict() for m in hive.export()] == original
