@@ -29,6 +29,62 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 GENERATOR_VERSION = 1
 
 
+class Backend:
+    """Where a benchmark's hives live: SQLite files in a folder, or fresh schemas of one PostgreSQL.
+
+    PostgreSQL comes from ``--postgres-url`` (or ``HIVEMEM_BENCH_POSTGRES_URL``); without
+    one, the PyPI package ``pgserver`` starts a private PostgreSQL 16 with pgvector for
+    the run. Every call to :meth:`target` names a new, empty store.
+    """
+
+    def __init__(self, kind: str, directory: Path, postgres_url: str | None = None) -> None:
+        if kind not in ("sqlite", "postgres"):
+            raise SystemExit(f"--backend must be sqlite or postgres, not {kind!r}")
+        self.kind = kind
+        self.directory = directory
+        self._count = 0
+        self._server: Any = None
+        self.url = ""
+        if kind == "postgres":
+            self.url = postgres_url or os.environ.get("HIVEMEM_BENCH_POSTGRES_URL") or self._start_server()
+            import psycopg
+
+            with psycopg.connect(self.url, autocommit=True) as conn:
+                conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+
+    def _start_server(self) -> str:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import pgserver
+        log("starting a private PostgreSQL (pgserver)")
+        self._server = pgserver.get_server(self.directory / "pg", cleanup_mode="stop")
+        url: str = self._server.get_uri()
+        return url
+
+    def target(self, name: str) -> str:
+        """A new store's target: a file path, or a URL whose search_path is a new schema."""
+        self._count += 1
+        if self.kind == "sqlite":
+            return str(self.directory / f"{name}-{self._count}.db")
+        import urllib.parse
+
+        import psycopg
+
+        schema = f"bench_{name.replace('-', '_')}_{os.getpid()}_{self._count}"
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+            conn.execute(f"CREATE SCHEMA {schema}")
+        parts = urllib.parse.urlsplit(self.url)
+        query = [*urllib.parse.parse_qsl(parts.query), ("options", f"-csearch_path={schema},public")]
+        return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.cleanup()
+
+
 def log(message: str) -> None:
     """Progress goes to stderr so stdout keeps only the tables."""
     print(message, file=sys.stderr, flush=True)
