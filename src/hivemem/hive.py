@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import builtins
 import dataclasses
+import functools
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -46,7 +47,8 @@ UNSET: Any = _Unset()
 _SWEEP_BATCH = 1000
 _MAX_K = 1000
 _MAX_PAGE = 1000
-_ENTITY_RETRIES = 20
+#: Tries of upsert_entity that embed outside the transaction before one embeds inside it.
+_ENTITY_OPTIMISTIC_TRIES = 3
 
 
 class Hive:
@@ -146,15 +148,19 @@ class Hive:
         return self.store.write(write)
 
     def _write_draft(self, tx: StoreTx, d: Draft, now: float) -> Memory:
-        if d.key is not None:
-            # -inf: see the keyed row even if it expired, since it still owns the key.
-            current = tx.get_by_key(d.namespace, d.key, float("-inf"))
-            if current is not None:
-                if current.expires_at is None or current.expires_at.timestamp() > now:
-                    memory = d.next_version_of(current, now)
-                    tx.replace(memory, current)
-                    return memory
-                tx.delete([current.id])
+        # -inf: see the keyed row even if it expired, since it still owns the key.
+        stored = tx.get_by_key(d.namespace, d.key, float("-inf")) if d.key is not None else None
+        return self._apply_draft(tx, d, now, stored)
+
+    @staticmethod
+    def _apply_draft(tx: StoreTx, d: Draft, now: float, stored: Memory | None) -> Memory:
+        """Write ``d`` given the row that holds its key (expired or not), if any."""
+        if stored is not None:
+            if _live(stored, now):
+                memory = d.next_version_of(stored, now)
+                tx.replace(memory, stored)
+                return memory
+            tx.delete([stored.id])
         memory = d.new_memory(new_id(), now)
         tx.insert(memory)
         return memory
@@ -340,26 +346,34 @@ class Hive:
         ns = v.namespace(namespace)
         vectors: dict[str, Any] = {}
 
-        def write(tx: StoreTx) -> Memory:
+        def write(tx: StoreTx, inline: bool) -> Memory:
             now = self.clock.now()
-            current = tx.get_by_key(ns, key, now)
+            # One read serves the merge and the write: a second read could see a
+            # row another writer committed in between (PostgreSQL, read committed).
+            stored = tx.get_by_key(ns, key, float("-inf"))
+            current = stored if stored is not None and _live(stored, now) else None
             data = merged_entity_data(current.data if current else None, entity_type, entity_name, props, utc(now))
             text = entity_content(entity_type, data["name"], data["properties"])
             digest = content_hash(text)
             if self.embedder is not None and digest not in vectors and not tx.known_hashes([digest]):
-                raise _NeedsVector(text)
+                if not inline:
+                    raise _NeedsVector(text)
+                vectors[digest] = self.embedder.embed([text])[0]
             Retriever.store_vectors(tx, {h: vec for h, vec in vectors.items() if h == digest})
             entity = draft(ns, text, self.config, kind="entity", key=key, data=data, **options)
-            return self._write_draft(tx, entity, now)
+            return self._apply_draft(tx, entity, now, stored)
 
         # The merge happens inside the transaction (no lost update); the model
         # runs outside it, so a text without a vector is embedded and retried.
-        for _ in range(_ENTITY_RETRIES):
+        # Under contention the text keeps changing under the retries, so the
+        # last try embeds inside the transaction (one short model run while
+        # holding the row), which always lands.
+        for _ in range(_ENTITY_OPTIMISTIC_TRIES):
             try:
-                return self.store.write(write)
+                return self.store.write(functools.partial(write, inline=False))
             except _NeedsVector as need:
                 vectors.update(self._retriever.vectors_for([need.text]))
-        raise VersionConflict(f"entity {key} kept changing; gave up after {_ENTITY_RETRIES} tries", key=key)
+        return self.store.write(functools.partial(write, inline=True))
 
     def add_rule(
         self,
@@ -783,6 +797,10 @@ def _refuse_options(options: Mapping[str, Any], owned: Sequence[str], helper: st
     for name in owned:
         if name in options:
             raise InvalidInput(name, f"is set by {helper} and cannot be given")
+
+
+def _live(memory: Memory, now: float) -> bool:
+    return memory.expires_at is None or memory.expires_at.timestamp() > now
 
 
 class _NeedsVector(Exception):

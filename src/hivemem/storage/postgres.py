@@ -299,7 +299,7 @@ class _PgTx(StoreTx):
         self.conn.execute("DELETE FROM memory_versions WHERE memory_id = ANY(%s)", (id_list,))
         self.conn.execute("DELETE FROM relations WHERE src_id = ANY(%s) OR dst_id = ANY(%s)", (id_list, id_list))
         self.conn.execute("DELETE FROM group_members WHERE memory_id = ANY(%s)", (id_list,))
-        return self.conn.execute("DELETE FROM memories WHERE id = ANY(%s)", (id_list,)).rowcount
+        return len(self._rows("DELETE FROM memories WHERE id = ANY(%s) RETURNING 1", (id_list,)))
 
     def child_ids(self, parent_ids: Sequence[str]) -> builtins.list[str]:
         return [r[0] for r in self._rows("SELECT id FROM memories WHERE parent_id = ANY(%s)", (list(parent_ids),))]
@@ -357,11 +357,11 @@ class _PgTx(StoreTx):
         return [Relation(r[0], r[1], r[2], r[3], utc(r[4])) for r in rows]
 
     def put_group(self, group: Group) -> bool:
-        cursor = self.conn.execute(
-            "INSERT INTO groups VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+        created = self._rows(
+            "INSERT INTO groups VALUES (%s, %s, %s) ON CONFLICT DO NOTHING RETURNING 1",
             (group.name, group.description, group.created_at.timestamp()),
         )
-        return cursor.rowcount == 1
+        return len(created) == 1
 
     def get_group(self, name: str) -> Group | None:
         rows = self._rows("SELECT name, description, created_at FROM groups WHERE name = %s", (name,))
@@ -413,12 +413,13 @@ class _PgTx(StoreTx):
     def prune_embeddings(self, limit: int) -> int:
         if not self.vectors:
             return 0
-        return self.conn.execute(
+        pruned = self._rows(
             "DELETE FROM embeddings WHERE content_hash IN (SELECT e.content_hash FROM embeddings e "
             "WHERE NOT EXISTS (SELECT 1 FROM memories m WHERE m.content_hash = e.content_hash) "
-            "LIMIT %s FOR UPDATE SKIP LOCKED)",
+            "LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING 1",
             (limit,),
-        ).rowcount
+        )
+        return len(pruned)
 
 
 def _translate(exc: BaseException) -> StorageUnavailable:
@@ -502,19 +503,26 @@ class PostgresStore(Store):
 
     def _write_once(self, fn: Callable[[StoreTx], T]) -> T:
         with self._connection(self._pool) as conn:
-            conn.execute("BEGIN")
+            committing = False
             try:
-                result = fn(_PgTx(conn, writing=True, vectors=self._dim is not None))
+                # Pipeline mode: statements whose results nobody reads (BEGIN, inserts,
+                # COMMIT) travel together, so a plain remember is one round trip, not three.
+                # Reading a result (a lookup before an update) syncs the pipeline first.
+                with conn.pipeline():
+                    conn.execute("BEGIN")
+                    result = fn(_PgTx(conn, writing=True, vectors=self._dim is not None))
+                    committing = True
+                    conn.execute("COMMIT")
+            except psycopg.OperationalError as exc:
+                if committing:
+                    raise StorageUnavailable(
+                        f"the connection was lost while committing; the write may or may not be applied: {exc}",
+                        reason="CommitOutcomeUnknown",
+                    ) from exc
+                raise
             except BaseException:
                 _rollback(conn)
                 raise
-            try:
-                conn.execute("COMMIT")
-            except psycopg.OperationalError as exc:
-                raise StorageUnavailable(
-                    f"the connection was lost during COMMIT; the write may or may not have been applied: {exc}",
-                    reason="CommitOutcomeUnknown",
-                ) from exc
             return result
 
     def read(self, fn: Callable[[StoreTx], T]) -> T:
