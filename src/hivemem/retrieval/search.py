@@ -70,7 +70,8 @@ class Retriever:
             return {}
         by_hash = {content_hash(t): t for t in texts}
         hashes = list(by_hash)
-        known = self.store.read(lambda tx: tx.known_hashes(hashes))
+        # From the primary: a replica may lag behind the vectors just written.
+        known = self.store.read(lambda tx: tx.known_hashes(hashes), primary=True)
         missing = [h for h in hashes if h not in known]
         if not missing:
             return {}

@@ -209,8 +209,12 @@ class Store(ABC):
         """
 
     @abstractmethod
-    def read(self, fn: Callable[[StoreTx], T]) -> T:
-        """Run ``fn`` against one consistent snapshot."""
+    def read(self, fn: Callable[[StoreTx], T], *, primary: bool = False) -> T:
+        """Run ``fn`` against one consistent snapshot.
+
+        A backend with read replicas may serve the read from one (it can lag);
+        ``primary=True`` asks for the primary, for reads a write depends on.
+        """
 
     @abstractmethod
     def keyword_search(self, terms: Sequence[str], flt: MemoryFilter, limit: int) -> builtins.list[ScoredId]:

@@ -525,9 +525,11 @@ class PostgresStore(Store):
                 raise
             return result
 
-    def read(self, fn: Callable[[StoreTx], T]) -> T:
+    def read(self, fn: Callable[[StoreTx], T], *, primary: bool = False) -> T:
+        pool = self._pool if primary else self._read_pool
+
         def once() -> T:
-            with self._connection(self._read_pool) as conn:
+            with self._connection(pool) as conn:
                 conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 try:
                     return fn(_PgTx(conn, writing=False, vectors=self._dim is not None))

@@ -604,7 +604,7 @@ class SqliteStore(Store):
             raise
         return result
 
-    def read(self, fn: Callable[[StoreTx], T]) -> T:
+    def read(self, fn: Callable[[StoreTx], T], *, primary: bool = False) -> T:
         with self._guard():
             conn = self._connection()
             conn.execute("BEGIN")
