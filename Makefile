@@ -26,8 +26,10 @@ bench-quick: $(STAMP)
 	$(PY) bench/ingest.py --quick
 	$(PY) bench/recall_latency.py --quick
 	$(PY) bench/locomo.py --quick
+	$(PY) bench/writers.py --quick
 
 bench: $(STAMP)
 	$(PY) bench/ingest.py
 	$(PY) bench/recall_latency.py
 	$(PY) bench/locomo.py
+	$(PY) bench/writers.py
