@@ -104,6 +104,9 @@ def _writer(mode: str, target: str, worker: int, ops: int, barrier: Any, results
 
 def run(mode: str, target: str, writers: int, ops: int) -> dict[str, Any]:
     """``writers`` processes each writing ``ops`` records; throughput and per-write latency."""
+    # Create the table (or migrate the hive) once here, not racing in every writer.
+    _, close = OPENERS[mode](target)
+    close()
     barrier = SPAWN.Barrier(writers + 1)
     results = SPAWN.Queue()
     procs = [SPAWN.Process(target=_writer, args=(mode, target, w, ops, barrier, results)) for w in range(writers)]
