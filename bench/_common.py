@@ -6,18 +6,20 @@ folder is first on ``sys.path`` when run as ``python bench/<name>.py``).
 
 from __future__ import annotations
 
+import argparse
 import importlib.resources
+import itertools
 import json
 import math
 import os
 import platform
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -28,29 +30,34 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 #: Bump when the text generator changes, so cached embeddings of old texts are not reused.
 GENERATOR_VERSION = 1
 
+T = TypeVar("T")
+
+
+#: The stores a benchmark can run on, in the order their results are printed.
+BACKENDS = ("sqlite", "postgres")
+
 
 class Backend:
     """Where a benchmark's hives live: SQLite files in a folder, or fresh schemas of one PostgreSQL.
 
     PostgreSQL comes from ``--postgres-url`` (or ``HIVEMEM_BENCH_POSTGRES_URL``); without
     one, the PyPI package ``pgserver`` starts a private PostgreSQL 16 with pgvector for
-    the run. Every call to :meth:`target` names a new, empty store.
+    the run. Every call to :meth:`target` names a new, empty store; :meth:`discard`
+    deletes one, and :meth:`close` deletes the schemas left on a server the run did not start.
     """
 
     def __init__(self, kind: str, directory: Path, postgres_url: str | None = None) -> None:
-        if kind not in ("sqlite", "postgres"):
+        if kind not in BACKENDS:
             raise SystemExit(f"--backend must be sqlite or postgres, not {kind!r}")
         self.kind = kind
         self.directory = directory
         self._count = 0
         self._server: Any = None
+        self._schemas: dict[str, str] = {}  # target URL -> schema
         self.url = ""
         if kind == "postgres":
             self.url = postgres_url or os.environ.get("HIVEMEM_BENCH_POSTGRES_URL") or self._start_server()
-            import psycopg
-
-            with psycopg.connect(self.url, autocommit=True) as conn:
-                conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            self._sql("CREATE EXTENSION IF NOT EXISTS vector")
 
     def _start_server(self) -> str:
         import warnings
@@ -63,6 +70,14 @@ class Backend:
         url: str = self._server.get_uri()
         return url
 
+    def _sql(self, statement: str, url: str | None = None) -> Any:
+        """Run one statement in autocommit mode; returns the first row, if any."""
+        import psycopg
+
+        with psycopg.connect(url or self.url, autocommit=True) as conn:
+            cursor = conn.execute(statement)
+            return cursor.fetchone() if cursor.description else None
+
     def target(self, name: str) -> str:
         """A new store's target: a file path, or a URL whose search_path is a new schema."""
         self._count += 1
@@ -70,19 +85,115 @@ class Backend:
             return str(self.directory / f"{name}-{self._count}.db")
         import urllib.parse
 
-        import psycopg
-
         schema = f"bench_{name.replace('-', '_')}_{os.getpid()}_{self._count}"
-        with psycopg.connect(self.url, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-            conn.execute(f"CREATE SCHEMA {schema}")
+        self._sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        self._sql(f"CREATE SCHEMA {schema}")
         parts = urllib.parse.urlsplit(self.url)
         query = [*urllib.parse.parse_qsl(parts.query), ("options", f"-csearch_path={schema},public")]
-        return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+        url = urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+        self._schemas[url] = schema
+        return url
+
+    def describe(self) -> str:
+        """The server and its durability settings, for tables and JSON."""
+        if self.kind == "sqlite":
+            import apsw
+
+            return f"SQLite {apsw.sqlite_lib_version()}"
+        version, fsync, commit = self._sql(
+            "SELECT current_setting('server_version'), current_setting('fsync'), current_setting('synchronous_commit')"
+        )
+        return f"PostgreSQL {version}, fsync={fsync}, synchronous_commit={commit}"
+
+    def count(self, target: str, table: str = "memories") -> int:
+        """Rows in ``table`` of a store made by :meth:`target`."""
+        if self.kind == "postgres":
+            return int(self._sql(f"SELECT count(*) FROM {table}", target)[0])
+        import apsw
+
+        conn = apsw.Connection(target)
+        try:
+            return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+        finally:
+            conn.close()
+
+    def settle(self, target: str, table: str = "memories") -> None:
+        """Leave a freshly filled PostgreSQL table as autovacuum soon would: ``VACUUM ANALYZE``.
+
+        Until then the planner, with no statistics, takes the table for empty and scans
+        it instead of using the HNSW and GIN indexes, and keyword search also reads GIN's
+        pending list linearly. At 10k memories that made recall 3 to 10 times slower.
+        """
+        if self.kind == "postgres":
+            self._sql(f"VACUUM ANALYZE {table}", target)
+
+    def discard(self, target: str) -> None:
+        """Delete a store made by :meth:`target` (its connections must be closed)."""
+        if self.kind == "sqlite":
+            Path(target).unlink()
+        else:
+            self._sql(f"DROP SCHEMA {self._schemas.pop(target)} CASCADE")
 
     def close(self) -> None:
         if self._server is not None:
-            self._server.cleanup()
+            self._server.cleanup()  # its data lives in the run's temporary folder
+        else:
+            for target in list(self._schemas):
+                self.discard(target)
+
+
+def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--backend`` (repeatable or comma-separated) and ``--postgres-url``; read them with :func:`backend_kinds`."""
+    parser.add_argument(
+        "--backend",
+        action="append",
+        metavar="sqlite|postgres",
+        help="store(s) to measure, repeatable or comma-separated (default: sqlite; with --quick: sqlite,postgres)",
+    )
+    parser.add_argument(
+        "--postgres-url",
+        default=None,
+        help="PostgreSQL with pgvector whose database gets a fresh schema per store "
+        "(default: $HIVEMEM_BENCH_POSTGRES_URL, else a private server started with pgserver)",
+    )
+
+
+def backend_kinds(args: argparse.Namespace) -> list[str]:
+    """The backends asked for, in :data:`BACKENDS` order; also stored back in ``args.backend`` for the JSON."""
+    asked = {kind.strip() for value in args.backend or [] for kind in value.split(",") if kind.strip()}
+    unknown = sorted(asked - set(BACKENDS))
+    if unknown:
+        raise SystemExit(f"--backend must be sqlite or postgres, not {', '.join(map(repr, unknown))}")
+    if not asked:
+        asked = set(BACKENDS) if args.quick else {"sqlite"}
+    args.backend = [kind for kind in BACKENDS if kind in asked]
+    return list(args.backend)
+
+
+@contextmanager
+def open_backends(kinds: Sequence[str], directory: Path, postgres_url: str | None) -> Iterator[dict[str, Backend]]:
+    """A :class:`Backend` per kind, all closed on exit."""
+    backends: dict[str, Backend] = {}
+    try:
+        for kind in kinds:
+            backends[kind] = Backend(kind, directory, postgres_url)
+        yield backends
+    finally:
+        for backend in backends.values():
+            backend.close()
+
+
+_MISSING: Any = object()
+
+
+def side_by_side(groups: Iterable[Sequence[T]]) -> list[T]:
+    """The groups' items interleaved: every first item, then every second one...; shorter groups drop out.
+
+    With one group per backend, the same run or ratio of each backend lands on adjacent rows.
+    """
+    return [
+        item for rank in itertools.zip_longest(*groups, fillvalue=_MISSING) for item in rank if item is not _MISSING
+    ]
 
 
 def log(message: str) -> None:
