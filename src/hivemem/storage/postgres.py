@@ -36,20 +36,18 @@ import psycopg_pool
 from numpy.typing import NDArray
 from psycopg import errors as pg_errors
 
-from hivemem.clock import utc
 from hivemem.errors import ConfigError, HiveError, StorageUnavailable
 from hivemem.models import Group, Memory, Relation
 from hivemem.storage.base import (
     MEMORY_COLUMNS,
     MemoryFilter,
-    RankFacts,
     ScoredId,
     Store,
     StoreTx,
     T,
-    memory_from_row,
     memory_to_row,
 )
+from hivemem.storage.sql import SQL_OPS, Dialect, SqlTx, compile_filter
 from hivemem.validation import root_of
 
 _C = 'COLLATE "C"'
@@ -120,7 +118,6 @@ MIGRATIONS: builtins.list[builtins.list[str]] = [
 ]
 
 _MIGRATION_LOCK = 0x48495645  # pg_advisory_xact_lock key: one migrator at a time
-_COLUMNS = ", ".join(f"m.{c}" for c in MEMORY_COLUMNS)
 _INSERT_COLUMNS = [*MEMORY_COLUMNS, "root"]
 _INSERT = (
     f"INSERT INTO memories ({', '.join(_INSERT_COLUMNS)}) VALUES ({', '.join(f'%({c})s' for c in _INSERT_COLUMNS)})"
@@ -139,68 +136,45 @@ _SET_EMBEDDING = (
 _RETRY = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected, pg_errors.UniqueViolation)
 #: pgvector's HNSW scan returns at most ef_search rows; this is its maximum.
 _MAX_EF_SEARCH = 1000
-_SQL_OPS = {"$eq": "=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
 
 
-def _typed_compare(path: builtins.list[str], op: str, operand: Any, params: builtins.list[Any]) -> str:
-    """A comparison of a data field that only holds between values of the same JSON type (as on SQLite)."""
-    params.append(path)
-    json_type = "json_typeof(m.data #> %s)"
-    if operand is None:
-        return f"coalesce({json_type} = 'null', true)"
-    params.append(path)
-    if isinstance(operand, bool):
+class _PgDialect(Dialect):
+    p = "%s"
+    success = "CASE WHEN json_typeof(m.data -> 'success') = 'boolean' THEN (m.data ->> 'success')::boolean END"
+
+    def namespace_clause(self, prefix: str, params: builtins.list[Any]) -> str:
+        # Bytewise (C collation) range, segment-wise ('0' follows '/'); the root first, for pruning.
+        params += [root_of(prefix), prefix, prefix + "/", prefix + "0"]
+        return "(m.root = %s AND (m.namespace = %s OR (m.namespace >= %s AND m.namespace < %s)))"
+
+    def one_of(self, column: str, values: Sequence[Any], params: builtins.list[Any]) -> str:
+        params.append(builtins.list(values))
+        return f"{column} = ANY(%s)"
+
+    def has_tags(self, tags: Sequence[str], params: builtins.list[Any]) -> str:
+        params.append(builtins.list(tags))
+        return "m.tags @> %s"
+
+    def data_compare(self, path: str, op: str, operand: Any, params: builtins.list[Any]) -> str:
+        segments = path.split(".")
+        params.append(segments)
+        json_type = "json_typeof(m.data #> %s)"
+        if operand is None:
+            return f"coalesce({json_type} = 'null', true)"
+        params.append(segments)
+        if isinstance(operand, bool):
+            params.append(operand)
+            return f"(CASE WHEN {json_type} = 'boolean' THEN (m.data #>> %s)::boolean = %s ELSE false END)"
+        if isinstance(operand, int | float):
+            # Through text, so a float compares by its exact shortest decimal, not a 15-digit rounding.
+            params.append(repr(operand))
+            number = f"(m.data #>> %s)::numeric {SQL_OPS[op]} %s::numeric"
+            return f"(CASE WHEN {json_type} = 'number' THEN {number} ELSE false END)"
         params.append(operand)
-        return f"(CASE WHEN {json_type} = 'boolean' THEN (m.data #>> %s)::boolean = %s ELSE false END)"
-    if isinstance(operand, int | float):
-        # Through text, so a float compares by its exact shortest decimal, not a 15-digit rounding.
-        params.append(repr(operand))
-        number = f"(m.data #>> %s)::numeric {_SQL_OPS[op]} %s::numeric"
-        return f"(CASE WHEN {json_type} = 'number' THEN {number} ELSE false END)"
-    params.append(operand)
-    return f"(CASE WHEN {json_type} = 'string' THEN (m.data #>> %s) {_C} {_SQL_OPS[op]} %s ELSE false END)"
+        return f"(CASE WHEN {json_type} = 'string' THEN (m.data #>> %s) {_C} {SQL_OPS[op]} %s ELSE false END)"
 
 
-def _namespace_clause(prefix: str, params: builtins.list[Any]) -> str:
-    """``m.namespace`` under ``prefix``: bytewise range, segment-wise ('0' follows '/'); root first for pruning."""
-    params += [root_of(prefix), prefix, prefix + "/", prefix + "0"]
-    return "(m.root = %s AND (m.namespace = %s OR (m.namespace >= %s AND m.namespace < %s)))"
-
-
-def compile_filter(flt: MemoryFilter, params: builtins.list[Any]) -> str:
-    """SQL conditions on alias ``m`` for ``flt``, appending bind values to ``params``."""
-    clauses = ["(m.expires_at IS NULL OR m.expires_at > %s)"]
-    params.append(flt.now)
-    if flt.namespace is not None:
-        clauses.append(_namespace_clause(flt.namespace, params))
-    for column, values in (("kind", flt.kinds), ("tier", flt.tiers)):
-        if values is not None:
-            clauses.append(f"m.{column} = ANY(%s)")
-            params.append(list(values))
-    if flt.tags:
-        clauses.append("m.tags @> %s")
-        params.append(list(flt.tags))
-    for column, value in (("agent_id", flt.agent_id), ("session_id", flt.session_id)):
-        if value is not None:
-            clauses.append(f"m.{column} = %s")
-            params.append(value)
-    if flt.since is not None:
-        clauses.append("COALESCE(m.occurred_at, m.created_at) >= %s")
-        params.append(flt.since)
-    if flt.until is not None:
-        clauses.append("COALESCE(m.occurred_at, m.created_at) < %s")
-        params.append(flt.until)
-    for dotted, ops in flt.where.items():
-        path = dotted.split(".")
-        for op, operand in ops.items():
-            if op == "$in":
-                matches = [_typed_compare(path, "$eq", item, params) for item in operand]
-                clauses.append("(" + " OR ".join(matches) + ")")
-            elif op == "$ne":
-                clauses.append(f"NOT {_typed_compare(path, '$eq', operand, params)}")
-            else:
-                clauses.append(_typed_compare(path, op, operand, params))
-    return " AND ".join(clauses)
+DIALECT = _PgDialect()
 
 
 def _row_params(memory: Memory) -> dict[str, Any]:
@@ -216,7 +190,7 @@ def _vector_literal(vector: NDArray[np.float32]) -> str:
     return "[" + ",".join(map(repr, np.asarray(vector, dtype=np.float32).tolist())) + "]"
 
 
-class _PgTx(StoreTx):
+class _PgTx(SqlTx):
     """Primitive operations on one connection inside a transaction.
 
     In a write transaction, reads of single memories lock them (``FOR UPDATE``):
@@ -224,46 +198,12 @@ class _PgTx(StoreTx):
     :meth:`get_by_key`, so two writers of one memory take turns.
     """
 
+    dialect = DIALECT
+
     def __init__(self, conn: psycopg.Connection[Any], *, writing: bool, vectors: bool) -> None:
-        self.conn = conn
+        super().__init__(conn)
         self.lock = " FOR UPDATE OF m" if writing else ""
         self.vectors = vectors
-
-    def _rows(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> builtins.list[Any]:
-        return self.conn.execute(sql, params).fetchall()
-
-    def _memories(self, where: str, params: Sequence[Any], suffix: str = "") -> builtins.list[Memory]:
-        rows = self._rows(f"SELECT {_COLUMNS} FROM memories m WHERE {where}{suffix}", params)
-        return [memory_from_row(r) for r in rows]
-
-    def get(self, memory_id: str, now: float) -> Memory | None:
-        found = self._memories("m.id = %s AND (m.expires_at IS NULL OR m.expires_at > %s)", (memory_id, now), self.lock)
-        return found[0] if found else None
-
-    def get_many(self, ids: Sequence[str], flt: MemoryFilter) -> dict[str, Memory]:
-        params: builtins.list[Any] = [list(ids)]
-        where = "m.id = ANY(%s) AND " + compile_filter(flt, params)
-        return {m.id: m for m in self._memories(where, params)}
-
-    def rank_facts(self, ids: Sequence[str], flt: MemoryFilter) -> dict[str, RankFacts]:
-        params: builtins.list[Any] = [list(ids)]
-        where = "m.id = ANY(%s) AND " + compile_filter(flt, params)
-        rows = self._rows(
-            "SELECT m.id, m.importance, COALESCE(m.occurred_at, m.created_at), "
-            "CASE WHEN m.kind = 'episode' AND json_typeof(m.data -> 'success') = 'boolean' "
-            "THEN (m.data ->> 'success')::boolean END "
-            f"FROM memories m WHERE {where}",
-            params,
-        )
-        return {r[0]: RankFacts(r[1], r[2], r[3]) for r in rows}
-
-    def get_by_key(self, namespace: str, key: str, now: float) -> Memory | None:
-        found = self._memories(
-            "m.root = %s AND m.namespace = %s AND m.key = %s AND (m.expires_at IS NULL OR m.expires_at > %s)",
-            (root_of(namespace), namespace, key, now),
-            self.lock,
-        )
-        return found[0] if found else None
 
     def insert(self, memory: Memory) -> None:
         row = _row_params(memory)
@@ -281,46 +221,6 @@ class _PgTx(StoreTx):
         if self.vectors and memory.content_hash != previous.content_hash:
             self.conn.execute("UPDATE memories SET embedding = NULL WHERE root = %s AND id = %s", (root, memory.id))
             self.conn.execute(_SET_EMBEDDING, (root, memory.id))
-
-    def record_access(self, memory_id: str, importance: float, now: float) -> None:
-        self.conn.execute(
-            "UPDATE memories SET importance = %s, access_count = access_count + 1, last_accessed_at = %s WHERE id = %s",
-            (importance, now, memory_id),
-        )
-
-    def history(self, memory_id: str) -> builtins.list[Memory]:
-        rows = self._rows("SELECT snapshot FROM memory_versions WHERE memory_id = %s ORDER BY version", (memory_id,))
-        return [Memory.from_dict(json.loads(r[0])) for r in rows]
-
-    def delete(self, ids: Sequence[str]) -> int:
-        if not ids:
-            return 0
-        id_list = list(ids)
-        self.conn.execute("DELETE FROM memory_versions WHERE memory_id = ANY(%s)", (id_list,))
-        self.conn.execute("DELETE FROM relations WHERE src_id = ANY(%s) OR dst_id = ANY(%s)", (id_list, id_list))
-        self.conn.execute("DELETE FROM group_members WHERE memory_id = ANY(%s)", (id_list,))
-        return len(self._rows("DELETE FROM memories WHERE id = ANY(%s) RETURNING 1", (id_list,)))
-
-    def child_ids(self, parent_ids: Sequence[str]) -> builtins.list[str]:
-        return [r[0] for r in self._rows("SELECT id FROM memories WHERE parent_id = ANY(%s)", (list(parent_ids),))]
-
-    def ids_in_namespace(self, prefix: str) -> builtins.list[str]:
-        params: builtins.list[Any] = []
-        where = _namespace_clause(prefix, params)
-        return [r[0] for r in self._rows(f"SELECT m.id FROM memories m WHERE {where}", params)]
-
-    def list(
-        self, flt: MemoryFilter, order_by: str, descending: bool, after: tuple[Any, str] | None, limit: int
-    ) -> builtins.list[Memory]:
-        expr = "COALESCE(m.occurred_at, m.created_at)" if order_by == "occurred_at" else f"m.{order_by}"
-        params: builtins.list[Any] = []
-        where = compile_filter(flt, params)
-        if after is not None:
-            where += f" AND ({expr}, m.id) {'<' if descending else '>'} (%s, %s)"
-            params += list(after)
-        direction = "DESC" if descending else "ASC"
-        params.append(limit)
-        return self._memories(f"{where} ORDER BY {expr} {direction}, m.id {direction} LIMIT %s", params)
 
     def expired_ids(self, now: float, limit: int) -> builtins.list[str]:
         # SKIP LOCKED: sweeps running in several processes take disjoint rows.
@@ -345,27 +245,12 @@ class _PgTx(StoreTx):
             ),
         )
 
-    def relations(self, memory_id: str, type: str | None, direction: str) -> builtins.list[Relation]:
-        sides = {"out": ["src_id"], "in": ["dst_id"], "both": ["src_id", "dst_id"]}[direction]
-        where = " OR ".join(f"{side} = %s" for side in sides)
-        params: builtins.list[Any] = [memory_id] * len(sides)
-        sql = f"SELECT src_id, dst_id, type, strength, created_at FROM relations WHERE ({where})"
-        if type is not None:
-            sql += " AND type = %s"
-            params.append(type)
-        rows = self._rows(sql + " ORDER BY created_at, src_id, dst_id", params)
-        return [Relation(r[0], r[1], r[2], r[3], utc(r[4])) for r in rows]
-
     def put_group(self, group: Group) -> bool:
         created = self._rows(
             "INSERT INTO groups VALUES (%s, %s, %s) ON CONFLICT DO NOTHING RETURNING 1",
             (group.name, group.description, group.created_at.timestamp()),
         )
         return len(created) == 1
-
-    def get_group(self, name: str) -> Group | None:
-        rows = self._rows("SELECT name, description, created_at FROM groups WHERE name = %s", (name,))
-        return Group(rows[0][0], rows[0][1], utc(rows[0][2])) if rows else None
 
     def add_member(self, group: str, memory_id: str, now: float) -> None:
         self.conn.execute(
@@ -379,7 +264,7 @@ class _PgTx(StoreTx):
 
     def stats(self, prefix: str | None, now: float) -> builtins.list[tuple[str, str, int, int]]:
         params: builtins.list[Any] = []
-        where = compile_filter(MemoryFilter(now=now, namespace=prefix), params)
+        where = compile_filter(MemoryFilter(now=now, namespace=prefix), params, DIALECT)
         rows = self._rows(
             "SELECT m.kind, m.tier, count(*), sum(octet_length(m.content) + octet_length(m.data::text) "
             "+ octet_length(array_to_json(m.tags)::text)) "
@@ -563,7 +448,7 @@ class PostgresStore(Store):
         # keyword_terms yields letters and digits only; quoting each keeps tsquery syntax out of play.
         query = " | ".join("'" + t.replace("'", "''") + "'" for t in terms)
         params: builtins.list[Any] = [query]
-        where = compile_filter(flt, params)
+        where = compile_filter(flt, params, DIALECT)
         params.append(limit)
 
         def search(tx: StoreTx) -> builtins.list[ScoredId]:
@@ -582,7 +467,7 @@ class PostgresStore(Store):
             return []
         literal = _vector_literal(vector)
         params: builtins.list[Any] = [literal]
-        where = compile_filter(flt, params)
+        where = compile_filter(flt, params, DIALECT)
         params += [literal, limit]
 
         def search(tx: StoreTx) -> builtins.list[ScoredId]:

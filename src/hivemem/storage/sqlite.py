@@ -26,21 +26,19 @@ import numpy as np
 import sqlite_vec
 from numpy.typing import NDArray
 
-from hivemem.clock import utc
 from hivemem.errors import ConfigError, HiveError, StorageUnavailable
 from hivemem.models import Group, Memory, Relation
 from hivemem.storage.base import (
     MEMORY_COLUMNS,
     MemoryFilter,
-    RankFacts,
     ScoredId,
     Store,
     StoreTx,
     T,
-    memory_from_row,
     memory_to_row,
 )
 from hivemem.storage.matrix_index import MatrixIndex
+from hivemem.storage.sql import SQL_OPS, Dialect, SqlTx, compile_filter
 from hivemem.validation import root_of
 
 #: Append-only: never edit a released step, add a new one.
@@ -120,7 +118,6 @@ MIGRATIONS: builtins.list[list[str]] = [
     ["DROP TRIGGER memories_inserted"],
 ]
 
-_COLUMNS = ", ".join(f"m.{c}" for c in MEMORY_COLUMNS)
 _INSERT = (
     f"INSERT INTO memories ({', '.join(MEMORY_COLUMNS)}, root, seq) "
     f"VALUES ({', '.join(':' + c for c in MEMORY_COLUMNS)}, :root, :seq)"
@@ -147,85 +144,54 @@ def sqlite_path(url: str) -> str:
     return url
 
 
-_JSON_BOOLS = {"true": True, "false": False}
-_SQL_OPS = {"$eq": "=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
-
-
 def _json_path_literal(path: str) -> str:
     # Paths are validated as dotted identifiers, so quoting them is safe; a
     # literal (not a bind value) lets one expression be reused in a clause.
     return "'$." + path.replace("'", "''") + "'"
 
 
-def _typed_compare(path_literal: str, op: str, operand: Any, params: list[Any]) -> str:
-    """A comparison of a data field that only holds between values of the same JSON type.
+class _SqliteDialect(Dialect):
+    p = "?"
+    success = "CASE json_type(m.data, '$.success') WHEN 'true' THEN 1 WHEN 'false' THEN 0 END"
 
-    SQLite's json_extract turns true into 1 and compares numbers with text by
-    type order; a filter must not: ``{"x": 1}`` does not match ``true`` and
-    ``{"$gt": 5}`` does not match a string.
-    """
-    json_type = f"json_type(m.data, {path_literal})"
-    if operand is None:
-        # None matches a JSON null and a missing field alike.
-        return f"coalesce({json_type} = 'null', 1)"
-    if isinstance(operand, bool):
-        return f"coalesce({json_type} = '{'true' if operand else 'false'}', 0)"
-    params.append(operand)
-    kinds = "('integer', 'real')" if isinstance(operand, int | float) else "('text')"
-    return f"coalesce({json_type} IN {kinds} AND json_extract(m.data, {path_literal}) {_SQL_OPS[op]} ?, 0)"
+    def namespace_clause(self, prefix: str, params: builtins.list[Any]) -> str:
+        # A range on the binary collation: index-friendly, case-sensitive and
+        # segment-wise ('a' matches 'a' and 'a/...' but not 'ab'); '0' follows '/'.
+        params += [prefix, prefix + "/", prefix + "0"]
+        return "(m.namespace = ? OR (m.namespace >= ? AND m.namespace < ?))"
 
+    def one_of(self, column: str, values: Sequence[Any], params: builtins.list[Any]) -> str:
+        params.append(json.dumps(builtins.list(values)))
+        return f"{column} IN (SELECT value FROM json_each(?))"
 
-def _namespace_clause(prefix: str, params: list[Any]) -> str:
-    """``m.namespace`` lies under ``prefix``, appending bind values to ``params``.
+    def has_tags(self, tags: Sequence[str], params: builtins.list[Any]) -> str:
+        params += tags
+        return " AND ".join("EXISTS (SELECT 1 FROM json_each(m.tags) WHERE value = ?)" for _ in tags)
 
-    A range on the binary collation: index-friendly, case-sensitive and
-    segment-wise ('a' matches 'a' and 'a/...' but not 'ab'); '0' follows '/'.
-    """
-    params += [prefix, prefix + "/", prefix + "0"]
-    return "(m.namespace = ? OR (m.namespace >= ? AND m.namespace < ?))"
-
-
-def compile_filter(flt: MemoryFilter, params: builtins.list[Any]) -> str:
-    """SQL conditions on alias ``m`` for ``flt``, appending bind values to ``params``."""
-    clauses = ["(m.expires_at IS NULL OR m.expires_at > ?)"]
-    params.append(flt.now)
-    if flt.namespace is not None:
-        clauses.append(_namespace_clause(flt.namespace, params))
-    for column, values in (("kind", flt.kinds), ("tier", flt.tiers)):
-        if values is not None:
-            clauses.append(f"m.{column} IN (SELECT value FROM json_each(?))")
-            params.append(json.dumps(list(values)))
-    for tag in flt.tags:
-        clauses.append("EXISTS (SELECT 1 FROM json_each(m.tags) WHERE value = ?)")
-        params.append(tag)
-    for column, value in (("agent_id", flt.agent_id), ("session_id", flt.session_id)):
-        if value is not None:
-            clauses.append(f"m.{column} = ?")
-            params.append(value)
-    if flt.since is not None:
-        clauses.append("COALESCE(m.occurred_at, m.created_at) >= ?")
-        params.append(flt.since)
-    if flt.until is not None:
-        clauses.append("COALESCE(m.occurred_at, m.created_at) < ?")
-        params.append(flt.until)
-    for path, ops in flt.where.items():
+    def data_compare(self, path: str, op: str, operand: Any, params: builtins.list[Any]) -> str:
+        # SQLite's json_extract turns true into 1 and compares numbers with text
+        # by type order, so the JSON type is checked first.
         literal = _json_path_literal(path)
-        for op, operand in ops.items():
-            if op == "$in":
-                matches = [_typed_compare(literal, "$eq", item, params) for item in operand]
-                clauses.append("(" + " OR ".join(matches) + ")")
-            elif op == "$ne":
-                clauses.append(f"NOT {_typed_compare(literal, '$eq', operand, params)}")
-            else:
-                clauses.append(_typed_compare(literal, op, operand, params))
-    return " AND ".join(clauses)
+        json_type = f"json_type(m.data, {literal})"
+        if operand is None:
+            return f"coalesce({json_type} = 'null', 1)"
+        if isinstance(operand, bool):
+            return f"coalesce({json_type} = '{'true' if operand else 'false'}', 0)"
+        params.append(operand)
+        kinds = "('integer', 'real')" if isinstance(operand, int | float) else "('text')"
+        return f"coalesce({json_type} IN {kinds} AND json_extract(m.data, {literal}) {SQL_OPS[op]} ?, 0)"
 
 
-class _SqliteTx(StoreTx):
+DIALECT = _SqliteDialect()
+
+
+class _SqliteTx(SqlTx):
     """Primitive operations on one apsw connection inside a transaction."""
 
+    dialect = DIALECT
+
     def __init__(self, conn: apsw.Connection, seq: int = 0) -> None:
-        self.conn = conn
+        super().__init__(conn)
         self.seq = seq
         # The first row id this transaction inserted that is not in the full-text index yet.
         self._unindexed_from: int | None = None
@@ -245,36 +211,6 @@ class _SqliteTx(StoreTx):
             )
             self._unindexed_from = None
 
-    def _memories(self, where: str, params: Sequence[Any]) -> builtins.list[Memory]:
-        rows = _all(self.conn.execute(f"SELECT {_COLUMNS} FROM memories m WHERE {where}", params))
-        return [memory_from_row(r) for r in rows]
-
-    def get(self, memory_id: str, now: float) -> Memory | None:
-        found = self._memories("m.id = ? AND (m.expires_at IS NULL OR m.expires_at > ?)", (memory_id, now))
-        return found[0] if found else None
-
-    def get_many(self, ids: Sequence[str], flt: MemoryFilter) -> dict[str, Memory]:
-        params: builtins.list[Any] = [json.dumps(list(ids))]
-        where = "m.id IN (SELECT value FROM json_each(?)) AND " + compile_filter(flt, params)
-        return {m.id: m for m in self._memories(where, params)}
-
-    def rank_facts(self, ids: Sequence[str], flt: MemoryFilter) -> dict[str, RankFacts]:
-        params: builtins.list[Any] = [json.dumps(list(ids))]
-        where = "m.id IN (SELECT value FROM json_each(?)) AND " + compile_filter(flt, params)
-        rows = self.conn.execute(
-            "SELECT m.id, m.importance, COALESCE(m.occurred_at, m.created_at), "
-            "CASE WHEN m.kind = 'episode' THEN json_type(m.data, '$.success') END "
-            f"FROM memories m WHERE {where}",
-            params,
-        )
-        return {r[0]: RankFacts(r[1], r[2], _JSON_BOOLS.get(r[3])) for r in rows}
-
-    def get_by_key(self, namespace: str, key: str, now: float) -> Memory | None:
-        found = self._memories(
-            "m.namespace = ? AND m.key = ? AND (m.expires_at IS NULL OR m.expires_at > ?)", (namespace, key, now)
-        )
-        return found[0] if found else None
-
     def insert(self, memory: Memory) -> None:
         self.conn.execute(_INSERT, {**memory_to_row(memory), "root": root_of(memory.namespace), "seq": self.seq})
         if self._unindexed_from is None:
@@ -288,54 +224,9 @@ class _SqliteTx(StoreTx):
         )
         self.conn.execute(_UPDATE, {**memory_to_row(memory), "seq": self.seq})
 
-    def record_access(self, memory_id: str, importance: float, now: float) -> None:
-        self.conn.execute(
-            "UPDATE memories SET importance = ?, access_count = access_count + 1, last_accessed_at = ? WHERE id = ?",
-            (importance, now, memory_id),
-        )
-
-    def history(self, memory_id: str) -> builtins.list[Memory]:
-        rows = _all(
-            self.conn.execute("SELECT snapshot FROM memory_versions WHERE memory_id = ? ORDER BY version", (memory_id,))
-        )
-        return [Memory.from_dict(json.loads(r[0])) for r in rows]
-
     def delete(self, ids: Sequence[str]) -> int:
-        if not ids:
-            return 0
         self.index_new_rows()
-        ids_json = json.dumps(list(ids))
-        in_ids = "IN (SELECT value FROM json_each(?))"
-        self.conn.execute(f"DELETE FROM memory_versions WHERE memory_id {in_ids}", (ids_json,))
-        self.conn.execute(f"DELETE FROM relations WHERE src_id {in_ids} OR dst_id {in_ids}", (ids_json, ids_json))
-        self.conn.execute(f"DELETE FROM group_members WHERE memory_id {in_ids}", (ids_json,))
-        self.conn.execute(f"DELETE FROM memories WHERE id {in_ids}", (ids_json,))
-        return int(self.conn.changes())
-
-    def child_ids(self, parent_ids: Sequence[str]) -> builtins.list[str]:
-        rows = self.conn.execute(
-            "SELECT id FROM memories WHERE parent_id IN (SELECT value FROM json_each(?))",
-            (json.dumps(list(parent_ids)),),
-        )
-        return [r[0] for r in rows]
-
-    def ids_in_namespace(self, prefix: str) -> builtins.list[str]:
-        params: list[Any] = []
-        rows = self.conn.execute(f"SELECT m.id FROM memories m WHERE {_namespace_clause(prefix, params)}", params)
-        return [r[0] for r in rows]
-
-    def list(
-        self, flt: MemoryFilter, order_by: str, descending: bool, after: tuple[Any, str] | None, limit: int
-    ) -> builtins.list[Memory]:
-        expr = "COALESCE(m.occurred_at, m.created_at)" if order_by == "occurred_at" else f"m.{order_by}"
-        params: builtins.list[Any] = []
-        where = compile_filter(flt, params)
-        if after is not None:
-            where += f" AND ({expr}, m.id) {'<' if descending else '>'} (?, ?)"
-            params += list(after)
-        direction = "DESC" if descending else "ASC"
-        params.append(limit)
-        return self._memories(f"{where} ORDER BY {expr} {direction}, m.id {direction} LIMIT ?", params)
+        return super().delete(ids)
 
     def expired_ids(self, now: float, limit: int) -> builtins.list[str]:
         rows = self.conn.execute(
@@ -350,27 +241,12 @@ class _SqliteTx(StoreTx):
             (relation.src_id, relation.dst_id, relation.type, relation.strength, relation.created_at.timestamp()),
         )
 
-    def relations(self, memory_id: str, type: str | None, direction: str) -> builtins.list[Relation]:
-        sides = {"out": ["src_id"], "in": ["dst_id"], "both": ["src_id", "dst_id"]}[direction]
-        where = " OR ".join(f"{side} = ?" for side in sides)
-        params: builtins.list[Any] = [memory_id] * len(sides)
-        sql = f"SELECT src_id, dst_id, type, strength, created_at FROM relations WHERE ({where})"
-        if type is not None:
-            sql += " AND type = ?"
-            params.append(type)
-        rows = _all(self.conn.execute(sql + " ORDER BY created_at, src_id, dst_id", params))
-        return [Relation(r[0], r[1], r[2], r[3], utc(r[4])) for r in rows]
-
     def put_group(self, group: Group) -> bool:
         self.conn.execute(
             "INSERT OR IGNORE INTO groups VALUES (?, ?, ?)",
             (group.name, group.description, group.created_at.timestamp()),
         )
         return int(self.conn.changes()) == 1
-
-    def get_group(self, name: str) -> Group | None:
-        row = _one(self.conn.execute("SELECT name, description, created_at FROM groups WHERE name = ?", (name,)))
-        return None if row is None else Group(row[0], row[1], utc(row[2]))
 
     def add_member(self, group: str, memory_id: str, now: float) -> None:
         self.conn.execute("INSERT OR IGNORE INTO group_members VALUES (?, ?, ?)", (group, memory_id, now))
@@ -381,7 +257,7 @@ class _SqliteTx(StoreTx):
 
     def stats(self, prefix: str | None, now: float) -> builtins.list[tuple[str, str, int, int]]:
         params: builtins.list[Any] = []
-        where = compile_filter(MemoryFilter(now=now, namespace=prefix), params)
+        where = compile_filter(MemoryFilter(now=now, namespace=prefix), params, DIALECT)
         rows = self.conn.execute(
             "SELECT m.kind, m.tier, count(*), sum(length(CAST(m.content AS BLOB)) + length(m.data) + length(m.tags)) "
             f"FROM memories m WHERE {where} GROUP BY m.kind, m.tier ORDER BY m.kind, m.tier",
@@ -620,7 +496,7 @@ class SqliteStore(Store):
             return []
         match = " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
         params: builtins.list[Any] = []
-        where = compile_filter(flt, params)
+        where = compile_filter(flt, params, DIALECT)
         with self._guard():
             conn = self._connection()
             # First the best `limit` matches by BM25 from the full-text index alone,
@@ -658,7 +534,7 @@ class SqliteStore(Store):
 
     def _sqlite_vec_search(self, vector: NDArray[np.float32], flt: MemoryFilter, limit: int) -> builtins.list[ScoredId]:
         params: builtins.list[Any] = [vector.tobytes(), limit]
-        where = compile_filter(flt, params)
+        where = compile_filter(flt, params, DIALECT)
         rows = self._connection().execute(
             "WITH knn AS (SELECT rowid, distance FROM vec_embeddings WHERE embedding MATCH ? AND k = ?) "
             "SELECT m.id, 1.0 - knn.distance FROM knn JOIN embeddings e ON e.id = knn.rowid "
