@@ -6,44 +6,59 @@ PostgreSQL driver and vice versa.
 
 from __future__ import annotations
 
+from types import ModuleType
+
 from hivemem.config import HiveConfig
 from hivemem.errors import ConfigError
 from hivemem.storage.base import Store
+
+
+def _backend(url: str) -> str:
+    """``"sqlite"`` or ``"postgresql"``: the backend a target names.
+
+    Raises:
+        ConfigError: The URL names no backend HiveMem has.
+    """
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme in ("", "sqlite"):
+        return "sqlite"
+    if scheme in ("postgresql", "postgres"):
+        return "postgresql"
+    raise ConfigError(
+        f"no backend for {scheme}:// URLs (use a file path, sqlite:///path, :memory: or postgresql://...)", url=url
+    )
+
+
+def _postgres() -> ModuleType:
+    try:
+        from hivemem.storage import postgres
+    except ImportError as exc:
+        raise ConfigError(f"PostgreSQL support needs extra packages: pip install 'hivemem[postgres]' ({exc})") from exc
+    return postgres
 
 
 def open_store(config: HiveConfig) -> Store:
     """Open the backend named by ``config.url``.
 
     Raises:
-        ConfigError: The URL names no backend HiveMem has.
+        ConfigError: The URL names no backend HiveMem has, or its driver is not installed.
     """
-    url = config.url
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-    if scheme in ("", "sqlite"):
-        from hivemem.storage.sqlite import SqliteStore, sqlite_path
-
-        return SqliteStore(
-            sqlite_path(url),
-            synchronous=config.synchronous,
-            busy_timeout_ms=config.busy_timeout_ms,
-            vector_search=config.vector_search,
-        )
-    if scheme in ("postgresql", "postgres"):
-        try:
-            from hivemem.storage.postgres import PostgresStore
-        except ImportError as exc:
-            raise ConfigError(
-                f"PostgreSQL support needs extra packages: pip install 'hivemem[postgres]' ({exc})"
-            ) from exc
-        return PostgresStore(
-            url,
+    if _backend(config.url) == "postgresql":
+        store: Store = _postgres().PostgresStore(
+            config.url,
             read_url=config.read_url,
             pool_size=config.pool_size,
             auto_migrate=config.auto_migrate,
             busy_timeout_ms=config.busy_timeout_ms,
         )
-    raise ConfigError(
-        f"no backend for {scheme}:// URLs (use a file path, sqlite:///path, :memory: or postgresql://...)", url=url
+        return store
+    from hivemem.storage.sqlite import SqliteStore, sqlite_path
+
+    return SqliteStore(
+        sqlite_path(config.url),
+        synchronous=config.synchronous,
+        busy_timeout_ms=config.busy_timeout_ms,
+        vector_search=config.vector_search,
     )
 
 
@@ -56,22 +71,11 @@ def migrate(config: HiveConfig, *, apply: bool = True) -> dict[str, object]:
     Raises:
         ConfigError: The schema is behind and ``apply`` is False, or is newer than this HiveMem.
     """
-    scheme = config.url.split("://", 1)[0].lower() if "://" in config.url else ""
-    if scheme in ("postgresql", "postgres"):
-        import psycopg
+    backend = _backend(config.url)
+    if backend == "postgresql":
+        before, after = _postgres().migrate_url(config.url, apply=apply)
+    else:
+        from hivemem.storage import sqlite
 
-        from hivemem.errors import StorageUnavailable
-        from hivemem.storage import postgres
-
-        try:
-            with psycopg.connect(config.url, autocommit=True) as conn:
-                before, after = postgres.migrate(conn, apply=apply)
-        except psycopg.Error as exc:
-            raise StorageUnavailable(f"cannot migrate: {exc}", reason=type(exc).__name__) from exc
-        return {"backend": "postgresql", "version_before": before, "version": after}
-    if scheme not in ("", "sqlite"):
-        raise ConfigError(f"no backend for {scheme}:// URLs", url=config.url)
-    from hivemem.storage import sqlite
-
-    before, after = sqlite.migrate(sqlite.sqlite_path(config.url), apply=apply)
-    return {"backend": "sqlite", "version_before": before, "version": after}
+        before, after = sqlite.migrate(sqlite.sqlite_path(config.url), apply=apply)
+    return {"backend": backend, "version_before": before, "version": after}

@@ -591,3 +591,16 @@ def migrate(conn: psycopg.Connection[Any], *, apply: bool = True) -> tuple[int, 
         _rollback(conn)
         raise
     return current, latest
+
+
+def migrate_url(url: str, *, apply: bool = True) -> tuple[int, int]:
+    """:func:`migrate` on a new connection to ``url``.
+
+    Raises:
+        StorageUnavailable: The database cannot be reached.
+    """
+    try:
+        with psycopg.connect(url, autocommit=True) as conn:
+            return migrate(conn, apply=apply)
+    except psycopg.Error as exc:
+        raise StorageUnavailable(f"cannot migrate {_safe(url)}: {exc}", reason=type(exc).__name__) from exc
