@@ -27,7 +27,7 @@ import json
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from typing import Any
 
 import numpy as np
@@ -127,11 +127,11 @@ _UPDATE = (
     + ", ".join(f"{c} = %({c})s" for c in MEMORY_COLUMNS if c not in ("id", "namespace"))
     + " WHERE root = %(root)s AND id = %(id)s"
 )
-#: Copy a stored vector onto a memory row: one vector per distinct content, shared.
-_SET_EMBEDDING = (
-    "UPDATE memories SET embedding = e.embedding FROM embeddings e "
-    "WHERE e.content_hash = memories.content_hash AND memories.root = %s AND memories.id = %s"
-)
+#: A memory's vector: the stored one of its content, shared by every memory with that content.
+_EMBEDDING = "(SELECT e.embedding FROM embeddings e WHERE e.content_hash = %(content_hash)s)"
+#: Insert and update with the vector in the same statement: no second write of the row.
+_INSERT_WITH_VECTOR = _INSERT.replace(") VALUES (", ", embedding) VALUES (")[:-1] + f", {_EMBEDDING})"
+_UPDATE_WITH_VECTOR = _UPDATE.replace(" WHERE root", f", embedding = {_EMBEDDING} WHERE root")
 #: Retried with a fresh transaction: another writer won a race; trying again sees its result.
 _RETRY = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected, pg_errors.UniqueViolation)
 #: pgvector's HNSW scan returns at most ef_search rows; this is its maximum.
@@ -191,36 +191,25 @@ def _vector_literal(vector: NDArray[np.float32]) -> str:
 
 
 class _PgTx(SqlTx):
-    """Primitive operations on one connection inside a transaction.
-
-    In a write transaction, reads of single memories lock them (``FOR UPDATE``):
-    every read-modify-write in the Hive reads through :meth:`get` or
-    :meth:`get_by_key`, so two writers of one memory take turns.
-    """
+    """Primitive operations on one connection inside a transaction (a read one; see :class:`_PgWriteTx`)."""
 
     dialect = DIALECT
+    conn: psycopg.Connection[Any]
 
-    def __init__(self, conn: psycopg.Connection[Any], *, writing: bool, vectors: bool) -> None:
+    def __init__(self, conn: psycopg.Connection[Any], *, vectors: bool) -> None:
         super().__init__(conn)
-        self.lock = " FOR UPDATE OF m" if writing else ""
         self.vectors = vectors
 
     def insert(self, memory: Memory) -> None:
-        row = _row_params(memory)
-        self.conn.execute(_INSERT, row)
-        if self.vectors:
-            self.conn.execute(_SET_EMBEDDING, (row["root"], memory.id))
+        self._execute(_INSERT_WITH_VECTOR if self.vectors else _INSERT, _row_params(memory))
 
     def replace(self, memory: Memory, previous: Memory) -> None:
-        root = root_of(previous.namespace)
-        self.conn.execute(
+        self._execute(
             "INSERT INTO memory_versions VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
-            (root, previous.id, previous.version, json.dumps(previous.to_dict())),
+            (root_of(previous.namespace), previous.id, previous.version, json.dumps(previous.to_dict())),
         )
-        self.conn.execute(_UPDATE, _row_params(memory))
-        if self.vectors and memory.content_hash != previous.content_hash:
-            self.conn.execute("UPDATE memories SET embedding = NULL WHERE root = %s AND id = %s", (root, memory.id))
-            self.conn.execute(_SET_EMBEDDING, (root, memory.id))
+        new_vector = self.vectors and memory.content_hash != previous.content_hash
+        self._execute(_UPDATE_WITH_VECTOR if new_vector else _UPDATE, _row_params(memory))
 
     def expired_ids(self, now: float, limit: int) -> builtins.list[str]:
         # SKIP LOCKED: sweeps running in several processes take disjoint rows.
@@ -232,7 +221,7 @@ class _PgTx(SqlTx):
         return [r[0] for r in rows]
 
     def put_relation(self, relation: Relation) -> None:
-        self.conn.execute(
+        self._execute(
             "INSERT INTO relations SELECT m.root, %s, %s, %s, %s, %s FROM memories m WHERE m.id = %s "
             "ON CONFLICT (root, src_id, dst_id, type) DO UPDATE SET strength = excluded.strength",
             (
@@ -253,7 +242,7 @@ class _PgTx(SqlTx):
         return len(created) == 1
 
     def add_member(self, group: str, memory_id: str, now: float) -> None:
-        self.conn.execute(
+        self._execute(
             "INSERT INTO group_members (group_name, memory_id, added_at) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
             (group, memory_id, now),
         )
@@ -282,13 +271,12 @@ class _PgTx(SqlTx):
     def put_embeddings(self, vectors: Mapping[str, NDArray[np.float32]]) -> None:
         if not vectors:
             return
-        with self.conn.cursor() as cursor:
-            cursor.executemany(
-                "INSERT INTO embeddings VALUES (%s, %s::vector) ON CONFLICT DO NOTHING",
-                [(h, _vector_literal(v)) for h, v in vectors.items()],
-            )
+        self._execute(
+            "INSERT INTO embeddings SELECT * FROM unnest(%s::text[], %s::vector[]) ON CONFLICT DO NOTHING",
+            (list(vectors), [_vector_literal(v) for v in vectors.values()]),
+        )
         # Memories stored earlier without a vector (embedder off) get theirs now.
-        self.conn.execute(
+        self._execute(
             "UPDATE memories SET embedding = e.embedding FROM embeddings e "
             "WHERE e.content_hash = memories.content_hash AND memories.embedding IS NULL "
             "AND memories.content_hash = ANY(%s)",
@@ -305,6 +293,57 @@ class _PgTx(SqlTx):
             (limit,),
         )
         return len(pruned)
+
+
+class _PgWriteTx(_PgTx):
+    """A write transaction, begun only when it has to be.
+
+    Reads of single memories lock them (``FOR UPDATE``): every read-modify-write
+    in the Hive reads through :meth:`get` or :meth:`get_by_key`, so two writers of
+    one memory take turns.
+
+    Statements whose results nobody reads wait in order. The first read begins
+    the transaction in pipeline mode: ``BEGIN`` and the waiting statements travel
+    with the read in one round trip. :meth:`commit` runs a transaction that read
+    nothing and holds one statement as that statement alone, which PostgreSQL
+    commits by itself (a plain remember: one statement, no ``BEGIN``/``COMMIT``);
+    anything else ends with ``COMMIT`` in the same pipeline.
+    """
+
+    lock = " FOR UPDATE OF m"
+
+    def __init__(self, conn: psycopg.Connection[Any], *, vectors: bool, pipeline: ExitStack) -> None:
+        super().__init__(conn, vectors=vectors)
+        self._pipeline = pipeline
+        self._waiting: builtins.list[tuple[str, Any]] | None = []
+
+    def _execute(self, sql: str, params: Any = ()) -> None:
+        if self._waiting is None:
+            self.conn.execute(sql, params)
+        else:
+            self._waiting.append((sql, params))
+
+    def _rows(self, sql: str, params: Any = ()) -> builtins.list[Any]:
+        self.begin()
+        return super()._rows(sql, params)
+
+    def begin(self) -> psycopg.Connection[Any]:
+        """Begin the transaction (once), sending what waits; the connection, for statements of its own."""
+        if self._waiting is not None:
+            waiting, self._waiting = self._waiting, None
+            self._pipeline.enter_context(self.conn.pipeline())
+            self.conn.execute("BEGIN")
+            for sql, params in waiting:
+                self.conn.execute(sql, params)
+        return self.conn
+
+    def commit(self) -> None:
+        if self._waiting is not None and len(self._waiting) <= 1:
+            for sql, params in self._waiting:
+                self.conn.execute(sql, params)
+            self._waiting = None
+            return
+        self.begin().execute("COMMIT")
 
 
 def _translate(exc: BaseException) -> StorageUnavailable:
@@ -390,14 +429,12 @@ class PostgresStore(Store):
         with self._connection(self._pool) as conn:
             committing = False
             try:
-                # Pipeline mode: statements whose results nobody reads (BEGIN, inserts,
-                # COMMIT) travel together, so a plain remember is one round trip, not three.
-                # Reading a result (a lookup before an update) syncs the pipeline first.
-                with conn.pipeline():
-                    conn.execute("BEGIN")
-                    result = fn(_PgTx(conn, writing=True, vectors=self._dim is not None))
+                # A pipeline, if the transaction needs one, ends (and syncs) with this block.
+                with ExitStack() as pipeline:
+                    tx = _PgWriteTx(conn, vectors=self._dim is not None, pipeline=pipeline)
+                    result = fn(tx)
                     committing = True
-                    conn.execute("COMMIT")
+                    tx.commit()
             except psycopg.OperationalError as exc:
                 if committing:
                     raise StorageUnavailable(
@@ -417,7 +454,7 @@ class PostgresStore(Store):
             with self._connection(pool) as conn:
                 conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 try:
-                    return fn(_PgTx(conn, writing=False, vectors=self._dim is not None))
+                    return fn(_PgTx(conn, vectors=self._dim is not None))
                 finally:
                     _rollback(conn)
 
@@ -485,8 +522,8 @@ class PostgresStore(Store):
 
     def bind_embedder(self, name: str, dim: int | None) -> None:
         def bind(tx: StoreTx) -> int | None:
-            assert isinstance(tx, _PgTx)
-            conn = tx.conn
+            assert isinstance(tx, _PgWriteTx)
+            conn = tx.begin()
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
             stored = dict(conn.execute("SELECT key, value FROM hivemem_meta").fetchall())
             if stored.get("embedder") not in (None, name):

@@ -105,6 +105,10 @@ class SqlTx(StoreTx):
     def _rows(self, sql: str, params: Any = ()) -> builtins.list[Any]:
         return builtins.list(self.conn.execute(sql, params).fetchall())
 
+    def _execute(self, sql: str, params: Any = ()) -> None:
+        """Run a statement whose result nobody reads (a backend may send it later, in order)."""
+        self.conn.execute(sql, params)
+
     def _memories(self, where: str, params: Sequence[Any], suffix: str = "") -> builtins.list[Memory]:
         rows = self._rows(f"SELECT {COLUMNS} FROM memories m WHERE {where}{suffix}", params)
         return [memory_from_row(r) for r in rows]
@@ -142,7 +146,7 @@ class SqlTx(StoreTx):
 
     def record_access(self, memory_id: str, importance: float, now: float) -> None:
         p = self.dialect.p
-        self.conn.execute(
+        self._execute(
             f"UPDATE memories SET importance = {p}, access_count = access_count + 1, last_accessed_at = {p} "
             f"WHERE id = {p}",
             (importance, now, memory_id),
@@ -160,10 +164,10 @@ class SqlTx(StoreTx):
         d = self.dialect
         for table, column in (("memory_versions", "memory_id"), ("group_members", "memory_id")):
             params: builtins.list[Any] = []
-            self.conn.execute(f"DELETE FROM {table} WHERE {d.one_of(column, ids, params)}", params)
+            self._execute(f"DELETE FROM {table} WHERE {d.one_of(column, ids, params)}", params)
         params = []
         edges = f"{d.one_of('src_id', ids, params)} OR {d.one_of('dst_id', ids, params)}"
-        self.conn.execute(f"DELETE FROM relations WHERE {edges}", params)
+        self._execute(f"DELETE FROM relations WHERE {edges}", params)
         params = []
         return len(self._rows(f"DELETE FROM memories WHERE {d.one_of('id', ids, params)} RETURNING 1", params))
 
