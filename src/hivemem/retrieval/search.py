@@ -23,7 +23,7 @@ from hivemem.records import content_hash
 from hivemem.retrieval.embedders import Embedder
 from hivemem.retrieval.ranking import fuse, score
 from hivemem.retrieval.text import keyword_terms
-from hivemem.storage.base import MemoryFilter, RankFacts, Store, StoreTx
+from hivemem.storage.base import MemoryFilter, RankFacts, ScoredId, Store, StoreTx
 
 #: When filters leave too few hits, candidate lists grow by this factor, up to MAX_CANDIDATES.
 _WIDEN = 4
@@ -101,26 +101,28 @@ class Retriever:
                 self._query_vectors.popitem(last=False)
         return vector
 
+    def _vector_candidates(self, query: str, flt: MemoryFilter, limit: int) -> list[ScoredId]:
+        return self.store.vector_search(self.query_vector(query), flt, limit)
+
     def recall(self, query: str, flt: MemoryFilter, k: int, min_score: float | None) -> list[Hit]:
         """The ``k`` best visible memories for ``query``.
 
-        The query is embedded on a helper thread while the keyword search runs
-        (both release the GIL). Keyword search applies every filter in SQL; a
-        vector search may post-filter, so when too few hits survive the
-        candidate lists are widened and the search runs again.
+        The query is embedded and its vector search run on a helper thread
+        while the keyword search runs here (both release the GIL, and on
+        PostgreSQL they are two backends). Keyword search applies every filter
+        in SQL; a vector search may post-filter, so when too few hits survive
+        the candidate lists are widened and both searches run again.
         """
         terms = keyword_terms(query)
-        pending: Future[NDArray[np.float32]] | None = None
-        if self.embedder is not None:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hivemem-embed")
-            pending = self._pool.submit(self.query_vector, query)
         limit = max(k, self.weights.candidates)
         while True:
+            pending: Future[list[ScoredId]] | None = None
+            if self.embedder is not None:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hivemem-vector")
+                pending = self._pool.submit(self._vector_candidates, query, flt, limit)
             keyword = self.store.keyword_search(terms, flt, limit)
-            vector = []
-            if pending is not None:
-                vector = self.store.vector_search(pending.result(), flt, limit)
+            vector = pending.result() if pending is not None else []
             ids = list({s.id: None for s in [*keyword, *vector]})
             facts = self.store.read(functools.partial(_facts, ids=ids, flt=flt))
             # Filter before fusing: a memory the caller cannot see must not push
