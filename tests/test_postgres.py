@@ -18,6 +18,7 @@ import hivemem
 from fakes import HashEmbedder
 from hivemem import ConfigError
 from hivemem.cli import main
+from hivemem.storage.postgres import MIGRATIONS
 from pg_server import schema_url, with_options
 
 #: The machine's own PostgreSQL 15, which has no pgvector (see env/machines).
@@ -38,7 +39,7 @@ def test_migrate_applies_the_schema_and_check_mode_only_verifies(tmp_path: Path)
 
     applied = cli(url, "--json", "migrate")
     assert applied.exit_code == 0, applied.output
-    assert json.loads(applied.stdout) == {"backend": "postgresql", "version_before": 0, "version": 1}
+    assert json.loads(applied.stdout) == {"backend": "postgresql", "version_before": 0, "version": len(MIGRATIONS)}
     assert cli(url, "migrate", "--check").exit_code == 0
     with hivemem.open(url, embedder=None, auto_migrate=False) as hive:
         assert hive.remember("ns", "schema in place").version == 1

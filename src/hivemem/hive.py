@@ -9,6 +9,7 @@ written, and every write is one store transaction.
 from __future__ import annotations
 
 import builtins
+import copy
 import dataclasses
 import functools
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -16,9 +17,10 @@ from datetime import datetime
 from typing import Any
 
 from hivemem import validation as v
+from hivemem.access import ApiKey, Grant, Principal, hash_key, key_id_of, new_key
 from hivemem.clock import Clock, SystemClock, new_id, to_datetime, utc
 from hivemem.config import HiveConfig
-from hivemem.errors import InvalidInput, NotFound, PayloadTooLarge, VersionConflict
+from hivemem.errors import Forbidden, InvalidInput, NotFound, PayloadTooLarge, Unauthenticated, VersionConflict
 from hivemem.models import Group, Hit, Memory, Page, Related, Relation, decode_cursor, encode_cursor
 from hivemem.records import (
     Draft,
@@ -55,7 +57,8 @@ class Hive:
     """Shared, durable memory for a team of agents.
 
     Open one with :func:`hivemem.open`; use it as a context manager or call
-    :meth:`close`. A Hive is safe to share between threads.
+    :meth:`close`. A Hive is safe to share between threads. It acts for
+    :attr:`principal`: everything, unless it is a view made by :meth:`as_principal`.
 
     Args:
         store: The backend.
@@ -69,6 +72,8 @@ class Hive:
         self.embedder = embedder
         self.config = config
         self.clock = clock or SystemClock()
+        self.principal = Principal.everything()
+        self._owns_store = True
         self._retriever = Retriever(store, embedder, config.ranking)
         if embedder is not None:
             store.bind_embedder(embedder.name, embedder.dim)
@@ -80,9 +85,21 @@ class Hive:
         self.close()
 
     def close(self) -> None:
-        """Release the store and helper threads."""
-        self._retriever.close()
-        self.store.close()
+        """Release the store and helper threads (a view from :meth:`as_principal` releases nothing)."""
+        if self._owns_store:
+            self._retriever.close()
+            self.store.close()
+
+    def as_principal(self, principal: Principal) -> Hive:
+        """This Hive as ``principal`` sees it: the same store, its grants applied to every call.
+
+        Memories outside its read grants behave as if they did not exist;
+        writes outside its write grants raise Forbidden. See :mod:`hivemem.access`.
+        """
+        view = copy.copy(self)
+        view.principal = principal
+        view._owns_store = False
+        return view
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -138,6 +155,8 @@ class Hive:
         return self._store_drafts(drafts)
 
     def _store_drafts(self, drafts: Sequence[Draft]) -> builtins.list[Memory]:
+        for d in drafts:
+            self._may("write", d.namespace)
         vectors = self._retriever.vectors_for([d.content for d in drafts])
 
         def write(tx: StoreTx) -> builtins.list[Memory]:
@@ -211,7 +230,7 @@ class Hive:
 
         def write(tx: StoreTx) -> Memory:
             now = self.clock.now()
-            current = self._require(tx, memory_id, now)
+            current = self._require(tx, memory_id, now, "write")
             if expected_version is not None and current.version != expected_version:
                 raise VersionConflict(
                     f"memory {memory_id} is at version {current.version}, not {expected_version}",
@@ -242,7 +261,7 @@ class Hive:
         """
 
         def write(tx: StoreTx) -> int:
-            self._require(tx, memory_id, self.clock.now())
+            self._require(tx, memory_id, self.clock.now(), "write")
             doomed = [memory_id]
             frontier = [memory_id]
             while cascade and frontier:
@@ -256,6 +275,7 @@ class Hive:
         """Delete every memory under a namespace prefix; returns how many."""
         ns = v.namespace_prefix(prefix if prefix is not None else "")
         assert ns is not None
+        self._may("write", ns)
         return self.store.write(lambda tx: tx.delete(tx.ids_in_namespace(ns)))
 
     def reinforce(self, memory_id: str, factor: float = 1.2) -> Memory:
@@ -269,7 +289,7 @@ class Hive:
 
         def write(tx: StoreTx) -> Memory:
             now = self.clock.now()
-            current = self._require(tx, memory_id, now)
+            current = self._require(tx, memory_id, now, "write")
             importance = min(1.0, max(current.importance, 0.01) * factor)
             tx.record_access(memory_id, importance, now)
             return self._require(tx, memory_id, now)
@@ -277,7 +297,12 @@ class Hive:
         return self.store.write(write)
 
     def sweep(self) -> dict[str, int]:
-        """Delete expired memories and vectors no memory uses; idempotent, returns counts."""
+        """Delete expired memories and vectors no memory uses; idempotent, returns counts.
+
+        Raises:
+            Forbidden: The principal lacks ``admin:*`` (a sweep spans every namespace).
+        """
+        self._require_admin("sweep")
         expired = 0
         while True:
             batch = self.store.write(lambda tx: tx.delete(tx.expired_ids(self.clock.now(), _SWEEP_BATCH)))
@@ -344,6 +369,7 @@ class Hive:
         props = v.data(properties, self.config.max_data_bytes, "properties")
         key = entity_key(entity_type, entity_name)
         ns = v.namespace(namespace)
+        self._may("write", ns)
         vectors: dict[str, Any] = {}
 
         def write(tx: StoreTx, inline: bool) -> Memory:
@@ -423,7 +449,8 @@ class Hive:
         Raises:
             NotFound: Nothing is stored under that key.
         """
-        found = self._try_get_by_key(v.namespace(namespace), key)
+        ns = v.namespace(namespace)
+        found = self._try_get_by_key(ns, key) if self.principal.allows("read", ns) else None
         if found is None:
             raise NotFound(f"no memory with key {key!r} in {namespace}", namespace=namespace, key=key)
         return found
@@ -578,6 +605,7 @@ class Hive:
             since=v.timestamp(since, "since"),
             until=v.timestamp(until, "until"),
             where=v.where(where),
+            within=self._readable(),
         )
 
     def stats(self, namespace: str | None = None) -> dict[str, Any]:
@@ -586,8 +614,8 @@ class Hive:
         Returns:
             ``{"memories": n, "bytes": b, "by_kind": {kind: {"memories", "bytes"}}, "by_tier": {...}}``.
         """
-        prefix = v.namespace_prefix(namespace)
-        rows = self.store.read(lambda tx: tx.stats(prefix, self.clock.now()))
+        flt = MemoryFilter(now=self.clock.now(), namespace=v.namespace_prefix(namespace), within=self._readable())
+        rows = self.store.read(lambda tx: tx.stats(flt))
         out: dict[str, Any] = {"memories": 0, "bytes": 0, "by_kind": {}, "by_tier": {}}
         for kind, tier, count, size in rows:
             out["memories"] += count
@@ -637,7 +665,7 @@ class Hive:
     def _checked_import(self, memory: Memory) -> Memory:
         if not isinstance(memory, Memory):
             raise InvalidInput("memory", "must be a Memory record")
-        draft(
+        checked = draft(
             memory.namespace,
             memory.content,
             self.config,
@@ -655,6 +683,7 @@ class Hive:
         )
         if not isinstance(memory.id, str) or not memory.id or memory.created_at is None or memory.updated_at is None:
             raise InvalidInput("id", "an imported memory needs its id, created_at and updated_at")
+        self._may("write", checked.namespace)
         return dataclasses.replace(memory, content_hash=content_hash(memory.content))
 
     def _import_batch(self, batch: Sequence[Memory]) -> int:
@@ -684,7 +713,7 @@ class Hive:
 
         def write(tx: StoreTx) -> Relation:
             now = self.clock.now()
-            self._require(tx, src_id, now)
+            self._require(tx, src_id, now, "write")
             self._require(tx, dst_id, now)
             relation = Relation(src_id, dst_id, rel_type, weight, utc(now))
             tx.put_relation(relation)
@@ -713,7 +742,7 @@ class Hive:
             self._require(tx, memory_id, now)
             edges = tx.relations(memory_id, rel_type, direction)
             others = [e.dst_id if e.src_id == memory_id else e.src_id for e in edges]
-            found = tx.get_many(others, MemoryFilter(now=now))
+            found = tx.get_many(others, MemoryFilter(now=now, within=self._readable()))
             return [Related(found[o], e) for o, e in zip(others, edges, strict=True) if o in found]
 
         return self.store.read(read)
@@ -728,7 +757,7 @@ class Hive:
         def read(tx: StoreTx) -> builtins.list[Memory]:
             now = self.clock.now()
             self._require(tx, memory_id, now)
-            found = tx.get_many(tx.child_ids([memory_id]), MemoryFilter(now=now))
+            found = tx.get_many(tx.child_ids([memory_id]), MemoryFilter(now=now, within=self._readable()))
             return sorted(found.values(), key=lambda m: m.id)
 
         return self.store.read(read)
@@ -743,6 +772,8 @@ class Hive:
         if group_name is None:
             raise InvalidInput("name", "is required")
         text = text_field(description, "description", optional=True)
+        if self.principal.prefixes("write") == ():
+            raise Forbidden(f"{self.principal.name} may not write anywhere, so may not create groups")
         group = Group(group_name, text, utc(self.clock.now()))
         if not self.store.write(lambda tx: tx.put_group(group)):
             raise InvalidInput("name", f"a group named {group_name!r} exists")
@@ -757,7 +788,7 @@ class Hive:
 
         def write(tx: StoreTx) -> None:
             now = self.clock.now()
-            self._require(tx, memory_id, now)
+            self._require(tx, memory_id, now, "write")
             if tx.get_group(group) is None:
                 raise NotFound(f"no group named {group!r}", group=group)
             tx.add_member(group, memory_id, now)
@@ -775,21 +806,92 @@ class Hive:
             if tx.get_group(group) is None:
                 raise NotFound(f"no group named {group!r}", group=group)
             ids = tx.member_ids(group)
-            found = tx.get_many(ids, MemoryFilter(now=self.clock.now()))
+            found = tx.get_many(ids, MemoryFilter(now=self.clock.now(), within=self._readable()))
             return [found[i] for i in ids if i in found]
 
         return self.store.read(read)
 
+    # -- API keys ------------------------------------------------------------------------------
+
+    def create_api_key(self, principal: str, grants: Sequence[str]) -> tuple[ApiKey, str]:
+        """A new API key for ``principal`` with ``grants`` such as ``["write:team-a"]``.
+
+        Returns:
+            The stored record and the key itself, which is not stored: show it once.
+
+        Raises:
+            InvalidInput: A bad principal name or grant.
+            Forbidden: The caller lacks ``admin:*``.
+        """
+        self._require_admin("managing API keys")
+        name = v.optional_id(principal, "principal")
+        if name is None:
+            raise InvalidInput("principal", "is required")
+        if isinstance(grants, str) or not isinstance(grants, Iterable):
+            raise InvalidInput("grants", "must be a list such as ['read:team-a', 'write:team-a/agent-1']")
+        parsed = tuple(dict.fromkeys(Grant.parse(g) for g in grants))
+        if not parsed:
+            raise InvalidInput("grants", "at least one grant is needed")
+        key_id, key = new_key()
+        record = ApiKey(key_id, Principal(name, parsed), hash_key(key), utc(self.clock.now()))
+        self.store.write(lambda tx: tx.put_api_key(record))
+        return record, key
+
+    def api_keys(self) -> builtins.list[ApiKey]:
+        """Every API key record, revoked ones included (never the keys themselves).
+
+        Raises:
+            Forbidden: The caller lacks ``admin:*``.
+        """
+        self._require_admin("managing API keys")
+        return self.store.read(lambda tx: tx.api_keys(), primary=True)
+
+    def revoke_api_key(self, key_id: str) -> None:
+        """Revoke a key: it stops working at once here, and within the auth cache time on servers.
+
+        Raises:
+            NotFound: No such key, or it is revoked already.
+            Forbidden: The caller lacks ``admin:*``.
+        """
+        self._require_admin("managing API keys")
+        now = self.clock.now()
+        if not isinstance(key_id, str) or not self.store.write(lambda tx: tx.revoke_api_key(key_id, now)):
+            raise NotFound(f"no active API key {key_id!r}", key_id=key_id)
+
+    def authenticate(self, key: str) -> Principal:
+        """The principal an API key stands for.
+
+        Raises:
+            Unauthenticated: Not a key, an unknown key or a revoked one (one answer for all).
+        """
+        key_id = key_id_of(key) if isinstance(key, str) else None
+        found = self.store.read(lambda tx: tx.api_keys(key_id), primary=True) if key_id else []
+        if not found or found[0].revoked_at is not None or not found[0].matches(key):
+            raise Unauthenticated("the API key is not valid")
+        return found[0].principal
+
     # -- helpers -------------------------------------------------------------------------------
 
-    @staticmethod
-    def _require(tx: StoreTx, memory_id: str, now: float) -> Memory:
+    def _require_admin(self, what: str) -> None:
+        if self.principal.prefixes("admin") is not None:
+            raise Forbidden(f"{what} needs admin on every namespace (admin:*)")
+
+    def _require(self, tx: StoreTx, memory_id: str, now: float, level: str = "read") -> Memory:
+        """The live memory ``memory_id``, if the principal may see it (and act on it at ``level``)."""
         if not isinstance(memory_id, str) or not memory_id:
             raise InvalidInput("id", "must be a memory id")
         found = tx.get(memory_id, now)
-        if found is None:
+        if found is None or not self.principal.allows("read", found.namespace):
             raise NotFound(f"no memory with id {memory_id}", id=memory_id)
+        self._may(level, found.namespace)
         return found
+
+    def _may(self, level: str, namespace: str) -> None:
+        if not self.principal.allows(level, namespace):
+            raise Forbidden(f"{self.principal.name} may not {level} in {namespace}", namespace=namespace, level=level)
+
+    def _readable(self) -> tuple[str, ...] | None:
+        return self.principal.prefixes("read")
 
 
 def _refuse_options(options: Mapping[str, Any], owned: Sequence[str], helper: str) -> None:

@@ -21,8 +21,10 @@ from typing import Any, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
+from hivemem.access import ApiKey
 from hivemem.clock import to_datetime
 from hivemem.models import Group, Memory, Relation
+from hivemem.validation import in_prefix
 
 T = TypeVar("T")
 
@@ -45,6 +47,9 @@ class MemoryFilter:
         until: Latest event time, Unix seconds (exclusive).
         where: Normalised ``data`` conditions (see :func:`hivemem.validation.where`).
         now: Memories that expired at or before this time are invisible.
+        within: The namespace prefixes the reader may see (its grants), or None
+            for every namespace. Unlike ``namespace`` (what the caller asked
+            for) this is who the caller is; a memory must pass both.
     """
 
     now: float
@@ -57,6 +62,13 @@ class MemoryFilter:
     since: float | None = None
     until: float | None = None
     where: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    within: tuple[str, ...] | None = None
+
+    def sees_namespace(self, ns: str) -> bool:
+        """Whether memories of namespace ``ns`` pass ``namespace`` and ``within``."""
+        if not in_prefix(ns, self.namespace):
+            return False
+        return self.within is None or any(in_prefix(ns, prefix) for prefix in self.within)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,8 +190,8 @@ class StoreTx(ABC):
         """Ids of a group's members in the order they were added."""
 
     @abstractmethod
-    def stats(self, prefix: str | None, now: float) -> builtins.list[tuple[str, str, int, int]]:
-        """``(kind, tier, count, bytes)`` rows for live memories under a prefix."""
+    def stats(self, flt: MemoryFilter) -> builtins.list[tuple[str, str, int, int]]:
+        """``(kind, tier, count, bytes)`` rows for the memories ``flt`` passes."""
 
     @abstractmethod
     def known_hashes(self, hashes: Sequence[str]) -> set[str]:
@@ -192,6 +204,18 @@ class StoreTx(ABC):
     @abstractmethod
     def prune_embeddings(self, limit: int) -> int:
         """Delete up to ``limit`` embeddings no memory refers to; returns how many."""
+
+    @abstractmethod
+    def put_api_key(self, key: ApiKey) -> None:
+        """Store a new API key record."""
+
+    @abstractmethod
+    def api_keys(self, key_id: str | None = None) -> builtins.list[ApiKey]:
+        """Every API key record (revoked ones too), or the one with ``key_id``."""
+
+    @abstractmethod
+    def revoke_api_key(self, key_id: str, now: float) -> bool:
+        """Mark a key revoked; False if there is no such key or it was revoked already."""
 
 
 class Store(ABC):

@@ -16,13 +16,12 @@ the most common filters are applied before scoring, not after.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 from numpy.typing import NDArray
 
 from hivemem.storage.base import MemoryFilter, ScoredId
-from hivemem.validation import in_prefix
 
 
 class _Codes:
@@ -39,12 +38,9 @@ class _Codes:
             self.values.append(value)
         return found
 
-    def matching(self, accept: Iterable[str] | None = None, prefix: str | None = None) -> NDArray[np.int32] | None:
+    def matching(self, passes: Callable[[str], bool]) -> NDArray[np.int32] | None:
         """Codes of the values that pass, or None when every value does (no need to filter)."""
-        wanted = set(accept) if accept is not None else None
-        codes = [
-            i for i, value in enumerate(self.values) if (wanted is None or value in wanted) and in_prefix(value, prefix)
-        ]
+        codes = [i for i, value in enumerate(self.values) if passes(value)]
         return None if len(codes) == len(self.values) else np.array(codes, dtype=np.int32)
 
 
@@ -124,9 +120,9 @@ class MatrixIndex:
         mask: NDArray[np.bool_] | None = None
         for column, accepted in enumerate(
             (
-                self._namespaces.matching(prefix=flt.namespace) if flt.namespace is not None else None,
-                self._kinds.matching(flt.kinds) if flt.kinds is not None else None,
-                self._tiers.matching(flt.tiers) if flt.tiers is not None else None,
+                self._namespaces.matching(flt.sees_namespace),
+                self._kinds.matching(flt.kinds.__contains__) if flt.kinds is not None else None,
+                self._tiers.matching(flt.tiers.__contains__) if flt.tiers is not None else None,
             )
         ):
             if accepted is not None:

@@ -115,6 +115,12 @@ MIGRATIONS: builtins.list[builtins.list[str]] = [
             PRIMARY KEY (group_name, memory_id))""",
         "CREATE INDEX group_members_memory ON group_members (memory_id)",
     ],
+    # API keys of the HTTP server (hivemem.access): a hash, never the key. Not keyed
+    # by namespace root: a key spans namespaces (a small table to replicate, not shard).
+    [
+        f"""CREATE TABLE api_keys (key_id text {_C} PRIMARY KEY, principal text NOT NULL, grants text NOT NULL,
+            key_hash text NOT NULL, created_at double precision NOT NULL, revoked_at double precision)""",
+    ],
 ]
 
 _MIGRATION_LOCK = 0x48495645  # pg_advisory_xact_lock key: one migrator at a time
@@ -141,6 +147,7 @@ _MAX_EF_SEARCH = 1000
 class _PgDialect(Dialect):
     p = "%s"
     success = "CASE WHEN json_typeof(m.data -> 'success') = 'boolean' THEN (m.data ->> 'success')::boolean END"
+    stored_bytes = "octet_length(m.content) + octet_length(m.data::text) + octet_length(array_to_json(m.tags)::text)"
 
     def namespace_clause(self, prefix: str, params: builtins.list[Any]) -> str:
         # Bytewise (C collation) range, segment-wise ('0' follows '/'); the root first, for pruning.
@@ -250,17 +257,6 @@ class _PgTx(SqlTx):
     def member_ids(self, group: str) -> builtins.list[str]:
         rows = self._rows("SELECT memory_id FROM group_members WHERE group_name = %s ORDER BY position", (group,))
         return [r[0] for r in rows]
-
-    def stats(self, prefix: str | None, now: float) -> builtins.list[tuple[str, str, int, int]]:
-        params: builtins.list[Any] = []
-        where = compile_filter(MemoryFilter(now=now, namespace=prefix), params, DIALECT)
-        rows = self._rows(
-            "SELECT m.kind, m.tier, count(*), sum(octet_length(m.content) + octet_length(m.data::text) "
-            "+ octet_length(array_to_json(m.tags)::text)) "
-            f"FROM memories m WHERE {where} GROUP BY m.kind, m.tier ORDER BY m.kind, m.tier",
-            params,
-        )
-        return [(r[0], r[1], int(r[2]), int(r[3])) for r in rows]
 
     def known_hashes(self, hashes: Sequence[str]) -> set[str]:
         if not self.vectors:

@@ -15,6 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
+from hivemem.access import ApiKey, Grant, Principal
 from hivemem.clock import utc
 from hivemem.models import Group, Memory, Relation
 from hivemem.storage.base import MEMORY_COLUMNS, MemoryFilter, RankFacts, StoreTx, memory_from_row
@@ -32,6 +33,8 @@ class Dialect(ABC):
     p: str
     #: An episode's boolean ``data.success`` as something ``bool()`` reads, else NULL.
     success: str
+    #: The bytes a memory's content, data and tags take, as stored.
+    stored_bytes: str
 
     @abstractmethod
     def namespace_clause(self, prefix: str, params: builtins.list[Any]) -> str:
@@ -61,6 +64,9 @@ def compile_filter(flt: MemoryFilter, params: builtins.list[Any], d: Dialect) ->
     params.append(flt.now)
     if flt.namespace is not None:
         clauses.append(d.namespace_clause(flt.namespace, params))
+    if flt.within is not None:
+        alternatives = [d.namespace_clause(prefix, params) for prefix in flt.within]
+        clauses.append("(" + (" OR ".join(alternatives) or "1 = 0") + ")")
     for column, values in (("kind", flt.kinds), ("tier", flt.tiers)):
         if values is not None:
             clauses.append(d.one_of(f"m.{column}", values, params))
@@ -206,6 +212,45 @@ class SqlTx(StoreTx):
             params.append(type)
         rows = self._rows(sql + " ORDER BY created_at, src_id, dst_id", params)
         return [Relation(r[0], r[1], r[2], r[3], utc(r[4])) for r in rows]
+
+    def stats(self, flt: MemoryFilter) -> builtins.list[tuple[str, str, int, int]]:
+        params: builtins.list[Any] = []
+        where = compile_filter(flt, params, self.dialect)
+        rows = self._rows(
+            f"SELECT m.kind, m.tier, count(*), sum({self.dialect.stored_bytes}) "
+            f"FROM memories m WHERE {where} GROUP BY m.kind, m.tier ORDER BY m.kind, m.tier",
+            params,
+        )
+        return [(r[0], r[1], int(r[2]), int(r[3])) for r in rows]
+
+    def put_api_key(self, key: ApiKey) -> None:
+        p = self.dialect.p
+        grants = json.dumps([str(g) for g in key.principal.grants])
+        self._execute(
+            f"INSERT INTO api_keys VALUES ({p}, {p}, {p}, {p}, {p}, NULL)",
+            (key.key_id, key.principal.name, grants, key.key_hash, key.created_at.timestamp()),
+        )
+
+    def api_keys(self, key_id: str | None = None) -> builtins.list[ApiKey]:
+        sql = "SELECT key_id, principal, grants, key_hash, created_at, revoked_at FROM api_keys"
+        params: tuple[Any, ...] = ()
+        if key_id is not None:
+            sql, params = sql + f" WHERE key_id = {self.dialect.p}", (key_id,)
+        return [
+            ApiKey(
+                r[0],
+                Principal(r[1], tuple(Grant.parse(g) for g in json.loads(r[2]))),
+                r[3],
+                utc(r[4]),
+                None if r[5] is None else utc(r[5]),
+            )
+            for r in self._rows(sql + " ORDER BY created_at, key_id", params)
+        ]
+
+    def revoke_api_key(self, key_id: str, now: float) -> bool:
+        p = self.dialect.p
+        sql = f"UPDATE api_keys SET revoked_at = {p} WHERE key_id = {p} AND revoked_at IS NULL RETURNING 1"
+        return bool(self._rows(sql, (now, key_id)))
 
     def get_group(self, name: str) -> Group | None:
         rows = self._rows(f"SELECT name, description, created_at FROM groups WHERE name = {self.dialect.p}", (name,))

@@ -116,6 +116,11 @@ MIGRATIONS: builtins.list[list[str]] = [
     # New rows reach the full-text index in one statement per transaction
     # (_SqliteTx.index_new_rows): a trigger per row made batch ingest twice as slow.
     ["DROP TRIGGER memories_inserted"],
+    # API keys of the HTTP server (hivemem.access): a hash, never the key.
+    [
+        "CREATE TABLE api_keys (key_id TEXT PRIMARY KEY, principal TEXT NOT NULL, grants TEXT NOT NULL, "
+        "key_hash TEXT NOT NULL, created_at REAL NOT NULL, revoked_at REAL)"
+    ],
 ]
 
 _INSERT = (
@@ -153,6 +158,7 @@ def _json_path_literal(path: str) -> str:
 class _SqliteDialect(Dialect):
     p = "?"
     success = "CASE json_type(m.data, '$.success') WHEN 'true' THEN 1 WHEN 'false' THEN 0 END"
+    stored_bytes = "length(CAST(m.content AS BLOB)) + length(m.data) + length(m.tags)"
 
     def namespace_clause(self, prefix: str, params: builtins.list[Any]) -> str:
         # A range on the binary collation: index-friendly, case-sensitive and
@@ -254,16 +260,6 @@ class _SqliteTx(SqlTx):
     def member_ids(self, group: str) -> builtins.list[str]:
         rows = self.conn.execute("SELECT memory_id FROM group_members WHERE group_name = ? ORDER BY rowid", (group,))
         return [r[0] for r in rows]
-
-    def stats(self, prefix: str | None, now: float) -> builtins.list[tuple[str, str, int, int]]:
-        params: builtins.list[Any] = []
-        where = compile_filter(MemoryFilter(now=now, namespace=prefix), params, DIALECT)
-        rows = self.conn.execute(
-            "SELECT m.kind, m.tier, count(*), sum(length(CAST(m.content AS BLOB)) + length(m.data) + length(m.tags)) "
-            f"FROM memories m WHERE {where} GROUP BY m.kind, m.tier ORDER BY m.kind, m.tier",
-            params,
-        )
-        return [(r[0], r[1], int(r[2]), int(r[3])) for r in rows]
 
     def known_hashes(self, hashes: Sequence[str]) -> set[str]:
         rows = self.conn.execute(

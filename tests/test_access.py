@@ -1,0 +1,81 @@
+"""Grants on namespace prefixes, applied by Hive.as_principal on every embedded deployment.
+
+The HTTP server applies the same views per API key; tests/test_server.py checks
+that through a real server process.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import hivemem
+from conftest import OpenHive
+from hivemem.access import Grant, Principal
+
+
+@pytest.fixture
+def hive(open_hive: OpenHive, deployment: str) -> hivemem.Hive:
+    if deployment == "http":
+        pytest.skip("over HTTP the API key is the principal: tests/test_server.py")
+    return open_hive()
+
+
+def _principal(name: str, *grants: str) -> Principal:
+    return Principal(name, tuple(Grant.parse(g) for g in grants))
+
+
+def test_grants_parse_and_nest() -> None:
+    writer = _principal("w", "write:team-a", "read:shared/docs")
+    assert writer.allows("read", "team-a/x") and writer.allows("write", "team-a")
+    assert not writer.allows("write", "shared/docs") and writer.allows("read", "shared/docs/y")
+    assert not writer.allows("read", "team-ab") and not writer.allows("admin", "team-a")
+    assert writer.prefixes("read") == ("team-a", "shared/docs")
+    assert _principal("root", "admin:*").prefixes("read") is None
+    for bad in ("team-a", "own:team-a", "read:bad//ns", "write:"):
+        with pytest.raises(hivemem.InvalidInput):
+            Grant.parse(bad)
+
+
+def test_reads_see_only_granted_prefixes_on_every_search_path(hive: hivemem.Hive) -> None:
+    theirs = hive.remember("team-b/secret", "tomato soup recipe", tags=["food"])
+    mine = hive.remember("team-a/notes", "tomato soup plan", tags=["food"])
+    shared = hive.remember("shared/docs", "tomato soup history", tags=["food"])
+    view = hive.as_principal(_principal("a", "write:team-a", "read:shared"))
+    assert {h.memory.id for h in view.recall("tomato soup", k=10)} == {mine.id, shared.id}
+    assert view.recall("tomato soup", namespace="team-b", k=10) == []
+    assert {m.id for m in view.list(tags=["food"])} == {mine.id, shared.id}
+    assert view.stats()["memories"] == 2
+    with pytest.raises(hivemem.NotFound):
+        view.get(theirs.id)
+    with pytest.raises(hivemem.Forbidden):
+        view.update(shared.id, content="read-only here")
+    with pytest.raises(hivemem.Forbidden):
+        view.remember("team-b/secret", "no")
+    with pytest.raises(hivemem.Forbidden):
+        view.sweep()
+    assert hive.get(theirs.id) == theirs  # the full Hive still sees everything
+
+
+def test_a_principal_without_grants_sees_nothing_and_writes_nothing(hive: hivemem.Hive) -> None:
+    hive.remember("team-a", "anything")
+    nobody = hive.as_principal(Principal("nobody", ()))
+    assert nobody.recall("anything", k=5) == []
+    assert list(nobody.list()) == []
+    with pytest.raises(hivemem.Forbidden):
+        nobody.create_group("g")
+
+
+def test_api_keys_authenticate_and_revoke(hive: hivemem.Hive) -> None:
+    record, key = hive.create_api_key("agent-7", ["write:team-a"])
+    assert key not in repr(hive.api_keys()) and record.key_hash != key
+    assert hive.authenticate(key) == Principal("agent-7", (Grant("write", "team-a"),))
+    for wrong in ("", "hm_x", key + "x", key.replace(record.key_id, "0" * 16)):
+        with pytest.raises(hivemem.Unauthenticated):
+            hive.authenticate(wrong)
+    with pytest.raises(hivemem.Forbidden):
+        hive.as_principal(hive.authenticate(key)).create_api_key("escalate", ["admin:*"])
+    hive.revoke_api_key(record.key_id)
+    with pytest.raises(hivemem.Unauthenticated):
+        hive.authenticate(key)
+    with pytest.raises(hivemem.NotFound):
+        hive.revoke_api_key(record.key_id)
