@@ -49,6 +49,14 @@ def _postgres(
     return hivemem.open(schema_url(directory), embedder=embedder, clock=clock, pool_size=4, **options)
 
 
+def _http(
+    directory: Path, clock: hivemem.ManualClock, embedder: hivemem.Embedder | None, **options: Any
+) -> hivemem.Hive:
+    from http_server import ServedHive
+
+    return ServedHive(_sqlite_file(directory, clock, embedder, **options), auth=False)
+
+
 #: Every deployment the contract runs on, by test id. A new deployment (PostgreSQL
 #: from a test database URL, the HTTP client against an in-process server...) is
 #: one more entry here: a factory(directory, clock, embedder, **options) -> Hive.
@@ -57,6 +65,7 @@ DEPLOYMENTS: dict[str, Factory] = {
     "sqlite-file": _sqlite_file,
     "sqlite-memory": _sqlite_memory,
     "postgres": _postgres,
+    "http": _http,
 }
 
 #: Marks "use the test's shared embedder" in open_hive (None means keyword-only).

@@ -49,3 +49,17 @@ def test_open_refuses_unknown_options_and_schemes(tmp_path: object) -> None:
         hivemem.open(":memory:", embedder=None, no_such_option=1)
     with pytest.raises(hivemem.ConfigError, match="no backend"):
         hivemem.open("mysql://localhost/db", embedder=None)
+
+
+def test_the_http_client_answers_every_public_hive_method() -> None:
+    from hivemem.client import RemoteHive
+    from hivemem.hive import Hive
+
+    inherited_on_purpose = {"export", "__enter__", "__exit__"}  # built on routed methods
+    public = [n for n, v in vars(Hive).items() if callable(v) and (not n.startswith("_") or n in inherited_on_purpose)]
+    for name in public:
+        if name in inherited_on_purpose:
+            continue
+        assert vars(RemoteHive).get(name) is not None, f"RemoteHive does not answer {name}"
+        remote, local = getattr(RemoteHive, name), getattr(Hive, name)
+        assert inspect.signature(remote) == inspect.signature(local), name

@@ -79,7 +79,9 @@ def open(
     """Open a Hive.
 
     Args:
-        target: A SQLite file path, ``sqlite:///path`` or ``:memory:``.
+        target: A SQLite file path, ``sqlite:///path``, ``:memory:``, a PostgreSQL
+            URL, or a HiveMem server's ``http(s)://`` URL (then ``options`` are
+            :class:`hivemem.client.RemoteHive`'s: ``api_key``, ``timeout``).
         embedder: An :class:`Embedder`, a spec (``"minilm"``, ``"none"``,
             ``"openai:<model>"``) or None for keyword-only recall. Defaults to
             the config's embedder (the offline MiniLM model).
@@ -95,6 +97,10 @@ def open(
         ConfigError: Unknown options, an unknown URL scheme, or an embedder
             other than the one that made the stored vectors.
     """
+    if target.startswith(("http://", "https://")):
+        from hivemem.client import RemoteHive
+
+        return RemoteHive(target, **options)
     from hivemem.storage import open_store
 
     base = config or HiveConfig()

@@ -23,7 +23,7 @@ from rich.table import Table
 
 import hivemem
 from hivemem.config import HiveConfig
-from hivemem.errors import HiveError, InvalidInput, NotFound
+from hivemem.errors import ConfigError, HiveError, InvalidInput, NotFound
 from hivemem.hive import Hive
 from hivemem.models import Memory
 
@@ -46,7 +46,9 @@ class Context:
         self.err = Console(stderr=True)
 
     def open(self) -> Hive:
-        """Open the Hive the options name."""
+        """Open the Hive the options name (a server's URL uses ``HIVEMEM_API_KEY``)."""
+        if self.config.url.startswith(("http://", "https://")):
+            return hivemem.open(self.config.url, api_key=os.environ.get("HIVEMEM_API_KEY"))
         return hivemem.open(self.config.url, config=self.config)
 
     def emit(self, payload: Any, render: Callable[[], None] | None = None) -> None:
@@ -338,6 +340,84 @@ def migrate(obj: Context, check: bool) -> None:
             + (f" (was {result['version_before']})" if result["version_before"] != result["version"] else "")
         ),
     )
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=int, default=8765, show_default=True)
+@click.option("--no-auth", is_flag=True, help="Serve without API keys, as admin:* (refused unless on loopback).")
+@click.option("--key-cache", type=float, default=5.0, show_default=True, help="Seconds a checked key is trusted.")
+@_command
+def serve(obj: Context, host: str, port: int, no_auth: bool, key_cache: float) -> None:
+    """Serve the database over HTTP (REST, OpenAPI at /openapi.json); create keys with `hivemem keys create`."""
+    try:
+        from hivemem.server import serve as run_server
+    except ImportError as exc:
+        raise ConfigError(f"the server needs its extra: pip install 'hivemem[server]' ({exc})") from None
+    if not no_auth:
+        obj.err.print(f"HiveMem serving {obj.config.url} on http://{host}:{port} (API keys required)")
+    run_server(obj.config, host=host, port=port, auth=not no_auth, key_cache_seconds=key_cache)
+
+
+@main.group()
+def keys() -> None:
+    """Manage API keys for `hivemem serve` (stored hashed in the database)."""
+
+
+@keys.command("create")
+@click.option("--principal", required=True, help="Who the key stands for, e.g. agent-7.")
+@click.option(
+    "--grant", "grants", multiple=True, required=True, help="level:prefix, e.g. write:team-a; admin:* for all."
+)
+@_command
+def keys_create(obj: Context, principal: str, grants: tuple[str, ...]) -> None:
+    """Create a key; it is printed once and only its hash is stored."""
+    with obj.open() as hive:
+        record, key = hive.create_api_key(principal, list(grants))
+    payload = {"key_id": record.key_id, "principal": principal, "grants": list(grants), "key": key}
+    obj.emit(payload, lambda: obj.console.print(f"key {record.key_id} for {principal}: {key}"))
+
+
+@keys.command("list")
+@_command
+def keys_list(obj: Context) -> None:
+    """Every key: id, principal, grants, created, revoked (never the key)."""
+    with obj.open() as hive:
+        records = hive.api_keys()
+    rows: list[dict[str, Any]] = [
+        {
+            "key_id": r.key_id,
+            "principal": r.principal.name,
+            "grants": [str(g) for g in r.principal.grants],
+            "created_at": r.created_at.isoformat(),
+            "revoked_at": r.revoked_at.isoformat() if r.revoked_at else None,
+        }
+        for r in records
+    ]
+
+    def render() -> None:
+        table = Table("key id", "principal", "grants", "created", "revoked")
+        for row in rows:
+            table.add_row(
+                row["key_id"],
+                row["principal"],
+                " ".join(row["grants"]),
+                row["created_at"][:19],
+                (row["revoked_at"] or "")[:19],
+            )
+        obj.console.print(table)
+
+    obj.emit(rows, render)
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@_command
+def keys_revoke(obj: Context, key_id: str) -> None:
+    """Revoke a key (servers stop accepting it within their key cache time)."""
+    with obj.open() as hive:
+        hive.revoke_api_key(key_id)
+    obj.emit({"revoked": key_id}, lambda: obj.console.print(f"revoked {key_id}"))
 
 
 @main.command()

@@ -1,0 +1,332 @@
+"""The HiveMem HTTP server: every Hive method as a REST route (FastAPI), secure by default.
+
+``create_app(config)`` builds the application; ``hivemem serve`` runs it under
+uvicorn. Several servers may share one PostgreSQL: they keep no state of their
+own besides a short cache of API keys.
+
+Every request but ``/healthz`` and ``/readyz`` needs an API key (``Authorization:
+Bearer <key>`` or ``X-API-Key``). The key decides who the caller is; nothing in
+a body or query can. The call then runs on the Hive as that principal sees it
+(:meth:`hivemem.Hive.as_principal`), so the grants apply inside the same code
+an embedded caller uses. Every failure is ``application/problem+json``:
+``{"type", "title", "status", "detail", "code", "details"}`` with the stable
+``code`` of a :class:`hivemem.HiveError`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import ipaddress
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from hivemem.access import Principal
+from hivemem.config import HiveConfig
+from hivemem.errors import ConfigError, HiveError, InvalidInput, NotFound, PayloadTooLarge, Unauthenticated
+from hivemem.hive import Hive
+from hivemem.models import Memory
+from hivemem.wire import ROUTES, Route, from_wire, to_json
+
+log = logging.getLogger("hivemem.server")
+PROBLEM = "application/problem+json"
+#: Bodies larger than this are refused before they are read whole.
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+_TITLES = {401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 409: "Conflict", 413: "Payload Too Large"}
+
+
+def problem(error: HiveError, status: int | None = None) -> JSONResponse:
+    """The one error shape (``status`` overrides the error's own, for routing errors)."""
+    status = status or error.status
+    body = {
+        "type": f"https://hivemem.dev/errors/{error.code}",
+        "title": _TITLES.get(status, "Error"),
+        "status": status,
+        "detail": error.message,
+        "code": error.code,
+        "details": error.details,
+    }
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+
+
+class _Keys:
+    """API key -> principal, cached for ``ttl`` seconds (revocation reaches every server within it)."""
+
+    def __init__(self, hive: Hive, ttl: float) -> None:
+        self._hive = hive
+        self._ttl = ttl
+        self._cache: dict[str, tuple[float, Principal]] = {}
+        self._lock = threading.Lock()
+
+    def principal(self, key: str) -> Principal:
+        now = time.monotonic()
+        with self._lock:
+            cached = self._cache.get(key)
+        if cached is not None and now - cached[0] < self._ttl:
+            return cached[1]
+        principal = self._hive.authenticate(key)
+        if self._ttl > 0:
+            with self._lock:
+                if len(self._cache) > 10_000:
+                    self._cache.clear()
+                self._cache[key] = (now, principal)
+        return principal
+
+
+def _credential(request: Request) -> str:
+    header = request.headers.get("authorization")
+    if header is not None:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthenticated("the Authorization header must be 'Bearer <API key>'")
+        return token.strip()
+    key = request.headers.get("x-api-key")
+    if key is None:
+        raise Unauthenticated("an API key is required (Authorization: Bearer <key>)")
+    return key
+
+
+def create_app(
+    config: HiveConfig | None = None,
+    *,
+    hive: Hive | None = None,
+    auth: bool = True,
+    key_cache_seconds: float = 5.0,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+) -> FastAPI:
+    """The HiveMem application.
+
+    Args:
+        config: What to open (``config.url``) when ``hive`` is not given.
+        hive: An open Hive to serve (the caller closes it); else one is opened
+            from ``config`` at startup and closed at shutdown.
+        auth: False serves every request as ``admin:*`` without a key; only
+            for a server that listens on loopback (``hivemem serve`` enforces it).
+        key_cache_seconds: How long a checked API key is trusted before it is
+            looked up again (a revoked key works at most this long).
+        max_body_bytes: Larger request bodies get 413 before they are read.
+    """
+    state: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        import hivemem
+
+        opened = hive is None
+        state["hive"] = hive if hive is not None else hivemem.open((config or HiveConfig()).url, config=config)
+        state["keys"] = _Keys(state["hive"], key_cache_seconds)
+        try:
+            yield
+        finally:
+            if opened:
+                state["hive"].close()
+
+    app = FastAPI(
+        title="HiveMem",
+        version=_version(),
+        summary="Shared, durable memory for teams of AI agents",
+        lifespan=lifespan,
+    )
+
+    def caller(request: Request) -> Hive:
+        served: Hive = state["hive"]
+        if not auth:
+            return served
+        return served.as_principal(state["keys"].principal(_credential(request)))
+
+    @app.middleware("http")
+    async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
+            return problem(PayloadTooLarge(f"the body is over {max_body_bytes} bytes", limit=max_body_bytes))
+        return await call_next(request)
+
+    @app.exception_handler(HiveError)
+    async def hive_error(_: Request, exc: HiveError) -> JSONResponse:
+        return problem(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        field = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+        return problem(InvalidInput(field, str(first.get("msg", "invalid request"))))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        error = NotFound(str(exc.detail)) if exc.status_code == 404 else HiveError(str(exc.detail))
+        return problem(error, exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def internal_error(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error", exc_info=exc)
+        return problem(HiveError("internal server error"))
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    def readyz() -> JSONResponse:
+        try:
+            state["hive"].store.read(lambda tx: tx.api_keys("-"))
+        except HiveError as exc:
+            return problem(exc)
+        return JSONResponse({"status": "ready"})
+
+    for route in ROUTES:
+        _add_route(app, route, caller)
+
+    @app.get("/v1/export", summary="Every visible memory under a prefix, as JSON lines")
+    def export(request: Request, namespace: str | None = None) -> Response:
+        hive = caller(request)
+        lines = (f"{_dumps(m.to_dict())}\n" for m in hive.export(namespace))
+        from fastapi.responses import StreamingResponse
+
+        return StreamingResponse(lines, media_type="application/x-ndjson")
+
+    return app
+
+
+def _add_route(app: FastAPI, route: Route, caller: Callable[[Request], Hive]) -> None:
+    method = getattr(Hive, route.name)
+    signature = inspect.signature(method)
+
+    async def endpoint(request: Request) -> JSONResponse:
+        arguments: dict[str, Any] = dict(request.path_params)
+        if route.in_query:
+            arguments |= _query_arguments(request, signature)
+        else:
+            body = await _json_object(request)
+            for name in route.path_params:
+                body.pop(name, None)  # the path names the target, not the body
+            arguments |= body
+        hive = caller(request)
+        call = _bind(getattr(hive, route.name), signature, from_wire(arguments), route)
+        result = await _run(call)
+        return JSONResponse(to_json(result), status_code=route.status)
+
+    endpoint.__name__ = route.name
+    app.add_api_route(
+        route.path,
+        endpoint,
+        methods=[route.method],
+        summary=(method.__doc__ or route.name).strip().splitlines()[0],
+        description=inspect.cleandoc(method.__doc__ or ""),
+        status_code=route.status,
+        name=route.name,
+    )
+
+
+async def _run(call: Callable[[], Any]) -> Any:
+    from starlette.concurrency import run_in_threadpool
+
+    return await run_in_threadpool(call)
+
+
+async def _json_object(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw:
+        return {}
+    try:
+        import json
+
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise InvalidInput("body", f"is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidInput("body", "must be a JSON object of the method's arguments")
+    return body
+
+
+def _query_arguments(request: Request, signature: inspect.Signature) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in request.query_params.items():
+        parameter = signature.parameters.get(name)
+        if parameter is not None and isinstance(parameter.default, bool):
+            if value.lower() not in ("true", "false"):
+                raise InvalidInput(name, "must be true or false")
+            out[name] = value.lower() == "true"
+        else:
+            out[name] = value
+    return out
+
+
+def _bind(method: Callable[..., Any], signature: inspect.Signature, arguments: dict[str, Any], route: Route) -> Any:
+    """``method`` with ``arguments`` bound by name, or InvalidInput naming the bad one."""
+    parameters = dict(signature.parameters)
+    parameters.pop("self", None)
+    takes_options = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    for name, parameter in parameters.items():
+        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+            continue
+        if parameter.default is inspect.Parameter.empty and name not in arguments:
+            raise InvalidInput(name, "is required")
+    if not takes_options:
+        unknown = sorted(set(arguments) - set(parameters))
+        if unknown:
+            raise InvalidInput(unknown[0], "unknown argument")
+    if route.name == "import_memories":
+        arguments["memories"] = _memories(arguments.get("memories"))
+    return lambda: method(**arguments)
+
+
+def _memories(value: Any) -> list[Memory]:
+    if not isinstance(value, list):
+        raise InvalidInput("memories", "must be a list of memories (Memory.to_dict())")
+    try:
+        return [Memory.from_dict(item) for item in value]
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:
+        raise InvalidInput("memories", f"not a memory record: {exc}") from None
+
+
+def _dumps(value: Any) -> str:
+    import json
+
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _version() -> str:
+    from hivemem import __version__
+
+    return __version__
+
+
+def check_listen(host: str, auth: bool) -> None:
+    """Refuse to serve without authentication anywhere but loopback.
+
+    Raises:
+        ConfigError: ``auth`` is off and ``host`` is not a loopback address.
+    """
+    if auth:
+        return
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ConfigError(f"refusing to listen on {host} with authentication off: use 127.0.0.1 or turn auth on")
+
+
+def serve(
+    config: HiveConfig,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    auth: bool = True,
+    key_cache_seconds: float = 5.0,
+) -> None:
+    """Run the server in this process until interrupted (``hivemem serve``)."""
+    import uvicorn
+
+    check_listen(host, auth)
+    app = create_app(config, auth=auth, key_cache_seconds=key_cache_seconds)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

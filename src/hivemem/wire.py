@@ -1,0 +1,204 @@
+"""The HTTP API's shape, shared by the server and the client: one route per Hive method.
+
+Each :class:`Route` names a :class:`hivemem.Hive` method, its HTTP method and
+path. Path parameters come from the path; the other arguments travel in the
+query string (GET, DELETE) or as one JSON object (POST, PATCH), by the
+method's own parameter names. The server binds them to the method and calls
+it on the caller's view of the Hive; the client is the same method sending
+them. Because both sides take names and defaults from the Hive's signature,
+the HTTP API cannot drift from the Python one.
+
+Values that JSON lacks travel as: datetimes in ISO 8601, timedeltas as
+seconds, memories as :meth:`Memory.to_dict`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from hivemem.errors import InvalidInput
+from hivemem.models import Group, Hit, Memory, Page, Related, Relation
+from hivemem.validation import timestamp
+
+#: Arguments that are datetimes in Python and ISO 8601 text on the wire.
+TIME_ARGUMENTS = frozenset({"occurred_at", "expires_at", "since", "until"})
+_PATH_PARAM = re.compile(r"{(\w+)}")
+
+
+def _memory(payload: Any) -> Memory:
+    return Memory.from_dict(payload)
+
+
+def _hit(payload: Any) -> Hit:
+    return Hit(Memory.from_dict(payload["memory"]), payload["score"], payload["scores"])
+
+
+def _relation(payload: Any) -> Relation:
+    return Relation(
+        payload["src_id"],
+        payload["dst_id"],
+        payload["type"],
+        payload["strength"],
+        datetime.fromisoformat(payload["created_at"]),
+    )
+
+
+def _related(payload: Any) -> Related:
+    return Related(Memory.from_dict(payload["memory"]), _relation(payload["relation"]))
+
+
+def _group(payload: Any) -> Group:
+    return Group(payload["name"], payload["description"], datetime.fromisoformat(payload["created_at"]))
+
+
+def _page(payload: Any) -> Page:
+    return Page(tuple(Memory.from_dict(m) for m in payload["items"]), payload["next_cursor"])
+
+
+def _each(decode: Callable[[Any], Any]) -> Callable[[Any], list[Any]]:
+    return lambda payload: [decode(item) for item in payload]
+
+
+def _plain(payload: Any) -> Any:
+    return payload
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One Hive method over HTTP.
+
+    Attributes:
+        name: The Hive method.
+        method: GET, POST, PATCH or DELETE.
+        path: Under the API root; ``{name}`` segments are arguments.
+        decode: Turns the JSON result back into what the method returns.
+        status: The success status.
+    """
+
+    name: str
+    method: str
+    path: str
+    decode: Callable[[Any], Any] = _plain
+    status: int = 200
+    path_params: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path_params", tuple(_PATH_PARAM.findall(self.path)))
+
+    @property
+    def in_query(self) -> bool:
+        """Whether the non-path arguments travel in the query string."""
+        return self.method in ("GET", "DELETE")
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("remember", "POST", "/v1/memories", _memory, 201),
+    Route("remember_many", "POST", "/v1/memories/batch", _each(_memory), 201),
+    Route("list", "POST", "/v1/memories/list", _page),
+    Route("get", "GET", "/v1/memories/{memory_id}", _memory),
+    Route("update", "PATCH", "/v1/memories/{memory_id}", _memory),
+    Route("forget", "DELETE", "/v1/memories/{memory_id}"),
+    Route("history", "GET", "/v1/memories/{memory_id}/history", _each(_memory)),
+    Route("reinforce", "POST", "/v1/memories/{memory_id}/reinforce", _memory),
+    Route("related", "GET", "/v1/memories/{memory_id}/related", _each(_related)),
+    Route("children", "GET", "/v1/memories/{memory_id}/children", _each(_memory)),
+    Route("get_by_key", "GET", "/v1/keyed", _memory),
+    Route("recall", "POST", "/v1/recall", _each(_hit)),
+    Route("stats", "GET", "/v1/stats"),
+    Route("forget_namespace", "POST", "/v1/namespaces/forget"),
+    Route("sweep", "POST", "/v1/sweep"),
+    Route("remember_episode", "POST", "/v1/episodes", _memory, 201),
+    Route("upsert_entity", "POST", "/v1/entities", _memory),
+    Route("add_rule", "POST", "/v1/rules", _memory, 201),
+    Route("relate", "POST", "/v1/relations", _relation, 201),
+    Route("create_group", "POST", "/v1/groups", _group, 201),
+    Route("add_to_group", "POST", "/v1/groups/{group}/members"),
+    Route("group_members", "GET", "/v1/groups/{group}/members", _each(_memory)),
+    Route("import_memories", "POST", "/v1/import"),
+)
+ROUTES_BY_NAME = {route.name: route for route in ROUTES}
+
+
+def arguments_to_wire(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """A call's arguments as JSON-ready data, refusing what the Hive would refuse for its type.
+
+    A time argument must be an aware datetime here: on the wire it becomes
+    text, and text given in Python is an error, as it is for an embedded Hive.
+    """
+    out: dict[str, Any] = {}
+    for name, value in arguments.items():
+        if name == "items" and isinstance(value, Iterable) and not isinstance(value, str | bytes | Mapping):
+            out[name] = [_item_to_wire(item, f"items[{i}]") for i, item in enumerate(value)]
+        else:
+            out[name] = _argument_to_wire(name, value, name)
+    return out
+
+
+def _item_to_wire(item: Any, where: str) -> Any:
+    if not isinstance(item, Mapping):
+        return to_wire(item, where)
+    return {k: _argument_to_wire(k, v, f"{where}.{k}") for k, v in item.items()}
+
+
+def _argument_to_wire(name: Any, value: Any, field: str) -> Any:
+    if name in TIME_ARGUMENTS and value is not None:
+        timestamp(value, field)  # raises InvalidInput for anything but an aware datetime
+        return value.isoformat()
+    return to_wire(value, field, top=True)
+
+
+def to_wire(value: Any, name: str, *, top: bool = False) -> Any:
+    """A value as JSON-ready data; ``name`` is the argument, for errors.
+
+    At the top of an argument any iterable becomes a list (as the Hive accepts
+    any iterable of tags); inside data only lists and tuples are JSON arrays.
+    """
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, Memory):
+        return value.to_dict()
+    if isinstance(value, Mapping):
+        if not all(isinstance(k, str) for k in value):
+            raise InvalidInput(name, "object keys must be strings")
+        return {k: to_wire(v, name) for k, v in value.items()}
+    if isinstance(value, list | tuple) or (top and isinstance(value, Iterable) and not isinstance(value, bytes)):
+        return [to_wire(v, name) for v in value]
+    raise InvalidInput(name, f"must be JSON-serialisable, not {type(value).__name__}")
+
+
+def from_wire(arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """Arguments received by the server, with ISO 8601 times back as datetimes."""
+    out = dict(arguments)
+    for name in TIME_ARGUMENTS & out.keys():
+        out[name] = _datetime(out[name], name)
+    if isinstance(out.get("items"), list):
+        out["items"] = [from_wire(item) if isinstance(item, Mapping) else item for item in out["items"]]
+    return out
+
+
+def _datetime(value: Any, name: str) -> Any:
+    if not isinstance(value, str):
+        return value  # the Hive refuses anything but a datetime with the usual message
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidInput(name, "must be a datetime with a timezone (ISO 8601 text)") from None
+
+
+def to_json(result: Any) -> Any:
+    """A Hive method's result as JSON-ready data (reversed by the route's ``decode``)."""
+    if isinstance(result, Memory | Hit | Related | Relation | Group):
+        return result.to_dict()
+    if isinstance(result, Page):
+        return {"items": [m.to_dict() for m in result.items], "next_cursor": result.next_cursor}
+    if isinstance(result, list):
+        return [to_json(item) for item in result]
+    return result

@@ -1,0 +1,255 @@
+"""`hivemem serve` as a real process on loopback: API keys, grants, the error shape and limits.
+
+Keys are made with the real CLI (`hivemem keys create`), the server is
+`python -m hivemem serve`, and requests go through raw httpx (to see status
+codes and bodies) and through the RemoteHive client (to see exception classes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+import hivemem
+from hivemem.cli import main
+from http_server import free_port
+
+SERVER_START_TIMEOUT = 30.0
+
+
+def _cli(db: Path, *args: str) -> Any:
+    result = CliRunner().invoke(main, ["--db", str(db), "--embedder", "none", "--json", *args])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def _key(db: Path, principal: str, *grants: str) -> str:
+    args = [arg for grant in grants for arg in ("--grant", grant)]
+    created = _cli(db, "keys", "create", "--principal", principal, *args)
+    assert created["principal"] == principal
+    key: str = created["key"]
+    return key
+
+
+class Server:
+    """A `hivemem serve` process."""
+
+    def __init__(self, db: Path, *extra: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "HIVEMEM_EMBEDDER": "none"}
+        command = [sys.executable, "-m", "hivemem", "--db", str(db), "serve", "--port", str(self.port), *extra]
+        self.log = db.with_suffix(f".{self.port}.log")
+        with self.log.open("w") as log:
+            self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + SERVER_START_TIMEOUT
+        while True:
+            if self.process.poll() is not None:
+                raise AssertionError(f"the server exited: {self.log.read_text()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError("the server did not come up")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "served.db"
+
+
+@pytest.fixture
+def keys(db: Path) -> dict[str, str]:
+    return {
+        "admin": _key(db, "ops", "admin:*"),
+        "team_a": _key(db, "agent-a", "write:team-a"),
+        "reader_b": _key(db, "auditor", "read:team-b"),
+    }
+
+
+@pytest.fixture
+def server(db: Path, keys: dict[str, str]) -> Iterator[Server]:
+    running = Server(db, "--key-cache", "0")
+    yield running
+    running.stop()
+
+
+def _headers(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def test_requests_without_a_valid_key_are_401_in_the_error_shape(
+    server: Server, db: Path, keys: dict[str, str]
+) -> None:
+    revoked = _key(db, "leaver", "write:team-a")
+    revoked_id = next(k["key_id"] for k in _cli(db, "keys", "list") if k["principal"] == "leaver")
+    assert _cli(db, "keys", "revoke", revoked_id) == {"revoked": revoked_id}
+    listed = {k["principal"]: k for k in _cli(db, "keys", "list")}
+    assert listed["leaver"]["revoked_at"] is not None
+    assert all("key" not in k for k in listed.values())  # only hashes are stored
+
+    attempts: list[dict[str, str]] = [
+        {},
+        {"Authorization": "Basic dXNlcjpwYXNz"},
+        {"Authorization": "Bearer"},
+        {"Authorization": "Bearer not-a-key"},
+        {"X-API-Key": keys["team_a"][:-2] + "xx"},  # right id, wrong secret
+        _headers(revoked),
+    ]
+    for headers in attempts:
+        response = httpx.post(
+            f"{server.url}/v1/memories", json={"namespace": "team-a", "content": "x"}, headers=headers
+        )
+        assert response.status_code == 401, headers
+        assert response.headers["content-type"] == "application/problem+json"
+        body = response.json()
+        assert body["code"] == "unauthenticated"
+        assert set(body) == {"type", "title", "status", "detail", "code", "details"}
+    with hivemem.open(server.url, api_key=keys["admin"]) as admin:
+        assert admin.stats()["memories"] == 0  # nothing was written by the refused calls
+    with hivemem.open(server.url) as anonymous, pytest.raises(hivemem.Unauthenticated):
+        anonymous.list()
+
+
+def test_a_foreign_namespace_is_invisible_through_every_route(server: Server, keys: dict[str, str]) -> None:
+    with hivemem.open(server.url, api_key=keys["admin"]) as admin:
+        secret = admin.remember("team-b/vault", "the launch code is tomato", key="code", data={"level": 9})
+        child = admin.remember("team-b/vault", "tomato child", parent_id=secret.id)
+        admin.create_group("shared")
+        admin.add_to_group(secret.id, "shared")
+    with hivemem.open(server.url, api_key=keys["team_a"]) as a:
+        mine = a.remember("team-a/notes", "my tomato plan", tags=["plan"])
+        a.add_to_group(mine.id, "shared")
+        a.relate(mine.id, mine.id, "self")
+        # Reads: the foreign memory is as absent as one that never existed.
+        for call in (
+            lambda: a.get(secret.id),
+            lambda: a.history(secret.id),
+            lambda: a.related(secret.id),
+            lambda: a.children(secret.id),
+            lambda: a.get_by_key("team-b/vault", "code"),
+        ):
+            with pytest.raises(hivemem.NotFound):
+                call()
+        assert [h.memory.id for h in a.recall("tomato launch code", k=50)] == [mine.id]
+        assert a.recall("tomato", namespace="team-b", k=50) == []
+        assert [m.id for m in a.list()] == [mine.id]
+        assert list(a.list("team-b")) == []
+        assert a.stats()["memories"] == 1
+        assert a.stats("team-b")["memories"] == 0
+        assert [m.id for m in a.group_members("shared")] == [mine.id]
+        assert [m.id for m in a.export()] == [mine.id]
+        with pytest.raises(hivemem.NotFound):
+            a.relate(mine.id, secret.id, "peeks")
+        # Writes into it are refused the same way whether it holds anything or not.
+        for namespace in ("team-b/vault", "team-b/empty"):
+            with pytest.raises(hivemem.Forbidden):
+                a.remember(namespace, "overwrite")
+        for call in (
+            lambda: a.update(secret.id, content="changed"),
+            lambda: a.forget(secret.id),
+            lambda: a.reinforce(secret.id),
+            lambda: a.add_to_group(child.id, "shared"),
+        ):
+            with pytest.raises(hivemem.NotFound):
+                call()
+        with pytest.raises(hivemem.Forbidden):
+            a.forget_namespace("team-b")
+        with pytest.raises(hivemem.Forbidden):
+            a.sweep()
+    with hivemem.open(server.url, api_key=keys["reader_b"]) as b:
+        assert b.get(secret.id).content == secret.content  # nothing was changed or deleted
+        assert b.stats()["memories"] == 2
+        with pytest.raises(hivemem.Forbidden):
+            b.update(secret.id, content="readers cannot write")
+        with pytest.raises(hivemem.NotFound):
+            b.get(mine.id)
+
+
+def test_identity_comes_from_the_key_not_the_request(server: Server, keys: dict[str, str]) -> None:
+    body = {"namespace": "team-b/x", "content": "sneaky", "principal": "ops", "grants": ["admin:*"]}
+    response = httpx.post(f"{server.url}/v1/memories", json=body, headers=_headers(keys["team_a"]))
+    assert (response.status_code, response.json()["details"]["field"]) == (422, "grants")  # not an argument
+    spoofed = httpx.post(
+        f"{server.url}/v1/memories?principal=ops",
+        json={"namespace": "team-b/x", "content": "sneaky"},
+        headers={**_headers(keys["team_a"]), "X-Principal": "ops"},
+    )
+    assert spoofed.status_code == 403
+    with hivemem.open(server.url, api_key=keys["admin"]) as admin:
+        assert admin.stats()["memories"] == 0
+
+
+def test_errors_and_limits_answer_in_the_error_shape_and_write_nothing(server: Server, keys: dict[str, str]) -> None:
+    headers = _headers(keys["admin"])
+    cases: list[tuple[str, str, Any, int, str]] = [
+        ("POST", "/v1/memories", {"namespace": "ns", "content": ""}, 422, "invalid_input"),
+        ("POST", "/v1/memories", {"namespace": "ns", "content": "x", "importance": 7}, 422, "invalid_input"),
+        ("POST", "/v1/memories", {"namespace": "ns", "content": "x", "colour": "red"}, 422, "invalid_input"),
+        ("POST", "/v1/memories", {"namespace": "ns"}, 422, "invalid_input"),
+        ("POST", "/v1/memories", [1, 2], 422, "invalid_input"),
+        ("POST", "/v1/memories", {"namespace": "ns", "content": "x" * 70_000}, 413, "payload_too_large"),
+        ("POST", "/v1/memories", {"namespace": "ns", "content": "x", "occurred_at": "yesterday"}, 422, "invalid_input"),
+        ("POST", "/v1/recall", {"query": "x", "k": 100_000}, 422, "invalid_input"),
+        ("POST", "/v1/memories/list", {"cursor": "garbage"}, 422, "invalid_input"),
+        ("GET", "/v1/memories/no-such-id", None, 404, "not_found"),
+        ("GET", "/v1/no/such/route", None, 404, "not_found"),
+    ]
+    deep: Any = {}
+    for _ in range(40):
+        deep = {"d": deep}
+    cases.append(("POST", "/v1/memories", {"namespace": "ns", "content": "x", "data": deep}, 422, "invalid_input"))
+    for method, path, body, status, code in cases:
+        response = httpx.request(method, f"{server.url}{path}", json=body, headers=headers)
+        assert (response.status_code, response.json()["code"]) == (status, code), (path, body, response.text)
+        assert response.headers["content-type"] == "application/problem+json"
+    raw = httpx.post(f"{server.url}/v1/memories", content=b"{not json", headers=headers)
+    assert (raw.status_code, raw.json()["code"]) == (422, "invalid_input")
+    huge = httpx.post(f"{server.url}/v1/memories", content=b"x" * (9 * 1024 * 1024), headers=headers)
+    assert (huge.status_code, huge.json()["code"]) == (413, "payload_too_large")
+    with hivemem.open(server.url, api_key=keys["admin"]) as admin:
+        assert admin.stats()["memories"] == 0
+
+
+def test_openapi_lists_every_route(server: Server) -> None:
+    spec = httpx.get(f"{server.url}/openapi.json").json()
+    operations = {op["operationId"] for path in spec["paths"].values() for op in path.values()}
+    from hivemem.wire import ROUTES
+
+    for route in ROUTES:
+        assert any(op.startswith(route.name) for op in operations), route.name
+
+
+def test_the_server_refuses_to_listen_beyond_loopback_without_auth(db: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "hivemem", "--db", str(db), "serve", "--host", "0.0.0.0", "--no-auth"],
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=60,
+        env={**os.environ, "HIVEMEM_EMBEDDER": "none"},
+    )
+    assert result.returncode != 0
+    assert "refusing to listen on 0.0.0.0" in result.stderr
