@@ -27,9 +27,11 @@ bench-quick: $(STAMP)
 	$(PY) bench/recall_latency.py --quick
 	$(PY) bench/locomo.py --quick
 	$(PY) bench/writers.py --quick
+	$(PY) bench/http_overhead.py --quick
 
 bench: $(STAMP)
 	$(PY) bench/ingest.py
 	$(PY) bench/recall_latency.py
 	$(PY) bench/locomo.py
 	$(PY) bench/writers.py
+	$(PY) bench/http_overhead.py

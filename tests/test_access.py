@@ -6,11 +6,14 @@ that through a real server process.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 import hivemem
 from conftest import OpenHive
 from hivemem.access import Grant, Principal
+from hivemem.models import Memory
 
 
 @pytest.fixture
@@ -79,3 +82,28 @@ def test_api_keys_authenticate_and_revoke(hive: hivemem.Hive) -> None:
         hive.authenticate(key)
     with pytest.raises(hivemem.NotFound):
         hive.revoke_api_key(record.key_id)
+
+
+def test_run_once_applies_a_write_once_per_principal_and_key(hive: hivemem.Hive, clock: hivemem.ManualClock) -> None:
+    def remember(text: str) -> Any:
+        return lambda h: h.remember("team-a", text)
+
+    first = hive.run_once("call-1", remember("once"), Memory.to_dict)
+    assert hive.run_once("call-1", remember("once"), Memory.to_dict) == first
+    with pytest.raises(hivemem.InvalidInput):
+        hive.run_once("call-2", remember(""), Memory.to_dict)
+    fixed = hive.run_once("call-2", remember("fixed"), Memory.to_dict)  # the failure recorded nothing
+    other = hive.as_principal(_principal("b", "write:team-a"))
+    theirs = other.run_once("call-1", remember("same key, other principal"), Memory.to_dict)
+    assert len({first["id"], fixed["id"], theirs["id"]}) == 3
+    assert hive.stats()["memories"] == 3
+    clock.advance(hive.config.idempotency_ttl_seconds + 1)
+    assert hive.sweep()["idempotency_keys_pruned"] == 3
+    assert hive.run_once("call-1", remember("once"), Memory.to_dict)["id"] != first["id"]  # forgotten after the ttl
+
+
+def test_the_http_client_sets_its_own_idempotency_keys(open_hive: OpenHive, deployment: str) -> None:
+    if deployment != "http":
+        pytest.skip("a client-only rule")
+    with pytest.raises(hivemem.ConfigError):
+        open_hive().run_once("k", lambda h: h.remember("ns", "x"), Memory.to_dict)

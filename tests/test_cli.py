@@ -84,7 +84,7 @@ def test_forget_stats_and_sweep(db: str) -> None:
     stats = as_json(run(db, "stats", "--json"))
     assert isinstance(stats, dict)
     assert stats["memories"] == 1
-    assert as_json(run(db, "sweep", "--json")) == {"expired": 0, "embeddings_pruned": 0}
+    assert as_json(run(db, "sweep", "--json")) == {"expired": 0, "embeddings_pruned": 0, "idempotency_keys_pruned": 0}
 
 
 def test_export_import_round_trips_every_field(db: str, tmp_path: Path) -> None:

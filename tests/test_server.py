@@ -44,8 +44,8 @@ def _key(db: Path, principal: str, *grants: str) -> str:
 class Server:
     """A `hivemem serve` process."""
 
-    def __init__(self, db: Path, *extra: str) -> None:
-        self.port = free_port()
+    def __init__(self, db: Path, *extra: str, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "HIVEMEM_EMBEDDER": "none"}
         command = [sys.executable, "-m", "hivemem", "--db", str(db), "serve", "--port", str(self.port), *extra]
@@ -253,3 +253,79 @@ def test_the_server_refuses_to_listen_beyond_loopback_without_auth(db: Path) -> 
     )
     assert result.returncode != 0
     assert "refusing to listen on 0.0.0.0" in result.stderr
+
+
+def test_a_repeated_idempotency_key_applies_the_write_once(server: Server, keys: dict[str, str]) -> None:
+    headers = {**_headers(keys["team_a"]), "Idempotency-Key": "call-1"}
+    body = {"namespace": "team-a", "content": "deploy finished"}
+    first = httpx.post(f"{server.url}/v1/memories", json=body, headers=headers)
+    again = httpx.post(f"{server.url}/v1/memories", json=body, headers=headers)
+    assert first.status_code == again.status_code == 201
+    assert first.json() == again.json()
+    other = httpx.post(f"{server.url}/v1/memories", json=body, headers={**headers, "Idempotency-Key": "call-2"})
+    assert other.json()["id"] != first.json()["id"]
+    refused = httpx.post(
+        f"{server.url}/v1/memories",
+        json={"namespace": "team-a", "content": ""},
+        headers={**headers, "Idempotency-Key": "c3"},
+    )
+    assert refused.status_code == 422  # a failed call records nothing: a fixed retry goes through
+    fixed = httpx.post(f"{server.url}/v1/memories", json=body, headers={**headers, "Idempotency-Key": "c3"})
+    assert fixed.status_code == 201
+    with hivemem.open(server.url, api_key=keys["admin"]) as admin:
+        assert admin.stats()["memories"] == 3
+
+
+def test_writes_retried_through_a_kill_9_restart_land_exactly_once(
+    server: Server, db: Path, keys: dict[str, str]
+) -> None:
+    acknowledged: list[str] = []
+    failures: list[BaseException] = []
+
+    def write_all() -> None:
+        with hivemem.open(server.url, api_key=keys["team_a"], retries=60, backoff=0.05) as hive:
+            hive.breaker.threshold = 10**6  # this test is about retries, not the breaker
+            try:
+                for i in range(300):
+                    acknowledged.append(hive.remember("team-a/log", f"write number {i}").content)
+            except BaseException as exc:  # reported below
+                failures.append(exc)
+
+    import threading
+
+    writer = threading.Thread(target=write_all)
+    writer.start()
+    restarted: Server | None = None
+    try:
+        while len(acknowledged) < 100 and writer.is_alive():
+            time.sleep(0.01)
+        server.process.kill()  # SIGKILL: no shutdown, requests in flight are lost
+        server.process.wait()
+        time.sleep(0.3)
+        restarted = Server(db, "--key-cache", "0", port=server.port)
+        writer.join(timeout=120)
+    finally:
+        if restarted is not None:
+            restarted.stop()
+    assert not failures, failures
+    assert len(acknowledged) == 300
+    with hivemem.open(str(db), embedder=None) as direct:
+        stored = [m.content for m in direct.export("team-a/log")]
+    assert sorted(stored) == sorted(acknowledged)  # every acknowledged write, none twice
+
+
+def test_the_client_fails_over_to_the_next_url_and_breaks_the_circuit(server: Server, keys: dict[str, str]) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    with hivemem.open(f"{dead},{server.url}", api_key=keys["team_a"], backoff=0.01) as hive:
+        assert hive.remember("team-a", "through the second server").version == 1
+        assert hive.url == server.url
+    with hivemem.open(dead, api_key=keys["team_a"], retries=0) as hive:
+        for _ in range(hive.breaker.threshold):
+            with pytest.raises(hivemem.StorageUnavailable):
+                hive.get("anything")
+        assert hive.breaker.status() == {"state": "open", "consecutive_failures": hive.breaker.threshold}
+        with pytest.raises(hivemem.StorageUnavailable) as info:
+            hive.get("anything")
+        assert info.value.details["reason"] == "CircuitOpen"
+        hive.breaker.reset()
+        assert hive.breaker.status()["state"] == "closed"

@@ -42,6 +42,7 @@ def test_a_file_at_schema_version_1_is_migrated_on_open_and_keeps_its_data(tmp_p
     # Turn the file back into what HiveMem's first schema left: version 1, its insert trigger, no api_keys.
     conn.execute("DELETE FROM schema_migrations WHERE version > 1")
     conn.execute("DROP TABLE api_keys")
+    conn.execute("DROP TABLE idempotency")
     conn.execute(next(s for s in MIGRATIONS[0] if "TRIGGER memories_inserted" in s))
     conn.close()
 

@@ -15,6 +15,10 @@ import builtins
 import functools
 import inspect
 import json
+import random
+import threading
+import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 from urllib.parse import quote
@@ -25,28 +29,97 @@ from hivemem.access import ApiKey, Principal
 from hivemem.errors import ConfigError, HiveError, InvalidInput, StorageUnavailable
 from hivemem.hive import Hive
 from hivemem.models import Memory
+from hivemem.storage.base import T
 from hivemem.wire import ROUTES, Route, arguments_to_wire
 
 _JSON = {"Content-Type": "application/json"}
+#: Statuses of a server or proxy that may answer differently a moment later.
+_TRANSIENT = frozenset({502, 503, 504})
 _KEYS_ON_DATABASE = ConfigError("API keys are managed on the database itself: hivemem --db URL keys create|list|revoke")
+
+
+class CircuitBreaker:
+    """Stops calling a server that keeps failing, then tries again after a cool-down.
+
+    After ``threshold`` transport failures in a row the circuit opens: calls fail
+    at once with StorageUnavailable (reason ``CircuitOpen``) for ``cooldown``
+    seconds; then one call is let through (half-open) and its outcome closes or
+    reopens the circuit.
+    """
+
+    def __init__(self, threshold: int = 5, cooldown: float = 10.0) -> None:
+        self.threshold = threshold
+        self.cooldown = cooldown
+        self._lock = threading.Lock()
+        self.reset()
+
+    def status(self) -> dict[str, Any]:
+        """``{"state": "closed" | "open" | "half_open", "consecutive_failures": n}``."""
+        with self._lock:
+            state = "closed"
+            if self._opened_at is not None:
+                state = "open" if time.monotonic() - self._opened_at < self.cooldown else "half_open"
+            return {"state": state, "consecutive_failures": self._failures}
+
+    def reset(self) -> None:
+        """Close the circuit and forget past failures."""
+        with self._lock:
+            self._failures = 0
+            self._opened_at: float | None = None
+
+    def check(self) -> None:
+        if self.status()["state"] == "open":
+            raise StorageUnavailable("the HiveMem server keeps failing; not calling it for now", reason="CircuitOpen")
+
+    def succeeded(self) -> None:
+        self.reset()
+
+    def failed(self) -> None:
+        with self._lock:
+            self._failures += 1
+            if self._failures >= self.threshold:
+                self._opened_at = time.monotonic()
 
 
 class RemoteHive(Hive):
     """A Hive over HTTP.
 
+    Writes carry an ``Idempotency-Key`` (one per call, the same on every retry),
+    so a retried write is applied once. Transport failures and 502/503/504 are
+    retried with exponential backoff and jitter, moving to the next server URL
+    each time; :attr:`breaker` stops calls to servers that keep failing.
+
     Args:
-        url: The server's root, e.g. ``http://127.0.0.1:8765``.
+        url: The server's root, e.g. ``http://127.0.0.1:8765``; several, comma-separated,
+            for failover (``http://a:8765,http://b:8765``).
         api_key: The caller's key; the server derives who the caller is from it alone.
         timeout: Seconds per request.
+        retries: Further tries of a call after a transient failure.
+        backoff: First retry delay in seconds (doubling, with jitter, up to 2 s).
     """
 
-    def __init__(self, url: str, *, api_key: str | None = None, timeout: float = 30.0) -> None:
-        self.url = url.rstrip("/")
+    def __init__(
+        self,
+        url: str,
+        *,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        retries: int = 4,
+        backoff: float = 0.05,
+        breaker: CircuitBreaker | None = None,
+    ) -> None:
+        self.urls = [u.strip().rstrip("/") for u in url.split(",") if u.strip()]
+        if not self.urls:
+            raise InvalidInput("url", "needs at least one http(s):// server URL")
+        self.url = self.urls[0]
+        self.retries = retries
+        self.backoff = backoff
+        self.breaker = breaker or CircuitBreaker()
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+        self._http = httpx.Client(headers=headers, timeout=timeout)
 
     def __repr__(self) -> str:
-        return f"RemoteHive({self.url!r})"
+        return f"RemoteHive({','.join(self.urls)!r})"
 
     def close(self) -> None:
         """Close the HTTP connections."""
@@ -71,6 +144,10 @@ class RemoteHive(Hive):
     def authenticate(self, key: str) -> Principal:
         """Not over HTTP: the server authenticates each request by its key."""
         raise _KEYS_ON_DATABASE
+
+    def run_once(self, key: str, call: Callable[[Hive], T], encode: Callable[[T], Any]) -> Any:
+        """Not needed over HTTP: every write this client sends carries its own idempotency key."""
+        raise ConfigError("a remote Hive gives every write an idempotency key itself")
 
     def import_memories(self, memories: Iterable[Memory], *, batch_size: int = 500) -> int:
         """Store exported memories exactly as they were, ``batch_size`` per request."""
@@ -97,19 +174,38 @@ class RemoteHive(Hive):
         if self._http.is_closed:
             raise StorageUnavailable("this Hive is closed")
         wire = arguments_to_wire(arguments)
-        try:
-            if route.in_query:
-                params = {k: (str(v).lower() if isinstance(v, bool) else v) for k, v in wire.items() if v is not None}
-                response = self._http.request(route.method, path, params=params)
-            else:
-                # ASCII escapes carry any str (even a lone surrogate) for the server to judge.
-                body = json.dumps(wire, separators=(",", ":")).encode()
-                response = self._http.request(route.method, path, content=body, headers=_JSON)
-        except httpx.TransportError as exc:
-            raise StorageUnavailable(f"cannot reach the HiveMem server at {self.url}: {exc}") from exc
+        request: dict[str, Any] = {"headers": {}}
+        if route.in_query:
+            request["params"] = {
+                k: (str(v).lower() if isinstance(v, bool) else v) for k, v in wire.items() if v is not None
+            }
+        else:
+            # ASCII escapes carry any str (even a lone surrogate) for the server to judge.
+            request["content"] = json.dumps(wire, separators=(",", ":")).encode()
+            request["headers"] = {**_JSON, "Idempotency-Key": uuid.uuid4().hex} if route.once else _JSON
+        response = self._request(route.method, path, request)
         if response.is_error:
             raise _error(response)
         return route.decode(response.json())
+
+    def _request(self, method: str, path: str, request: dict[str, Any]) -> httpx.Response:
+        """One call, retried on transient failures across the server URLs."""
+        for attempt in range(self.retries + 1):
+            self.breaker.check()
+            try:
+                response = self._http.request(method, self.url + path, **request)
+            except httpx.TransportError as exc:
+                failure: Exception = exc
+            else:
+                if response.status_code not in _TRANSIENT:
+                    self.breaker.succeeded()
+                    return response
+                failure = _error(response)
+            self.breaker.failed()
+            self.url = self.urls[(self.urls.index(self.url) + 1) % len(self.urls)]
+            if attempt < self.retries:
+                time.sleep(min(2.0, self.backoff * 2**attempt) * random.uniform(0.5, 1.5))
+        raise StorageUnavailable(f"the HiveMem server did not answer after {self.retries + 1} tries: {failure}")
 
 
 def _error(response: httpx.Response) -> HiveError:

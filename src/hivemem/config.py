@@ -80,6 +80,8 @@ class HiveConfig:
         max_content_bytes: Largest accepted ``content`` (UTF-8 bytes).
         max_data_bytes: Largest accepted ``data`` (as JSON).
         max_batch: Largest ``remember_many`` batch.
+        idempotency_ttl_seconds: How long :meth:`Hive.run_once` (the server's
+            ``Idempotency-Key``) remembers a key and its result.
         ranking: Recall weights.
     """
 
@@ -96,6 +98,7 @@ class HiveConfig:
     max_content_bytes: int = 64 * 1024
     max_data_bytes: int = 256 * 1024
     max_batch: int = 10_000
+    idempotency_ttl_seconds: int = 24 * 3600
     ranking: RankingWeights = field(default_factory=RankingWeights)
 
     def __post_init__(self) -> None:
@@ -103,7 +106,14 @@ class HiveConfig:
             raise ConfigError(f"synchronous must be full, normal or extra, not {self.synchronous!r}")
         if self.vector_search not in ("matrix", "sqlite-vec"):
             raise ConfigError(f"vector_search must be matrix or sqlite-vec, not {self.vector_search!r}")
-        for name in ("busy_timeout_ms", "max_content_bytes", "max_data_bytes", "max_batch", "pool_size"):
+        for name in (
+            "busy_timeout_ms",
+            "max_content_bytes",
+            "max_data_bytes",
+            "max_batch",
+            "pool_size",
+            "idempotency_ttl_seconds",
+        ):
             if int(getattr(self, name)) <= 0:
                 raise ConfigError(f"{name} must be positive")
 

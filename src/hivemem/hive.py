@@ -12,9 +12,12 @@ import builtins
 import copy
 import dataclasses
 import functools
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import json
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from hivemem import validation as v
 from hivemem.access import ApiKey, Grant, Principal, hash_key, key_id_of, new_key
@@ -35,7 +38,7 @@ from hivemem.records import (
 )
 from hivemem.retrieval.embedders import Embedder
 from hivemem.retrieval.search import Retriever
-from hivemem.storage.base import ORDER_COLUMNS, MemoryFilter, Store, StoreTx
+from hivemem.storage.base import ORDER_COLUMNS, MemoryFilter, Store, StoreTx, T
 
 
 class _Unset:
@@ -46,6 +49,28 @@ class _Unset:
 
 
 UNSET: Any = _Unset()
+
+
+@dataclass(slots=True)
+class _Once:
+    """The call running under :meth:`Hive.run_once`: who, which key, how to record its result."""
+
+    principal: str
+    key: str
+    encode: Callable[[Any], Any]
+    recorded: bool = False
+
+
+class _Replayed(Exception):
+    """Raised in a write transaction whose idempotency key another transaction recorded first."""
+
+    def __init__(self, result: Any) -> None:
+        super().__init__("replayed")
+        self.result = result
+
+
+_ONCE: ContextVar[_Once | None] = ContextVar("hivemem_once", default=None)
+R = TypeVar("R")
 _SWEEP_BATCH = 1000
 _MAX_K = 1000
 _MAX_PAGE = 1000
@@ -121,7 +146,8 @@ class Hive:
             InvalidInput: An argument is bad; nothing was written.
             PayloadTooLarge: Content or data is over the configured limit.
         """
-        return self._store_drafts([draft(namespace, content, self.config, **options)])[0]
+        d = draft(namespace, content, self.config, **options)
+        return self._store_drafts([d], lambda stored: stored[0])
 
     def remember_many(self, items: Iterable[Mapping[str, Any]]) -> builtins.list[Memory]:
         """Store many memories in one transaction; embeddings are computed in batches.
@@ -152,19 +178,20 @@ class Hive:
                         f"{field}: {exc.message.split(': ', 1)[-1]}", **{**exc.details, "field": field}
                     ) from None
                 raise InvalidInput(field, exc.message.split(": ", 1)[-1]) from None
-        return self._store_drafts(drafts)
+        return self._store_drafts(drafts, lambda stored: stored)
 
-    def _store_drafts(self, drafts: Sequence[Draft]) -> builtins.list[Memory]:
+    def _store_drafts(self, drafts: Sequence[Draft], result: Callable[[builtins.list[Memory]], R]) -> R:
+        """Store ``drafts`` in one transaction, which returns ``result`` of them (the method's result)."""
         for d in drafts:
             self._may("write", d.namespace)
         vectors = self._retriever.vectors_for([d.content for d in drafts])
 
-        def write(tx: StoreTx) -> builtins.list[Memory]:
+        def write(tx: StoreTx) -> R:
             now = self.clock.now()
             Retriever.store_vectors(tx, vectors)
-            return [self._write_draft(tx, d, now) for d in drafts]
+            return result([self._write_draft(tx, d, now) for d in drafts])
 
-        return self.store.write(write)
+        return self._write(write)
 
     def _write_draft(self, tx: StoreTx, d: Draft, now: float) -> Memory:
         # -inf: see the keyed row even if it expired, since it still owns the key.
@@ -244,7 +271,7 @@ class Hive:
             tx.replace(memory, current)
             return memory
 
-        return self.store.write(write)
+        return self._write(write)
 
     def forget(self, memory_id: str, *, cascade: bool = False) -> int:
         """Delete a memory with its history, relations and group memberships.
@@ -269,14 +296,14 @@ class Hive:
                 doomed += frontier
             return tx.delete(doomed)
 
-        return self.store.write(write)
+        return self._write(write)
 
     def forget_namespace(self, prefix: str) -> int:
         """Delete every memory under a namespace prefix; returns how many."""
         ns = v.namespace_prefix(prefix if prefix is not None else "")
         assert ns is not None
         self._may("write", ns)
-        return self.store.write(lambda tx: tx.delete(tx.ids_in_namespace(ns)))
+        return self._write(lambda tx: tx.delete(tx.ids_in_namespace(ns)))
 
     def reinforce(self, memory_id: str, factor: float = 1.2) -> Memory:
         """Raise a memory's importance (capped at 1) and count an access; no new version.
@@ -294,7 +321,7 @@ class Hive:
             tx.record_access(memory_id, importance, now)
             return self._require(tx, memory_id, now)
 
-        return self.store.write(write)
+        return self._write(write)
 
     def sweep(self) -> dict[str, int]:
         """Delete expired memories and vectors no memory uses; idempotent, returns counts.
@@ -305,12 +332,14 @@ class Hive:
         self._require_admin("sweep")
         expired = 0
         while True:
-            batch = self.store.write(lambda tx: tx.delete(tx.expired_ids(self.clock.now(), _SWEEP_BATCH)))
+            batch = self._write(lambda tx: tx.delete(tx.expired_ids(self.clock.now(), _SWEEP_BATCH)))
             expired += batch
             if batch < _SWEEP_BATCH:
                 break
-        vectors = self.store.write(lambda tx: tx.prune_embeddings(100_000))
-        return {"expired": expired, "embeddings_pruned": vectors}
+        vectors = self._write(lambda tx: tx.prune_embeddings(100_000))
+        cutoff = self.clock.now() - self.config.idempotency_ttl_seconds
+        keys = self._write(lambda tx: tx.prune_once(cutoff))
+        return {"expired": expired, "embeddings_pruned": vectors, "idempotency_keys_pruned": keys}
 
     # -- typed helpers -------------------------------------------------------------------------
 
@@ -396,10 +425,10 @@ class Hive:
         # holding the row), which always lands.
         for _ in range(_ENTITY_OPTIMISTIC_TRIES):
             try:
-                return self.store.write(functools.partial(write, inline=False))
+                return self._write(functools.partial(write, inline=False))
             except _NeedsVector as need:
                 vectors.update(self._retriever.vectors_for([need.text]))
-        return self.store.write(functools.partial(write, inline=True))
+        return self._write(functools.partial(write, inline=True))
 
     def add_rule(
         self,
@@ -697,7 +726,7 @@ class Hive:
                 tx.insert(memory)
             return len(batch)
 
-        return self.store.write(write)
+        return self._write(write)
 
     # -- relations and groups ------------------------------------------------------------------
 
@@ -719,7 +748,7 @@ class Hive:
             tx.put_relation(relation)
             return relation
 
-        return self.store.write(write)
+        return self._write(write)
 
     def related(self, memory_id: str, *, type: str | None = None, direction: str = "out") -> builtins.list[Related]:
         """Memories linked to this one, with the edges.
@@ -775,9 +804,13 @@ class Hive:
         if self.principal.prefixes("write") == ():
             raise Forbidden(f"{self.principal.name} may not write anywhere, so may not create groups")
         group = Group(group_name, text, utc(self.clock.now()))
-        if not self.store.write(lambda tx: tx.put_group(group)):
-            raise InvalidInput("name", f"a group named {group_name!r} exists")
-        return group
+
+        def write(tx: StoreTx) -> Group:
+            if not tx.put_group(group):
+                raise InvalidInput("name", f"a group named {group_name!r} exists")
+            return group
+
+        return self._write(write)
 
     def add_to_group(self, memory_id: str, group: str) -> None:
         """Add a memory to a group (adding twice is harmless).
@@ -793,7 +826,7 @@ class Hive:
                 raise NotFound(f"no group named {group!r}", group=group)
             tx.add_member(group, memory_id, now)
 
-        self.store.write(write)
+        self._write(write)
 
     def group_members(self, group: str) -> builtins.list[Memory]:
         """A group's live members in the order they were added.
@@ -810,6 +843,60 @@ class Hive:
             return [found[i] for i in ids if i in found]
 
         return self.store.read(read)
+
+    # -- idempotency ---------------------------------------------------------------------------
+
+    def run_once(self, key: str, call: Callable[[Hive], T], encode: Callable[[T], Any]) -> Any:
+        """Run ``call(self)`` at most once per principal and ``key``; returns ``encode`` of its result.
+
+        ``call`` is one write method of this Hive (the server's routes with an
+        ``Idempotency-Key``). The key and the encoded result are recorded in the
+        same transaction as its write, so a retry after a lost answer, a crash
+        or a timeout finds the record and gets the first result back without
+        writing again. A call that fails records nothing. What is recorded is
+        the write transaction's result, which for every write method but
+        ``sweep`` (idempotent by nature) is the method's result. Records are
+        kept ``idempotency_ttl_seconds`` (see :class:`HiveConfig`); ``sweep``
+        deletes older ones.
+
+        Raises:
+            InvalidInput: ``key`` is not a non-empty string of at most 200 characters.
+        """
+        checked = v.optional_id(key, "idempotency_key")
+        if checked is None:
+            raise InvalidInput("idempotency_key", "is required")
+        since = self.clock.now() - self.config.idempotency_ttl_seconds
+        principal = self.principal.name
+        stored = self.store.read(lambda tx: tx.get_once(principal, checked, since), primary=True)
+        if stored is not None:
+            return json.loads(stored)
+        token = _ONCE.set(_Once(principal, checked, encode))
+        try:
+            return encode(call(self))
+        except _Replayed as replayed:
+            return replayed.result
+        finally:
+            _ONCE.reset(token)
+
+    def _write(self, fn: Callable[[StoreTx], T]) -> T:
+        """Run ``fn`` in a write transaction, recording the idempotency key of a :meth:`run_once` call."""
+        once = _ONCE.get()
+        if once is None or once.recorded:
+            return self.store.write(fn)
+
+        def recorded(tx: StoreTx) -> T:
+            result = fn(tx)
+            now = self.clock.now()
+            encoded = json.dumps(once.encode(result), separators=(",", ":"))
+            first = tx.put_once(once.principal, once.key, encoded, now, now - self.config.idempotency_ttl_seconds)
+            if not first:
+                stored = tx.get_once(once.principal, once.key, float("-inf"))
+                raise _Replayed(json.loads(stored) if stored is not None else None)
+            return result
+
+        result = self.store.write(recorded)
+        once.recorded = True
+        return result
 
     # -- API keys ------------------------------------------------------------------------------
 
@@ -834,7 +921,7 @@ class Hive:
             raise InvalidInput("grants", "at least one grant is needed")
         key_id, key = new_key()
         record = ApiKey(key_id, Principal(name, parsed), hash_key(key), utc(self.clock.now()))
-        self.store.write(lambda tx: tx.put_api_key(record))
+        self._write(lambda tx: tx.put_api_key(record))
         return record, key
 
     def api_keys(self) -> builtins.list[ApiKey]:
@@ -855,7 +942,7 @@ class Hive:
         """
         self._require_admin("managing API keys")
         now = self.clock.now()
-        if not isinstance(key_id, str) or not self.store.write(lambda tx: tx.revoke_api_key(key_id, now)):
+        if not isinstance(key_id, str) or not self._write(lambda tx: tx.revoke_api_key(key_id, now)):
             raise NotFound(f"no active API key {key_id!r}", key_id=key_id)
 
     def authenticate(self, key: str) -> Principal:

@@ -20,7 +20,7 @@ import ipaddress
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -28,6 +28,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hivemem.access import Principal
 from hivemem.config import HiveConfig
@@ -143,12 +144,7 @@ def create_app(
             return served
         return served.as_principal(state["keys"].principal(_credential(request)))
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
-            return problem(PayloadTooLarge(f"the body is over {max_body_bytes} bytes", limit=max_body_bytes))
-        return await call_next(request)
+    app.add_middleware(_BodyLimit, limit=max_body_bytes)
 
     @app.exception_handler(HiveError)
     async def hive_error(_: Request, exc: HiveError) -> JSONResponse:
@@ -196,6 +192,38 @@ def create_app(
     return app
 
 
+class _BodyLimit:
+    """413 for a body over ``limit`` bytes: by Content-Length before reading, else while reading.
+
+    Plain ASGI, not a BaseHTTPMiddleware, which would cost every request a task switch.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        too_large = PayloadTooLarge(f"the body is over {self.limit} bytes", limit=self.limit)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            await problem(too_large)(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise too_large  # answered by the HiveError handler
+            return message
+
+        await self.app(scope, counted, send)
+
+
 def _add_route(app: FastAPI, route: Route, caller: Callable[[Request], Hive]) -> None:
     method = getattr(Hive, route.name)
     signature = inspect.signature(method)
@@ -211,8 +239,11 @@ def _add_route(app: FastAPI, route: Route, caller: Callable[[Request], Hive]) ->
             arguments |= body
         hive = caller(request)
         call = _bind(getattr(hive, route.name), signature, from_wire(arguments), route)
-        result = await _run(call)
-        return JSONResponse(to_json(result), status_code=route.status)
+        key = request.headers.get("idempotency-key")
+        if key is not None and route.once:
+            # A retried write gets the first answer back and is not applied again.
+            return JSONResponse(await _run(lambda: hive.run_once(key, lambda _: call(), to_json)), route.status)
+        return JSONResponse(to_json(await _run(call)), status_code=route.status)
 
     endpoint.__name__ = route.name
     app.add_api_route(

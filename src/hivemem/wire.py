@@ -27,6 +27,7 @@ from hivemem.validation import timestamp
 #: Arguments that are datetimes in Python and ISO 8601 text on the wire.
 TIME_ARGUMENTS = frozenset({"occurred_at", "expires_at", "since", "until"})
 _PATH_PARAM = re.compile(r"{(\w+)}")
+_NO_KEY = frozenset({"list", "recall", "sweep"})
 
 
 def _memory(payload: Any) -> Memory:
@@ -77,6 +78,9 @@ class Route:
         path: Under the API root; ``{name}`` segments are arguments.
         decode: Turns the JSON result back into what the method returns.
         status: The success status.
+        once: A write whose repeat would change more: the client sends an
+            ``Idempotency-Key`` and the server applies it once per key
+            (:meth:`hivemem.Hive.run_once`).
     """
 
     name: str
@@ -84,10 +88,13 @@ class Route:
     path: str
     decode: Callable[[Any], Any] = _plain
     status: int = 200
+    once: bool = field(init=False)
     path_params: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path_params", tuple(_PATH_PARAM.findall(self.path)))
+        # Reads (GET, and POST list/recall) and the idempotent sweep need no key.
+        object.__setattr__(self, "once", self.method != "GET" and self.name not in _NO_KEY)
 
     @property
     def in_query(self) -> bool:

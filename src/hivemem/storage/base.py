@@ -217,6 +217,18 @@ class StoreTx(ABC):
     def revoke_api_key(self, key_id: str, now: float) -> bool:
         """Mark a key revoked; False if there is no such key or it was revoked already."""
 
+    @abstractmethod
+    def put_once(self, principal: str, key: str, result: str, now: float, expired_before: float) -> bool:
+        """Record an idempotency key and its result; False if a live record of it exists."""
+
+    @abstractmethod
+    def get_once(self, principal: str, key: str, since: float) -> str | None:
+        """The result recorded for an idempotency key at or after ``since``, if any."""
+
+    @abstractmethod
+    def prune_once(self, before: float) -> int:
+        """Delete idempotency records made before ``before``; returns how many."""
+
 
 class Store(ABC):
     """A backend: transactions plus the two search hooks."""

@@ -121,6 +121,12 @@ MIGRATIONS: builtins.list[builtins.list[str]] = [
         f"""CREATE TABLE api_keys (key_id text {_C} PRIMARY KEY, principal text NOT NULL, grants text NOT NULL,
             key_hash text NOT NULL, created_at double precision NOT NULL, revoked_at double precision)""",
     ],
+    # Idempotency keys of writes (Hive.run_once): the result is stored with the write.
+    [
+        f"""CREATE TABLE idempotency (principal text {_C} NOT NULL, idempotency_key text {_C} NOT NULL,
+            result text NOT NULL, created_at double precision NOT NULL, PRIMARY KEY (principal, idempotency_key))""",
+        "CREATE INDEX idempotency_created ON idempotency (created_at)",
+    ],
 ]
 
 _MIGRATION_LOCK = 0x48495645  # pg_advisory_xact_lock key: one migrator at a time

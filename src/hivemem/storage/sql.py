@@ -252,6 +252,28 @@ class SqlTx(StoreTx):
         sql = f"UPDATE api_keys SET revoked_at = {p} WHERE key_id = {p} AND revoked_at IS NULL RETURNING 1"
         return bool(self._rows(sql, (now, key_id)))
 
+    def put_once(self, principal: str, key: str, result: str, now: float, expired_before: float) -> bool:
+        p = self.dialect.p
+        where = f"principal = {p} AND idempotency_key = {p}"
+        self._execute(f"DELETE FROM idempotency WHERE {where} AND created_at < {p}", (principal, key, expired_before))
+        inserted = self._rows(
+            f"INSERT INTO idempotency VALUES ({p}, {p}, {p}, {p}) ON CONFLICT DO NOTHING RETURNING 1",
+            (principal, key, result, now),
+        )
+        return bool(inserted)
+
+    def get_once(self, principal: str, key: str, since: float) -> str | None:
+        p = self.dialect.p
+        rows = self._rows(
+            f"SELECT result FROM idempotency WHERE principal = {p} AND idempotency_key = {p} AND created_at >= {p}",
+            (principal, key, since),
+        )
+        return str(rows[0][0]) if rows else None
+
+    def prune_once(self, before: float) -> int:
+        p = self.dialect.p
+        return len(self._rows(f"DELETE FROM idempotency WHERE created_at < {p} RETURNING 1", (before,)))
+
     def get_group(self, name: str) -> Group | None:
         rows = self._rows(f"SELECT name, description, created_at FROM groups WHERE name = {self.dialect.p}", (name,))
         return Group(rows[0][0], rows[0][1], utc(rows[0][2])) if rows else None

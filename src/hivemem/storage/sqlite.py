@@ -121,6 +121,12 @@ MIGRATIONS: builtins.list[list[str]] = [
         "CREATE TABLE api_keys (key_id TEXT PRIMARY KEY, principal TEXT NOT NULL, grants TEXT NOT NULL, "
         "key_hash TEXT NOT NULL, created_at REAL NOT NULL, revoked_at REAL)"
     ],
+    # Idempotency keys of writes (Hive.run_once): the result is stored with the write.
+    [
+        "CREATE TABLE idempotency (principal TEXT NOT NULL, idempotency_key TEXT NOT NULL, result TEXT NOT NULL, "
+        "created_at REAL NOT NULL, PRIMARY KEY (principal, idempotency_key))",
+        "CREATE INDEX idempotency_created ON idempotency (created_at)",
+    ],
 ]
 
 _INSERT = (
