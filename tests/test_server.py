@@ -329,3 +329,21 @@ def test_the_client_fails_over_to_the_next_url_and_breaks_the_circuit(server: Se
         assert info.value.details["reason"] == "CircuitOpen"
         hive.breaker.reset()
         assert hive.breaker.status()["state"] == "closed"
+
+
+def test_health_readiness_and_metrics(server: Server, keys: dict[str, str]) -> None:
+    assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{server.url}/readyz").json() == {"status": "ready"}
+    with hivemem.open(server.url, api_key=keys["team_a"]) as a:
+        memory = a.remember("team-a", "counted", kind="fact", tier="long")
+        a.get(memory.id)
+        with pytest.raises(hivemem.NotFound):
+            a.get("missing")
+    assert httpx.get(f"{server.url}/metrics").status_code == 401
+    assert httpx.get(f"{server.url}/metrics", headers=_headers(keys["team_a"])).status_code == 403
+    text = httpx.get(f"{server.url}/metrics", headers=_headers(keys["admin"])).text
+    assert 'hivemem_http_requests_total{method="POST",route="/v1/memories",status="201"} 1.0' in text
+    assert 'hivemem_http_requests_total{method="GET",route="/v1/memories/{memory_id}",status="404"} 1.0' in text
+    assert 'hivemem_http_request_seconds_count{method="GET",route="/v1/memories/{memory_id}"} 2.0' in text
+    assert 'hivemem_memories{kind="fact",tier=""} 1.0' in text
+    assert 'hivemem_memories{kind="",tier="long"} 1.0' in text

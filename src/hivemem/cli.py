@@ -359,6 +359,24 @@ def serve(obj: Context, host: str, port: int, no_auth: bool, key_cache: float) -
     run_server(obj.config, host=host, port=port, auth=not no_auth, key_cache_seconds=key_cache)
 
 
+@main.command()
+@click.option("--namespace", required=True, help="The agent's namespace: every write goes here.")
+@click.option("--agent", default=None, help="The agent's id (default: the namespace's last segment).")
+@_command
+def mcp(obj: Context, namespace: str, agent: str | None) -> None:
+    """Serve the memory tools over MCP on stdio, for one agent (identity and namespace from here only)."""
+    try:
+        from hivemem.mcp_server import agent_hive, build_server
+    except ImportError as exc:
+        raise ConfigError(f"the MCP server needs its extra: pip install 'hivemem[mcp]' ({exc})") from None
+    from hivemem import validation
+
+    checked = validation.namespace(namespace)
+    name = agent or checked.rsplit("/", 1)[-1]
+    with obj.open() as hive:
+        build_server(agent_hive(hive, checked, name), checked, name).run("stdio")
+
+
 @main.group()
 def keys() -> None:
     """Manage API keys for `hivemem serve` (stored hashed in the database)."""

@@ -27,12 +27,13 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from hivemem.access import Principal
 from hivemem.config import HiveConfig
-from hivemem.errors import ConfigError, HiveError, InvalidInput, NotFound, PayloadTooLarge, Unauthenticated
+from hivemem.errors import ConfigError, Forbidden, HiveError, InvalidInput, NotFound, PayloadTooLarge, Unauthenticated
 from hivemem.hive import Hive
 from hivemem.models import Memory
 from hivemem.wire import ROUTES, Route, from_wire, to_json
@@ -145,6 +146,8 @@ def create_app(
         return served.as_principal(state["keys"].principal(_credential(request)))
 
     app.add_middleware(_BodyLimit, limit=max_body_bytes)
+    metrics = _Metrics()
+    app.add_middleware(_Measured, metrics=metrics)
 
     @app.exception_handler(HiveError)
     async def hive_error(_: Request, exc: HiveError) -> JSONResponse:
@@ -178,6 +181,13 @@ def create_app(
             return problem(exc)
         return JSONResponse({"status": "ready"})
 
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus(request: Request) -> Response:
+        hive = caller(request)
+        if hive.principal.prefixes("admin") is not None:
+            raise Forbidden("metrics need admin on every namespace (admin:*)")
+        return Response(metrics.render(hive.stats()), media_type=CONTENT_TYPE_LATEST)
+
     for route in ROUTES:
         _add_route(app, route, caller)
 
@@ -190,6 +200,67 @@ def create_app(
         return StreamingResponse(lines, media_type="application/x-ndjson")
 
     return app
+
+
+class _Metrics:
+    """Prometheus metrics of one server process (each server of a fleet is scraped on its own)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "hivemem_http_requests",
+            "HTTP requests by route and status",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "hivemem_http_request_seconds",
+            "Time to answer a request, by route",
+            ["method", "route"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+            registry=self.registry,
+        )
+        self.memories = Gauge(
+            "hivemem_memories", "Live memories by kind and tier", ["kind", "tier"], registry=self.registry
+        )
+
+    def render(self, stats: dict[str, Any]) -> bytes:
+        """The exposition text, with memory counts read now."""
+        self.memories.clear()
+        for group, label in (("by_kind", "kind"), ("by_tier", "tier")):
+            for name, slot in stats[group].items():
+                labels = {"kind": "", "tier": ""} | {label: name}
+                self.memories.labels(**labels).set(slot["memories"])
+        return generate_latest(self.registry)
+
+
+class _Measured:
+    """Counts and times every request by its route template (never the raw path, whose ids are unbounded)."""
+
+    def __init__(self, app: ASGIApp, metrics: _Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def sent(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sent)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            method = scope["method"]
+            self.metrics.requests.labels(method, route, str(status)).inc()
+            self.metrics.latency.labels(method, route).observe(time.perf_counter() - start)
 
 
 class _BodyLimit:
