@@ -59,6 +59,7 @@ class _Once:
     key: str
     encode: Callable[[Any], Any]
     recorded: bool = False
+    encoded: Any = None
 
 
 class _Replayed(Exception):
@@ -865,18 +866,15 @@ class Hive:
         checked = v.optional_id(key, "idempotency_key")
         if checked is None:
             raise InvalidInput("idempotency_key", "is required")
-        since = self.clock.now() - self.config.idempotency_ttl_seconds
-        principal = self.principal.name
-        stored = self.store.read(lambda tx: tx.get_once(principal, checked, since), primary=True)
-        if stored is not None:
-            return json.loads(stored)
-        token = _ONCE.set(_Once(principal, checked, encode))
+        once = _Once(self.principal.name, checked, encode)
+        token = _ONCE.set(once)
         try:
-            return encode(call(self))
+            result = call(self)
         except _Replayed as replayed:
             return replayed.result
         finally:
             _ONCE.reset(token)
+        return once.encoded if once.recorded else encode(result)
 
     def _write(self, fn: Callable[[StoreTx], T]) -> T:
         """Run ``fn`` in a write transaction, recording the idempotency key of a :meth:`run_once` call."""
@@ -885,11 +883,16 @@ class Hive:
             return self.store.write(fn)
 
         def recorded(tx: StoreTx) -> T:
-            result = fn(tx)
+            # The check shares the write's transaction: a repeat is answered before
+            # the call's own checks (a stale expected_version, say) could refuse it.
             now = self.clock.now()
-            encoded = json.dumps(once.encode(result), separators=(",", ":"))
-            first = tx.put_once(once.principal, once.key, encoded, now, now - self.config.idempotency_ttl_seconds)
-            if not first:
+            since = now - self.config.idempotency_ttl_seconds
+            stored = tx.get_once(once.principal, once.key, since)
+            if stored is not None:
+                raise _Replayed(json.loads(stored))
+            result = fn(tx)
+            once.encoded = once.encode(result)
+            if not tx.put_once(once.principal, once.key, json.dumps(once.encoded, separators=(",", ":")), now, since):
                 stored = tx.get_once(once.principal, once.key, float("-inf"))
                 raise _Replayed(json.loads(stored) if stored is not None else None)
             return result
