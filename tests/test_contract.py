@@ -1257,6 +1257,8 @@ BAD_REMEMBER = [
     ({"data": {1: "int key"}}, "data"),
     ({"data": {"x": float("nan")}}, "data"),
     ({"data": {"x": {1, 2}}}, "data"),
+    ({"data": {"at": datetime(2024, 1, 1, tzinfo=UTC)}}, "data"),  # not JSON, not even over HTTP
+    ({"data": {"wait": timedelta(seconds=3)}}, "data"),
     ({"sensitive": "yes"}, "sensitive"),
     ({"agent_id": ""}, "agent_id"),
     ({"session_id": 3}, "session_id"),

@@ -30,7 +30,7 @@ from hivemem.errors import ConfigError, HiveError, InvalidInput, StorageUnavaila
 from hivemem.hive import Hive
 from hivemem.models import Memory
 from hivemem.storage.base import T
-from hivemem.wire import ROUTES, Route, arguments_to_wire
+from hivemem.wire import ROUTES, ROUTES_BY_NAME, Route, arguments_to_wire
 
 _JSON = {"Content-Type": "application/json"}
 #: Statuses of a server or proxy that may answer differently a moment later.
@@ -158,11 +158,16 @@ class RemoteHive(Hive):
                 raise InvalidInput("memory", "must be a Memory record")
             batch.append(memory)
             if len(batch) >= batch_size:
-                total += self._send(_IMPORT, {"memories": batch, "batch_size": batch_size})
+                total += self._import(batch, batch_size)
                 batch = []
         if batch:
-            total += self._send(_IMPORT, {"memories": batch, "batch_size": batch_size})
+            total += self._import(batch, batch_size)
         return total
+
+    def _import(self, batch: builtins.list[Memory], batch_size: int) -> int:
+        memories = [m.to_dict() for m in batch]
+        count: int = self._send(ROUTES_BY_NAME["import_memories"], {"memories": memories, "batch_size": batch_size})
+        return count
 
     def _send(self, route: Route, arguments: dict[str, Any]) -> Any:
         path = route.path
@@ -241,4 +246,3 @@ def _remote(route: Route) -> Callable[..., Any]:
 for _route in ROUTES:
     if _route.name != "import_memories":
         setattr(RemoteHive, _route.name, _remote(_route))
-_IMPORT = next(r for r in ROUTES if r.name == "import_memories")

@@ -8,8 +8,10 @@ it on the caller's view of the Hive; the client is the same method sending
 them. Because both sides take names and defaults from the Hive's signature,
 the HTTP API cannot drift from the Python one.
 
-Values that JSON lacks travel as: datetimes in ISO 8601, timedeltas as
-seconds, memories as :meth:`Memory.to_dict`.
+Values that JSON lacks travel as: time arguments (``occurred_at``, ``since``...)
+in ISO 8601, a ``ttl`` timedelta as seconds, imported memories as
+:meth:`Memory.to_dict`. Anything else that is not JSON is refused, as the Hive
+refuses it.
 """
 
 from __future__ import annotations
@@ -155,23 +157,21 @@ def _argument_to_wire(name: Any, value: Any, field: str) -> Any:
     if name in TIME_ARGUMENTS and value is not None:
         timestamp(value, field)  # raises InvalidInput for anything but an aware datetime
         return value.isoformat()
+    if name == "ttl" and isinstance(value, timedelta):
+        return value.total_seconds()
     return to_wire(value, field, top=True)
 
 
 def to_wire(value: Any, name: str, *, top: bool = False) -> Any:
     """A value as JSON-ready data; ``name`` is the argument, for errors.
 
-    At the top of an argument any iterable becomes a list (as the Hive accepts
-    any iterable of tags); inside data only lists and tuples are JSON arrays.
+    Only what JSON has passes, as the Hive itself accepts only that in data:
+    a datetime inside data is refused here as it is there. At the top of an
+    argument any iterable becomes a list (as the Hive accepts any iterable of
+    tags); inside data only lists and tuples are JSON arrays.
     """
     if value is None or isinstance(value, bool | int | float | str):
         return value
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, timedelta):
-        return value.total_seconds()
-    if isinstance(value, Memory):
-        return value.to_dict()
     if isinstance(value, Mapping):
         if not all(isinstance(k, str) for k in value):
             raise InvalidInput(name, "object keys must be strings")
