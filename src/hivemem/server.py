@@ -17,20 +17,25 @@ from __future__ import annotations
 
 import inspect
 import ipaddress
+import json
 import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+import hivemem
+from hivemem import __version__
 from hivemem.access import Principal
 from hivemem.config import HiveConfig
 from hivemem.errors import ConfigError, Forbidden, HiveError, InvalidInput, NotFound, PayloadTooLarge, Unauthenticated
@@ -121,8 +126,6 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        import hivemem
-
         opened = hive is None
         state["hive"] = hive if hive is not None else hivemem.open((config or HiveConfig()).url, config=config)
         state["keys"] = _Keys(state["hive"], key_cache_seconds)
@@ -134,7 +137,7 @@ def create_app(
 
     app = FastAPI(
         title="HiveMem",
-        version=_version(),
+        version=__version__,
         summary="Shared, durable memory for teams of AI agents",
         lifespan=lifespan,
     )
@@ -195,8 +198,6 @@ def create_app(
     def export(request: Request, namespace: str | None = None) -> Response:
         hive = caller(request)
         lines = (f"{_dumps(m.to_dict())}\n" for m in hive.export(namespace))
-        from fastapi.responses import StreamingResponse
-
         return StreamingResponse(lines, media_type="application/x-ndjson")
 
     return app
@@ -297,24 +298,25 @@ class _BodyLimit:
 
 def _add_route(app: FastAPI, route: Route, caller: Callable[[Request], Hive]) -> None:
     method = getattr(Hive, route.name)
-    signature = inspect.signature(method)
+    parameters = _Parameters.of(method)
 
     async def endpoint(request: Request) -> JSONResponse:
         arguments: dict[str, Any] = dict(request.path_params)
         if route.in_query:
-            arguments |= _query_arguments(request, signature)
+            arguments |= _query_arguments(request, parameters)
         else:
             body = await _json_object(request)
             for name in route.path_params:
                 body.pop(name, None)  # the path names the target, not the body
             arguments |= body
         hive = caller(request)
-        call = _bind(getattr(hive, route.name), signature, from_wire(arguments), route)
+        call = _bind(getattr(hive, route.name), parameters, from_wire(arguments), route)
         key = request.headers.get("idempotency-key")
         if key is not None and route.once:
             # A retried write gets the first answer back and is not applied again.
-            return JSONResponse(await _run(lambda: hive.run_once(key, lambda _: call(), to_json)), route.status)
-        return JSONResponse(to_json(await _run(call)), status_code=route.status)
+            replayable = await run_in_threadpool(lambda: hive.run_once(key, lambda _: call(), to_json))
+            return JSONResponse(replayable, route.status)
+        return JSONResponse(to_json(await run_in_threadpool(call)), status_code=route.status)
 
     endpoint.__name__ = route.name
     app.add_api_route(
@@ -328,10 +330,25 @@ def _add_route(app: FastAPI, route: Route, caller: Callable[[Request], Hive]) ->
     )
 
 
-async def _run(call: Callable[[], Any]) -> Any:
-    from starlette.concurrency import run_in_threadpool
+@dataclass(frozen=True, slots=True)
+class _Parameters:
+    """What binding needs to know of a Hive method's signature, worked out once per route."""
 
-    return await run_in_threadpool(call)
+    required: tuple[str, ...]
+    known: frozenset[str]
+    takes_options: bool
+    flags: frozenset[str]  # parameters whose default is a bool (true/false in a query string)
+
+    @classmethod
+    def of(cls, method: Callable[..., Any]) -> _Parameters:
+        named = [p for p in inspect.signature(method).parameters.values() if p.name != "self"]
+        plain = [p for p in named if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        return cls(
+            required=tuple(p.name for p in plain if p.default is inspect.Parameter.empty),
+            known=frozenset(p.name for p in plain),
+            takes_options=len(plain) < len(named),
+            flags=frozenset(p.name for p in plain if isinstance(p.default, bool)),
+        )
 
 
 async def _json_object(request: Request) -> dict[str, Any]:
@@ -339,8 +356,6 @@ async def _json_object(request: Request) -> dict[str, Any]:
     if not raw:
         return {}
     try:
-        import json
-
         body = json.loads(raw)
     except ValueError as exc:
         raise InvalidInput("body", f"is not valid JSON: {exc}") from None
@@ -349,11 +364,10 @@ async def _json_object(request: Request) -> dict[str, Any]:
     return body
 
 
-def _query_arguments(request: Request, signature: inspect.Signature) -> dict[str, Any]:
+def _query_arguments(request: Request, parameters: _Parameters) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, value in request.query_params.items():
-        parameter = signature.parameters.get(name)
-        if parameter is not None and isinstance(parameter.default, bool):
+        if name in parameters.flags:
             if value.lower() not in ("true", "false"):
                 raise InvalidInput(name, "must be true or false")
             out[name] = value.lower() == "true"
@@ -362,18 +376,13 @@ def _query_arguments(request: Request, signature: inspect.Signature) -> dict[str
     return out
 
 
-def _bind(method: Callable[..., Any], signature: inspect.Signature, arguments: dict[str, Any], route: Route) -> Any:
+def _bind(method: Callable[..., Any], parameters: _Parameters, arguments: dict[str, Any], route: Route) -> Any:
     """``method`` with ``arguments`` bound by name, or InvalidInput naming the bad one."""
-    parameters = dict(signature.parameters)
-    parameters.pop("self", None)
-    takes_options = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-    for name, parameter in parameters.items():
-        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
-            continue
-        if parameter.default is inspect.Parameter.empty and name not in arguments:
+    for name in parameters.required:
+        if name not in arguments:
             raise InvalidInput(name, "is required")
-    if not takes_options:
-        unknown = sorted(set(arguments) - set(parameters))
+    if not parameters.takes_options:
+        unknown = sorted(arguments.keys() - parameters.known)
         if unknown:
             raise InvalidInput(unknown[0], "unknown argument")
     if route.name == "import_memories":
@@ -391,15 +400,7 @@ def _memories(value: Any) -> list[Memory]:
 
 
 def _dumps(value: Any) -> str:
-    import json
-
     return json.dumps(value, separators=(",", ":"))
-
-
-def _version() -> str:
-    from hivemem import __version__
-
-    return __version__
 
 
 def check_listen(host: str, auth: bool) -> None:
