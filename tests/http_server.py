@@ -4,19 +4,27 @@ The contract suite's ``http`` deployment serves an embedded Hive (the test's
 clock and embedder) through :func:`hivemem.server.create_app` and talks to it
 with :class:`hivemem.client.RemoteHive`, so every contract test crosses HTTP.
 Tests of the ``hivemem serve`` process itself (keys, kill and restart) start
-it with subprocess instead.
+it with subprocess instead: :class:`ServeProcess`.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
+import httpx
 import uvicorn
+from click.testing import CliRunner
 
 import hivemem
+from hivemem.cli import main
 from hivemem.client import RemoteHive
 from hivemem.server import create_app
 
@@ -53,3 +61,56 @@ class ServedHive(RemoteHive):
         self._server.should_exit = True
         self._thread.join(timeout=10)
         self.served.close()
+
+
+SERVER_START_TIMEOUT = 30.0
+
+
+def cli_json(db: Path, *args: str) -> Any:
+    """Run the real CLI on ``db`` with ``--json`` and return its parsed output."""
+    result = CliRunner().invoke(main, ["--db", str(db), "--embedder", "none", "--json", *args])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def create_key(db: Path, principal: str, *grants: str) -> str:
+    """A new API key for ``principal`` with ``grants``, made by ``hivemem keys create``."""
+    args = [arg for grant in grants for arg in ("--grant", grant)]
+    created = cli_json(db, "keys", "create", "--principal", principal, *args)
+    assert created["principal"] == principal
+    key: str = created["key"]
+    return key
+
+
+class ServeProcess:
+    """A `python -m hivemem serve` process on a free loopback port (keyword-only, ``HIVEMEM_EMBEDDER=none``)."""
+
+    def __init__(self, db: Path, *extra: str, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {**os.environ, "HIVEMEM_EMBEDDER": "none"}
+        command = [sys.executable, "-m", "hivemem", "--db", str(db), "serve", "--port", str(self.port), *extra]
+        self.log = db.with_suffix(f".{self.port}.log")
+        with self.log.open("w") as log:
+            self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + SERVER_START_TIMEOUT
+        while True:
+            if self.process.poll() is not None:
+                raise AssertionError(f"the server exited: {self.log.read_text()}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError("the server did not come up")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()

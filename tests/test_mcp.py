@@ -1,4 +1,8 @@
-"""`hivemem mcp` as a real stdio process, driven by the MCP client library."""
+"""The MCP tools as real processes, driven by the MCP client library.
+
+`hivemem mcp` on stdio for one configured agent, and `/mcp` (streamable HTTP) on a
+real `hivemem serve` process, where the API key decides the agent.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
+import httpx2
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
+from mcp.client.streamable_http import streamable_http_client
 
 import hivemem
+from http_server import ServeProcess, create_key
 
 TOOLS = {"remember", "recall", "get", "update", "forget", "relate", "remember_episode", "upsert_entity", "add_rule"}
 
@@ -89,3 +97,76 @@ def test_a_bad_namespace_is_refused_at_start(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "namespace" in result.stderr
+
+
+async def _http_session(url: str, headers: dict[str, str], calls: Any) -> Any:
+    async with (
+        httpx2.AsyncClient(headers=headers) as http,
+        streamable_http_client(f"{url}/mcp", http_client=http) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        await session.initialize()
+        return await calls(session)
+
+
+def test_the_server_serves_the_tools_over_http_as_the_keys_agent(tmp_path: Path) -> None:
+    db = tmp_path / "served.db"
+    agent_key = create_key(db, "agent-7", "write:team-a/agent-7", "read:team-a")
+    two_namespaces = create_key(db, "agent-8", "write:team-a/agent-8", "write:team-a/shared")
+    with hivemem.open(str(db), embedder=None) as hive:
+        shared = hive.remember("team-a/shared", "the staging deploy runs on tuesdays")
+        foreign = hive.remember("team-b", "the deploy key rotates on fridays")
+    server = ServeProcess(db, "--key-cache", "0")
+    try:
+
+        async def calls(session: ClientSession) -> dict[str, Any]:
+            tools = await session.list_tools()
+            stored = _payload(await session.call_tool("remember", {"content": "the prod deploy runs on mondays"}))
+            spoof = _payload(
+                await session.call_tool("remember", {"content": "x", "namespace": "team-b", "agent_id": "root"})
+            )
+            found = _payload(await session.call_tool("recall", {"query": "when does the deploy run", "k": 10}))
+            return {
+                "tools": {t.name for t in tools.tools},
+                "stored": stored,
+                "spoof": spoof,
+                "recall": found,
+                "foreign_get": await session.call_tool("get", {"memory_id": foreign.id}),
+                "shared_forget": await session.call_tool("forget", {"memory_id": shared.id}),
+            }
+
+        out = anyio.run(_http_session, server.url, {"Authorization": f"Bearer {agent_key}"}, calls)
+        assert out["tools"] >= TOOLS
+        # Identity and namespace come from the key, whatever the arguments say.
+        assert (out["stored"]["namespace"], out["stored"]["agent_id"]) == ("team-a/agent-7", "agent-7")
+        assert (out["spoof"]["namespace"], out["spoof"]["agent_id"]) == ("team-a/agent-7", "agent-7")
+        # Recall sees what the key may read (its team), never another team.
+        recalled = {h["id"] for h in out["recall"]}
+        assert {out["stored"]["id"], shared.id} <= recalled and foreign.id not in recalled
+        assert out["foreign_get"].is_error and "no memory" in out["foreign_get"].content[0].text
+        assert (
+            out["shared_forget"].is_error and "forbidden: agent-7 may not write" in out["shared_forget"].content[0].text
+        )
+
+        # A key that writes in two namespaces names one in the header, within its grants.
+        async def remember(session: ClientSession) -> Any:
+            return await session.call_tool("remember", {"content": "the shared runbook moved"})
+
+        named = {"Authorization": f"Bearer {two_namespaces}", "X-HiveMem-Namespace": "team-a/shared"}
+        assert _payload(anyio.run(_http_session, server.url, named, remember))["namespace"] == "team-a/shared"
+        outside = {**named, "X-HiveMem-Namespace": "team-b"}
+        assert anyio.run(_http_session, server.url, outside, remember).is_error
+
+        # No key, a bad key, or an ambiguous namespace: refused before any tool runs, in the error shape.
+        for headers, status, code in (
+            ({}, 401, "unauthenticated"),
+            ({"Authorization": "Bearer hm_0000000000000000_nope"}, 401, "unauthenticated"),
+            ({"Authorization": f"Bearer {two_namespaces}"}, 422, "invalid_input"),
+        ):
+            response = httpx.post(f"{server.url}/mcp", json={}, headers=headers)
+            assert (response.status_code, response.json()["code"]) == (status, code)
+    finally:
+        server.stop()
+    with hivemem.open(str(db), embedder=None) as hive:
+        assert hive.get(shared.id) == shared and hive.get(foreign.id) == foreign
+        assert {m.namespace for m in hive.list()} == {"team-a/agent-7", "team-a/shared", "team-b"}

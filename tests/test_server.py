@@ -7,7 +7,6 @@ codes and bodies) and through the RemoteHive client (to see exception classes).
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -18,61 +17,9 @@ from typing import Any
 
 import httpx
 import pytest
-from click.testing import CliRunner
 
 import hivemem
-from hivemem.cli import main
-from http_server import free_port
-
-SERVER_START_TIMEOUT = 30.0
-
-
-def _cli(db: Path, *args: str) -> Any:
-    result = CliRunner().invoke(main, ["--db", str(db), "--embedder", "none", "--json", *args])
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
-
-
-def _key(db: Path, principal: str, *grants: str) -> str:
-    args = [arg for grant in grants for arg in ("--grant", grant)]
-    created = _cli(db, "keys", "create", "--principal", principal, *args)
-    assert created["principal"] == principal
-    key: str = created["key"]
-    return key
-
-
-class Server:
-    """A `hivemem serve` process."""
-
-    def __init__(self, db: Path, *extra: str, port: int | None = None) -> None:
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {**os.environ, "HIVEMEM_EMBEDDER": "none"}
-        command = [sys.executable, "-m", "hivemem", "--db", str(db), "serve", "--port", str(self.port), *extra]
-        self.log = db.with_suffix(f".{self.port}.log")
-        with self.log.open("w") as log:
-            self.process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + SERVER_START_TIMEOUT
-        while True:
-            if self.process.poll() is not None:
-                raise AssertionError(f"the server exited: {self.log.read_text()}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise AssertionError("the server did not come up")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+from http_server import ServeProcess, cli_json, create_key, free_port
 
 
 @pytest.fixture
@@ -83,15 +30,15 @@ def db(tmp_path: Path) -> Path:
 @pytest.fixture
 def keys(db: Path) -> dict[str, str]:
     return {
-        "admin": _key(db, "ops", "admin:*"),
-        "team_a": _key(db, "agent-a", "write:team-a"),
-        "reader_b": _key(db, "auditor", "read:team-b"),
+        "admin": create_key(db, "ops", "admin:*"),
+        "team_a": create_key(db, "agent-a", "write:team-a"),
+        "reader_b": create_key(db, "auditor", "read:team-b"),
     }
 
 
 @pytest.fixture
-def server(db: Path, keys: dict[str, str]) -> Iterator[Server]:
-    running = Server(db, "--key-cache", "0")
+def server(db: Path, keys: dict[str, str]) -> Iterator[ServeProcess]:
+    running = ServeProcess(db, "--key-cache", "0")
     yield running
     running.stop()
 
@@ -101,12 +48,12 @@ def _headers(key: str) -> dict[str, str]:
 
 
 def test_requests_without_a_valid_key_are_401_in_the_error_shape(
-    server: Server, db: Path, keys: dict[str, str]
+    server: ServeProcess, db: Path, keys: dict[str, str]
 ) -> None:
-    revoked = _key(db, "leaver", "write:team-a")
-    revoked_id = next(k["key_id"] for k in _cli(db, "keys", "list") if k["principal"] == "leaver")
-    assert _cli(db, "keys", "revoke", revoked_id) == {"revoked": revoked_id}
-    listed = {k["principal"]: k for k in _cli(db, "keys", "list")}
+    revoked = create_key(db, "leaver", "write:team-a")
+    revoked_id = next(k["key_id"] for k in cli_json(db, "keys", "list") if k["principal"] == "leaver")
+    assert cli_json(db, "keys", "revoke", revoked_id) == {"revoked": revoked_id}
+    listed = {k["principal"]: k for k in cli_json(db, "keys", "list")}
     assert listed["leaver"]["revoked_at"] is not None
     assert all("key" not in k for k in listed.values())  # only hashes are stored
 
@@ -133,7 +80,7 @@ def test_requests_without_a_valid_key_are_401_in_the_error_shape(
         anonymous.list()
 
 
-def test_a_foreign_namespace_is_invisible_through_every_route(server: Server, keys: dict[str, str]) -> None:
+def test_a_foreign_namespace_is_invisible_through_every_route(server: ServeProcess, keys: dict[str, str]) -> None:
     with hivemem.open(server.url, api_key=keys["admin"]) as admin:
         secret = admin.remember("team-b/vault", "the launch code is tomato", key="code", data={"level": 9})
         child = admin.remember("team-b/vault", "tomato child", parent_id=secret.id)
@@ -188,7 +135,7 @@ def test_a_foreign_namespace_is_invisible_through_every_route(server: Server, ke
             b.get(mine.id)
 
 
-def test_identity_comes_from_the_key_not_the_request(server: Server, keys: dict[str, str]) -> None:
+def test_identity_comes_from_the_key_not_the_request(server: ServeProcess, keys: dict[str, str]) -> None:
     body = {"namespace": "team-b/x", "content": "sneaky", "principal": "ops", "grants": ["admin:*"]}
     response = httpx.post(f"{server.url}/v1/memories", json=body, headers=_headers(keys["team_a"]))
     assert (response.status_code, response.json()["details"]["field"]) == (422, "grants")  # not an argument
@@ -202,7 +149,9 @@ def test_identity_comes_from_the_key_not_the_request(server: Server, keys: dict[
         assert admin.stats()["memories"] == 0
 
 
-def test_errors_and_limits_answer_in_the_error_shape_and_write_nothing(server: Server, keys: dict[str, str]) -> None:
+def test_errors_and_limits_answer_in_the_error_shape_and_write_nothing(
+    server: ServeProcess, keys: dict[str, str]
+) -> None:
     headers = _headers(keys["admin"])
     cases: list[tuple[str, str, Any, int, str]] = [
         ("POST", "/v1/memories", {"namespace": "ns", "content": ""}, 422, "invalid_input"),
@@ -233,7 +182,7 @@ def test_errors_and_limits_answer_in_the_error_shape_and_write_nothing(server: S
         assert admin.stats()["memories"] == 0
 
 
-def test_openapi_lists_every_route(server: Server) -> None:
+def test_openapi_lists_every_route(server: ServeProcess) -> None:
     spec = httpx.get(f"{server.url}/openapi.json").json()
     operations = {op["operationId"] for path in spec["paths"].values() for op in path.values()}
     from hivemem.wire import ROUTES
@@ -255,7 +204,7 @@ def test_the_server_refuses_to_listen_beyond_loopback_without_auth(db: Path) -> 
     assert "refusing to listen on 0.0.0.0" in result.stderr
 
 
-def test_a_repeated_idempotency_key_applies_the_write_once(server: Server, keys: dict[str, str]) -> None:
+def test_a_repeated_idempotency_key_applies_the_write_once(server: ServeProcess, keys: dict[str, str]) -> None:
     headers = {**_headers(keys["team_a"]), "Idempotency-Key": "call-1"}
     body = {"namespace": "team-a", "content": "deploy finished"}
     first = httpx.post(f"{server.url}/v1/memories", json=body, headers=headers)
@@ -277,7 +226,7 @@ def test_a_repeated_idempotency_key_applies_the_write_once(server: Server, keys:
 
 
 def test_writes_retried_through_a_kill_9_restart_land_exactly_once(
-    server: Server, db: Path, keys: dict[str, str]
+    server: ServeProcess, db: Path, keys: dict[str, str]
 ) -> None:
     acknowledged: list[str] = []
     failures: list[BaseException] = []
@@ -295,14 +244,14 @@ def test_writes_retried_through_a_kill_9_restart_land_exactly_once(
 
     writer = threading.Thread(target=write_all)
     writer.start()
-    restarted: Server | None = None
+    restarted: ServeProcess | None = None
     try:
         while len(acknowledged) < 100 and writer.is_alive():
             time.sleep(0.01)
         server.process.kill()  # SIGKILL: no shutdown, requests in flight are lost
         server.process.wait()
         time.sleep(0.3)
-        restarted = Server(db, "--key-cache", "0", port=server.port)
+        restarted = ServeProcess(db, "--key-cache", "0", port=server.port)
         writer.join(timeout=120)
     finally:
         if restarted is not None:
@@ -314,7 +263,9 @@ def test_writes_retried_through_a_kill_9_restart_land_exactly_once(
     assert sorted(stored) == sorted(acknowledged)  # every acknowledged write, none twice
 
 
-def test_the_client_fails_over_to_the_next_url_and_breaks_the_circuit(server: Server, keys: dict[str, str]) -> None:
+def test_the_client_fails_over_to_the_next_url_and_breaks_the_circuit(
+    server: ServeProcess, keys: dict[str, str]
+) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     with hivemem.open(f"{dead},{server.url}", api_key=keys["team_a"], backoff=0.01) as hive:
         assert hive.remember("team-a", "through the second server").version == 1
@@ -331,7 +282,7 @@ def test_the_client_fails_over_to_the_next_url_and_breaks_the_circuit(server: Se
         assert hive.breaker.status()["state"] == "closed"
 
 
-def test_health_readiness_and_metrics(server: Server, keys: dict[str, str]) -> None:
+def test_health_readiness_and_metrics(server: ServeProcess, keys: dict[str, str]) -> None:
     assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
     assert httpx.get(f"{server.url}/readyz").json() == {"status": "ready"}
     with hivemem.open(server.url, api_key=keys["team_a"]) as a:

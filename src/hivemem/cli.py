@@ -366,7 +366,7 @@ def serve(obj: Context, host: str, port: int, no_auth: bool, key_cache: float) -
 def mcp(obj: Context, namespace: str, agent: str | None) -> None:
     """Serve the memory tools over MCP on stdio, for one agent (identity and namespace from here only)."""
     try:
-        from hivemem.mcp_server import agent_hive, build_server
+        from hivemem.mcp_server import build_server, stdio_agent
     except ImportError as exc:
         raise ConfigError(f"the MCP server needs its extra: pip install 'hivemem[mcp]' ({exc})") from None
     from hivemem import validation
@@ -374,7 +374,8 @@ def mcp(obj: Context, namespace: str, agent: str | None) -> None:
     checked = validation.namespace(namespace)
     name = agent or checked.rsplit("/", 1)[-1]
     with obj.open() as hive:
-        build_server(agent_hive(hive, checked, name), checked, name).run("stdio")
+        me = stdio_agent(hive, checked, name)
+        build_server(lambda _: me).run("stdio")
 
 
 @main.group()

@@ -1,35 +1,53 @@
-"""HiveMem as an MCP server: an agent's memory tools for any MCP client (``hivemem mcp``).
+"""HiveMem as an MCP server: an agent's memory tools for any MCP client.
 
-One server speaks for one agent. Its namespace and identity come from its
-configuration (``--namespace``; over HTTP, the API key), never from tool
-arguments: every write goes to that namespace, and reads see what the
-principal may see. On a database the server acts as a principal with
-``write`` on its namespace only, so ``get`` or ``forget`` of a memory outside
-it answers "not found".
+Two transports serve the same tools: stdio (``hivemem mcp``, one agent per
+process) and streamable HTTP at ``/mcp`` on ``hivemem serve`` (every agent
+holding an API key). An agent's namespace and identity come from its
+configuration, never from tool arguments: on stdio from ``--namespace``; over
+HTTP from the API key (the agent is the key's principal; the namespace is the
+``X-HiveMem-Namespace`` header, or the key's only write grant). Every write goes
+to that namespace, and reads see what the principal may see, so ``get`` or
+``forget`` of a memory outside the grants answers "not found".
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from starlette.requests import Request
 
+from hivemem import validation
 from hivemem.access import Grant, Principal
 from hivemem.client import RemoteHive
-from hivemem.errors import HiveError
+from hivemem.errors import HiveError, InvalidInput, Unauthenticated
 from hivemem.hive import Hive
 from hivemem.models import Hit, Memory
 
 F = TypeVar("F", bound=Callable[..., Any])
+#: Where an HTTP agent names its namespace when its key may write in several.
+NAMESPACE_HEADER = "x-hivemem-namespace"
+#: Where the server leaves the authenticated agent in the request's ASGI state.
+AGENT_STATE = "hivemem_agent"
 INSTRUCTIONS = """\
 Long-term memory shared with the other agents of your team. Before a task, call `recall` with what
 you are about to do to learn from earlier attempts. After a task, call `remember_episode` with what
 you tried and whether it worked. Store durable facts with `remember`, things you track with
 `upsert_entity`, and guidelines you learned with `add_rule`. Memories are written to your own
 namespace; recall also finds what your team shared with you."""
+
+
+@dataclass(frozen=True, slots=True)
+class Agent:
+    """Who the tools act for: the Hive as the agent sees it, its namespace and its id."""
+
+    hive: Hive
+    namespace: str
+    agent_id: str
 
 
 def _memory(m: Memory) -> dict[str, Any]:
@@ -42,11 +60,29 @@ def _hit(h: Hit) -> dict[str, Any]:
     return {"score": round(h.score, 4), **_memory(h.memory)}
 
 
-def agent_hive(hive: Hive, namespace: str, agent: str) -> Hive:
-    """The Hive as the agent's MCP server uses it: on a database, write access to ``namespace`` only."""
-    if isinstance(hive, RemoteHive):
-        return hive  # the API key already decides
-    return hive.as_principal(Principal(agent, (Grant("write", namespace),)))
+def stdio_agent(hive: Hive, namespace: str, agent: str) -> Agent:
+    """The agent of ``hivemem mcp``: on a database, a principal with write access to ``namespace`` only."""
+    if not isinstance(hive, RemoteHive):  # over HTTP the API key already decides
+        hive = hive.as_principal(Principal(agent, (Grant("write", namespace),)))
+    return Agent(hive, namespace, agent)
+
+
+def http_agent(hive: Hive, request: Request) -> Agent:
+    """The agent of one MCP request to the server; ``hive`` is already the key's principal's view.
+
+    Raises:
+        InvalidInput: No namespace header and the key does not write in exactly one namespace,
+            or the header is not a namespace.
+    """
+    header = request.headers.get(NAMESPACE_HEADER)
+    if header is not None:
+        namespace = validation.namespace(header)
+    else:
+        prefixes = hive.principal.prefixes("write")
+        if prefixes is None or len(prefixes) != 1:
+            raise InvalidInput(NAMESPACE_HEADER, "this key may write in several namespaces: name one in this header")
+        namespace = validation.namespace(prefixes[0])
+    return Agent(hive, namespace, hive.principal.name)
 
 
 def _answers_errors(fn: F) -> F:
@@ -62,10 +98,14 @@ def _answers_errors(fn: F) -> F:
     return tool  # type: ignore[return-value]
 
 
-def build_server(hive: Hive, namespace: str, agent: str) -> MCPServer[Any]:
-    """An MCP server whose tools act on ``hive`` in ``namespace`` as ``agent``."""
+def build_server(resolve: Callable[[Context], Agent]) -> MCPServer[Any]:
+    """An MCP server whose tools act for the agent ``resolve`` finds for each call.
+
+    Args:
+        resolve: The calling agent, from the tool call's context (on stdio always
+            the same; over HTTP from the request the server authenticated).
+    """
     mcp: MCPServer[Any] = MCPServer(name="hivemem", instructions=INSTRUCTIONS)
-    own: dict[str, Any] = {"agent_id": agent}
 
     def register(fn: F) -> F:
         mcp.tool()(_answers_errors(fn))
@@ -73,6 +113,7 @@ def build_server(hive: Hive, namespace: str, agent: str) -> MCPServer[Any]:
 
     @register
     def remember(
+        ctx: Context,
         content: str,
         kind: str = "note",
         tags: list[str] | None = None,
@@ -90,14 +131,24 @@ def build_server(hive: Hive, namespace: str, agent: str) -> MCPServer[Any]:
             key: Give a key to keep one current value: remembering the same key again updates it.
             data: Structured details (a JSON object).
         """
+        me = resolve(ctx)
         return _memory(
-            hive.remember(
-                namespace, content, kind=kind, tags=tags or [], importance=importance, key=key, data=data, **own
+            me.hive.remember(
+                me.namespace,
+                content,
+                kind=kind,
+                tags=tags or [],
+                importance=importance,
+                key=key,
+                data=data,
+                agent_id=me.agent_id,
             )
         )
 
     @register
-    def recall(query: str, k: int = 5, kinds: list[str] | None = None, tags: list[str] | None = None) -> list[Any]:
+    def recall(
+        ctx: Context, query: str, k: int = 5, kinds: list[str] | None = None, tags: list[str] | None = None
+    ) -> list[Any]:
         """Find the memories most useful for a task or question, best first.
 
         Args:
@@ -106,15 +157,18 @@ def build_server(hive: Hive, namespace: str, agent: str) -> MCPServer[Any]:
             kinds: Only these kinds, e.g. ["episode"] for past attempts or ["rule"] for guidelines.
             tags: Only memories carrying all these tags.
         """
-        return [_hit(h) for h in hive.recall(query, k=k, kinds=kinds, tags=tags or ())]
+        me = resolve(ctx)
+        return [_hit(h) for h in me.hive.recall(query, k=k, kinds=kinds, tags=tags or ())]
 
     @register
-    def get(memory_id: str) -> dict[str, Any]:
+    def get(ctx: Context, memory_id: str) -> dict[str, Any]:
         """Read one memory by its id (as returned by remember or recall)."""
-        return _memory(hive.get(memory_id))
+        me = resolve(ctx)
+        return _memory(me.hive.get(memory_id))
 
     @register
     def update(
+        ctx: Context,
         memory_id: str,
         content: str | None = None,
         data: dict[str, Any] | None = None,
@@ -132,23 +186,26 @@ def build_server(hive: Hive, namespace: str, agent: str) -> MCPServer[Any]:
             importance: New importance, if it changes.
             expected_version: The version you read; the update fails if someone changed it since.
         """
+        me = resolve(ctx)
         changes: dict[str, Any] = {"content": content, "data": data, "tags": tags, "importance": importance}
         given = {k: v for k, v in changes.items() if v is not None}
-        return _memory(hive.update(memory_id, expected_version=expected_version, **given))
+        return _memory(me.hive.update(memory_id, expected_version=expected_version, **given))
 
     @register
-    def forget(memory_id: str) -> dict[str, int]:
+    def forget(ctx: Context, memory_id: str) -> dict[str, int]:
         """Delete a memory that is wrong or no longer useful."""
-        return {"deleted": hive.forget(memory_id)}
+        me = resolve(ctx)
+        return {"deleted": me.hive.forget(memory_id)}
 
     @register
-    def relate(src_id: str, dst_id: str, type: str, strength: float = 1.0) -> dict[str, Any]:
+    def relate(ctx: Context, src_id: str, dst_id: str, type: str, strength: float = 1.0) -> dict[str, Any]:
         """Link two memories, e.g. a fix to the bug it solved ("fixes") or a step to its plan ("part_of")."""
-        return hive.relate(src_id, dst_id, type, strength=strength).to_dict()
+        me = resolve(ctx)
+        return me.hive.relate(src_id, dst_id, type, strength=strength).to_dict()
 
     @register
     def remember_episode(
-        context: str, action: str, outcome: str, success: bool, lesson: str | None = None
+        ctx: Context, context: str, action: str, outcome: str, success: bool, lesson: str | None = None
     ) -> dict[str, Any]:
         """Record an attempt at a task so you and others can learn from it.
 
@@ -159,14 +216,21 @@ def build_server(hive: Hive, namespace: str, agent: str) -> MCPServer[Any]:
             success: Whether it worked.
             lesson: What to do (or avoid) next time, if there is one.
         """
+        me = resolve(ctx)
         return _memory(
-            hive.remember_episode(
-                namespace, context=context, action=action, outcome=outcome, success=success, lesson=lesson, **own
+            me.hive.remember_episode(
+                me.namespace,
+                context=context,
+                action=action,
+                outcome=outcome,
+                success=success,
+                lesson=lesson,
+                agent_id=me.agent_id,
             )
         )
 
     @register
-    def upsert_entity(type: str, name: str, properties: dict[str, Any] | None = None) -> dict[str, Any]:
+    def upsert_entity(ctx: Context, type: str, name: str, properties: dict[str, Any] | None = None) -> dict[str, Any]:
         """Create or update what you know about a thing (a service, person, file...): one record per type and name.
 
         Args:
@@ -174,10 +238,11 @@ def build_server(hive: Hive, namespace: str, agent: str) -> MCPServer[Any]:
             name: Its name.
             properties: Facts about it; merged into what is stored.
         """
-        return _memory(hive.upsert_entity(namespace, type, name, properties, **own))
+        me = resolve(ctx)
+        return _memory(me.hive.upsert_entity(me.namespace, type, name, properties, agent_id=me.agent_id))
 
     @register
-    def add_rule(text: str, rule_type: str = "guideline", confidence: float = 0.5) -> dict[str, Any]:
+    def add_rule(ctx: Context, text: str, rule_type: str = "guideline", confidence: float = 0.5) -> dict[str, Any]:
         """Store a rule you learned or were given, e.g. "always run the migrations before deploying".
 
         Args:
@@ -185,6 +250,18 @@ def build_server(hive: Hive, namespace: str, agent: str) -> MCPServer[Any]:
             rule_type: guideline, constraint or preference.
             confidence: 0 to 1; how sure you are.
         """
-        return _memory(hive.add_rule(namespace, text, rule_type=rule_type, confidence=confidence, **own))
+        me = resolve(ctx)
+        return _memory(
+            me.hive.add_rule(me.namespace, text, rule_type=rule_type, confidence=confidence, agent_id=me.agent_id)
+        )
 
     return mcp
+
+
+def from_request(ctx: Context) -> Agent:
+    """The agent the server authenticated for the HTTP request carrying this tool call."""
+    request = ctx.request_context.request
+    agent = request.scope.get("state", {}).get(AGENT_STATE) if isinstance(request, Request) else None
+    if not isinstance(agent, Agent):
+        raise Unauthenticated("this MCP endpoint serves only requests the HiveMem server authenticated")
+    return agent

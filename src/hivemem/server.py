@@ -22,7 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +32,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route as StarletteRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import hivemem
@@ -124,13 +125,22 @@ def create_app(
     """
     state: dict[str, Any] = {}
 
+    def caller(request: Request) -> Hive:
+        served: Hive = state["hive"]
+        if not auth:
+            return served
+        return served.as_principal(state["keys"].principal(_credential(request)))
+
+    mcp = _McpEndpoint.create(caller, auth)
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         opened = hive is None
         state["hive"] = hive if hive is not None else hivemem.open((config or HiveConfig()).url, config=config)
         state["keys"] = _Keys(state["hive"], key_cache_seconds)
         try:
-            yield
+            async with mcp.running() if mcp is not None else nullcontext():
+                yield
         finally:
             if opened:
                 state["hive"].close()
@@ -141,12 +151,6 @@ def create_app(
         summary="Shared, durable memory for teams of AI agents",
         lifespan=lifespan,
     )
-
-    def caller(request: Request) -> Hive:
-        served: Hive = state["hive"]
-        if not auth:
-            return served
-        return served.as_principal(state["keys"].principal(_credential(request)))
 
     app.add_middleware(_BodyLimit, limit=max_body_bytes)
     metrics = _Metrics()
@@ -193,6 +197,10 @@ def create_app(
 
     for route in ROUTES:
         _add_route(app, route, caller)
+    if mcp is not None:
+        app.router.routes.append(
+            StarletteRoute("/mcp", mcp, methods=["GET", "POST", "DELETE"], include_in_schema=False)
+        )
 
     @app.get("/v1/export", summary="Every visible memory under a prefix, as JSON lines")
     def export(request: Request, namespace: str | None = None) -> Response:
@@ -262,6 +270,55 @@ class _Measured:
             method = scope["method"]
             self.metrics.requests.labels(method, route, str(status)).inc()
             self.metrics.latency.labels(method, route).observe(time.perf_counter() - start)
+
+
+class _McpEndpoint:
+    """The MCP tools over streamable HTTP at ``/mcp``, for the agent each request's API key names.
+
+    Stateless (every POST stands alone, answered as JSON), so any server of a
+    fleet can take any request. The key is checked here, before the MCP
+    transport sees the request; the tools then find the agent in the request's
+    state (:func:`hivemem.mcp_server.from_request`).
+    """
+
+    def __init__(
+        self,
+        transport: ASGIApp,
+        running: Callable[[], AbstractAsyncContextManager[None]],
+        caller: Callable[[Request], Hive],
+    ) -> None:
+        self.transport = transport
+        self.running = running
+        self.caller = caller
+
+    @classmethod
+    def create(cls, caller: Callable[[Request], Hive], auth: bool) -> _McpEndpoint | None:
+        """The endpoint, or None when the ``mcp`` extra is not installed."""
+        try:
+            from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
+            from mcp.server.transport_security import TransportSecuritySettings
+
+            from hivemem.mcp_server import build_server, from_request
+        except ImportError:
+            return None
+        server = build_server(from_request)
+        # Without auth (loopback only) the SDK's DNS-rebinding guard keeps web pages out;
+        # with auth a page has no key, and the guard would refuse every real host name.
+        security = TransportSecuritySettings(enable_dns_rebinding_protection=False) if auth else None
+        server.streamable_http_app(stateless_http=True, json_response=True, transport_security=security)
+        return cls(StreamableHTTPASGIApp(server.session_manager), server.session_manager.run, caller)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        from hivemem.mcp_server import AGENT_STATE, http_agent
+
+        request = Request(scope)
+        try:
+            agent = http_agent(self.caller(request), request)
+        except HiveError as exc:
+            await problem(exc)(scope, receive, send)
+            return
+        scope.setdefault("state", {})[AGENT_STATE] = agent
+        await self.transport(scope, receive, send)
 
 
 class _BodyLimit:
