@@ -84,7 +84,12 @@ def test_forget_stats_and_sweep(db: str) -> None:
     stats = as_json(run(db, "stats", "--json"))
     assert isinstance(stats, dict)
     assert stats["memories"] == 1
-    assert as_json(run(db, "sweep", "--json")) == {"expired": 0, "embeddings_pruned": 0, "idempotency_keys_pruned": 0}
+    assert as_json(run(db, "sweep", "--json")) == {
+        "expired": 0,
+        "embeddings_pruned": 0,
+        "idempotency_keys_pruned": 0,
+        "leases_pruned": 0,
+    }
 
 
 def test_export_import_round_trips_every_field(db: str, tmp_path: Path) -> None:
@@ -123,3 +128,24 @@ def test_demo_runs_as_a_real_process(tmp_path: Path) -> None:
     assert "Lesson to apply: throttle below the limit" in proc.stdout
     with hivemem.open(db) as hive:
         assert hive.stats("demo-swarm")["by_kind"]["episode"]["memories"] == 2
+
+
+def test_locks_lists_held_leases(db: str) -> None:
+    with hivemem.open(db, embedder=None) as hive:
+        lease = hive.lock("team-a/deploy", owner="agent-7", ttl=60)
+        hive.lock("team-b/index", mode="read", ttl=60)
+        held = json.loads(run(db, "--json", "locks", "--namespace", "team-a").stdout)
+        assert held == [
+            {
+                "resource": "team-a/deploy",
+                "mode": "write",
+                "token": lease.token,
+                "holder": "local:agent-7",
+                "ttl": 60.0,
+                "acquired_at": lease.acquired_at.isoformat(),
+                "expires_at": lease.expires_at.isoformat(),
+            }
+        ]
+        assert "team-b/index" in run(db, "locks").stdout
+        lease.release()
+        assert json.loads(run(db, "--json", "locks", "--namespace", "team-a").stdout) == []

@@ -16,6 +16,7 @@ from hivemem.errors import (
     Forbidden,
     HiveError,
     InvalidInput,
+    LeaseExpired,
     LockHeld,
     NotFound,
     PayloadTooLarge,
@@ -26,6 +27,7 @@ from hivemem.errors import (
     VersionConflict,
 )
 from hivemem.hive import Hive
+from hivemem.leases import Fence, Lease, LeaseSet
 from hivemem.models import Group, Hit, Memory, Page, Related, Relation
 from hivemem.retrieval.embedders import Embedder, MiniLMEmbedder, OpenAIEmbedder, make_embedder
 
@@ -36,6 +38,7 @@ __all__ = [
     "ConfigError",
     "Embedder",
     "EmbedderUnavailable",
+    "Fence",
     "Forbidden",
     "Group",
     "Hit",
@@ -43,6 +46,9 @@ __all__ = [
     "HiveConfig",
     "HiveError",
     "InvalidInput",
+    "Lease",
+    "LeaseExpired",
+    "LeaseSet",
     "LockHeld",
     "ManualClock",
     "Memory",

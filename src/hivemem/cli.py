@@ -378,6 +378,24 @@ def mcp(obj: Context, namespace: str, agent: str | None) -> None:
         build_server(lambda _: me).run("stdio")
 
 
+@main.command()
+@click.option("--namespace", default=None, help="Only resources under this prefix.")
+@_command
+def locks(obj: Context, namespace: str | None) -> None:
+    """Leases held now: resource, mode, fencing token, holder and expiry (the database's clock)."""
+    with obj.open() as hive:
+        held = hive.locks(namespace)
+    rows = [{k: v for k, v in lease.to_dict().items() if k != "lease_id"} for lease in held]
+
+    def render() -> None:
+        table = Table("resource", "mode", "token", "holder", "expires")
+        for row in rows:
+            table.add_row(row["resource"], row["mode"], str(row["token"]), row["holder"], row["expires_at"][:23])
+        obj.console.print(table if rows else "no leases held")
+
+    obj.emit(rows, render)
+
+
 @main.group()
 def keys() -> None:
     """Manage API keys for `hivemem serve` (stored hashed in the database)."""

@@ -28,6 +28,7 @@ import httpx
 from hivemem.access import ApiKey, Principal
 from hivemem.errors import ConfigError, HiveError, InvalidInput, StorageUnavailable
 from hivemem.hive import Hive
+from hivemem.leases import Lease
 from hivemem.models import Memory
 from hivemem.storage.base import T
 from hivemem.wire import ROUTES, ROUTES_BY_NAME, Route, arguments_to_wire
@@ -112,6 +113,7 @@ class RemoteHive(Hive):
         if not self.urls:
             raise InvalidInput("url", "needs at least one http(s):// server URL")
         self.url = self.urls[0]
+        self.timeout = timeout
         self.retries = retries
         self.backoff = backoff
         self.breaker = breaker or CircuitBreaker()
@@ -188,10 +190,14 @@ class RemoteHive(Hive):
             # ASCII escapes carry any str (even a lone surrogate) for the server to judge.
             request["content"] = json.dumps(wire, separators=(",", ":")).encode()
             request["headers"] = {**_JSON, "Idempotency-Key": uuid.uuid4().hex} if route.once else _JSON
+        if isinstance(wire.get("wait"), int | float):
+            # The server holds a lock request up to its wait: give the answer that long on top.
+            request["timeout"] = self.timeout + wire["wait"]
         response = self._request(route.method, path, request)
         if response.is_error:
             raise _error(response)
-        return route.decode(response.json())
+        result = route.decode(response.json())
+        return result.bound_to(self) if isinstance(result, Lease) else result
 
     def _request(self, method: str, path: str, request: dict[str, Any]) -> httpx.Response:
         """One call, retried on transient failures across the server URLs."""

@@ -77,9 +77,16 @@ class VersionConflict(HiveError):
 
 
 class LockHeld(HiveError):
-    """A lease is held by another owner."""
+    """A lease could not be granted in time: another holder kept the resource."""
 
     code = "lock_held"
+    status = 409
+
+
+class LeaseExpired(HiveError):
+    """A lease lapsed (or was released) before it was renewed; the resource may have a new holder."""
+
+    code = "lease_expired"
     status = 409
 
 
@@ -147,6 +154,7 @@ ERRORS_BY_CODE: dict[str, type[HiveError]] = {
         NotFound,
         VersionConflict,
         LockHeld,
+        LeaseExpired,
         StaleFencingToken,
         Forbidden,
         Unauthenticated,

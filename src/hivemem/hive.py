@@ -19,11 +19,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
 
+from hivemem import leases
 from hivemem import validation as v
 from hivemem.access import ApiKey, Grant, Principal, hash_key, key_id_of, new_key
 from hivemem.clock import Clock, SystemClock, new_id, to_datetime, utc
 from hivemem.config import HiveConfig
 from hivemem.errors import Forbidden, InvalidInput, NotFound, PayloadTooLarge, Unauthenticated, VersionConflict
+from hivemem.leases import Fence, Lease, LeaseRequest, LeaseSet
 from hivemem.models import Group, Hit, Memory, Page, Related, Relation, decode_cursor, encode_cursor
 from hivemem.records import (
     Draft,
@@ -138,7 +140,8 @@ class Hive:
             **options: ``kind`` ("note"), ``tier`` ("short"), ``key``, ``data`` (a JSON
                 object), ``tags``, ``importance`` (0..1, 0.5), ``agent_id``,
                 ``session_id``, ``parent_id``, ``occurred_at`` (aware datetime),
-                ``ttl`` (seconds or timedelta) or ``expires_at``, ``sensitive``.
+                ``ttl`` (seconds or timedelta) or ``expires_at``, ``sensitive``;
+                ``fence`` (a :class:`Lease`): write only if no newer lease on its resource exists.
 
         Returns:
             The stored memory (for a keyed update: the new version).
@@ -146,9 +149,11 @@ class Hive:
         Raises:
             InvalidInput: An argument is bad; nothing was written.
             PayloadTooLarge: Content or data is over the configured limit.
+            StaleFencingToken: ``fence`` was superseded; nothing was written.
         """
+        fence = options.pop("fence", None)
         d = draft(namespace, content, self.config, **options)
-        return self._store_drafts([d], lambda stored: stored[0])
+        return self._store_drafts([d], lambda stored: stored[0], None if fence is None else Fence.of(fence))
 
     def remember_many(self, items: Iterable[Mapping[str, Any]]) -> builtins.list[Memory]:
         """Store many memories in one transaction; embeddings are computed in batches.
@@ -181,13 +186,17 @@ class Hive:
                 raise InvalidInput(field, exc.message.split(": ", 1)[-1]) from None
         return self._store_drafts(drafts, lambda stored: stored)
 
-    def _store_drafts(self, drafts: Sequence[Draft], result: Callable[[builtins.list[Memory]], R]) -> R:
+    def _store_drafts(
+        self, drafts: Sequence[Draft], result: Callable[[builtins.list[Memory]], R], fence: Fence | None = None
+    ) -> R:
         """Store ``drafts`` in one transaction, which returns ``result`` of them (the method's result)."""
         for d in drafts:
             self._may("write", d.namespace)
         vectors = self._retriever.vectors_for([d.content for d in drafts])
 
         def write(tx: StoreTx) -> R:
+            if fence is not None:
+                leases.check_fence(tx, fence)
             now = self.clock.now()
             Retriever.store_vectors(tx, vectors)
             return result([self._write_draft(tx, d, now) for d in drafts])
@@ -222,6 +231,7 @@ class Hive:
         importance: float = UNSET,
         tier: str = UNSET,
         expected_version: int | None = None,
+        fence: Lease | Fence | None = None,
     ) -> Memory:
         """Change a memory: version + 1, the previous version kept in :meth:`history`.
 
@@ -233,10 +243,12 @@ class Hive:
             importance: New importance.
             tier: New tier.
             expected_version: If given, the write happens only if this is the stored version.
+            fence: A lease (from :meth:`lock`): the write happens only if no newer lease on its resource exists.
 
         Raises:
             NotFound: No such memory.
             VersionConflict: ``expected_version`` is stale; ``current_version`` says the stored one.
+            StaleFencingToken: ``fence`` was superseded by a newer lease; nothing was written.
             InvalidInput: An argument is bad; nothing was written.
         """
         changes: dict[str, Any] = {}
@@ -254,9 +266,12 @@ class Hive:
             changes["content_hash"] = content_hash(changes["content"])
         if expected_version is not None:
             v.positive_int(expected_version, "expected_version")
+        fenced = None if fence is None else Fence.of(fence)
         vectors = self._retriever.vectors_for([changes["content"]] if "content" in changes else [])
 
         def write(tx: StoreTx) -> Memory:
+            if fenced is not None:
+                leases.check_fence(tx, fenced)
             now = self.clock.now()
             current = self._require(tx, memory_id, now, "write")
             if expected_version is not None and current.version != expected_version:
@@ -340,7 +355,87 @@ class Hive:
         vectors = self._write(lambda tx: tx.prune_embeddings(100_000))
         cutoff = self.clock.now() - self.config.idempotency_ttl_seconds
         keys = self._write(lambda tx: tx.prune_once(cutoff))
-        return {"expired": expired, "embeddings_pruned": vectors, "idempotency_keys_pruned": keys}
+        lapsed = self._write(lambda tx: tx.prune_leases(tx.db_now()))
+        return {
+            "expired": expired,
+            "embeddings_pruned": vectors,
+            "idempotency_keys_pruned": keys,
+            "leases_pruned": lapsed,
+        }
+
+    # -- leases (see hivemem.leases) -----------------------------------------------------------
+
+    def lock(
+        self, resource: str, *, mode: str = "write", ttl: float = 30.0, wait: float = 10.0, owner: str | None = None
+    ) -> Lease:
+        """Take a lease on ``resource``: readers share it, a writer excludes everyone.
+
+        Use it as a context manager (``with hive.lock("team-a/deploy") as lease:``)
+        to release it on exit. Pass it to a write (``update(..., fence=lease)``) to
+        have the write refused once a newer lease on the resource exists.
+
+        Args:
+            resource: What to lock, named like a namespace (``"team-a/deploy"``). A
+                write lease needs write access there, a read lease read access.
+            mode: ``"write"`` (exclusive) or ``"read"`` (shared).
+            ttl: Seconds until it lapses unless renewed, by the database's clock.
+            wait: Seconds to wait for the resource; 0 tries once.
+            owner: Who holds it within the principal (e.g. an agent id), shown by :meth:`locks`.
+
+        Returns:
+            The lease, with a fencing token higher than every earlier grant of the resource.
+
+        Raises:
+            LockHeld: The resource was not free within ``wait``.
+            Forbidden: The principal may not ``mode`` in the resource's namespace.
+            InvalidInput: A bad argument.
+        """
+        request = LeaseRequest.of(resource, mode, ttl, wait, self.principal.name, owner)
+        self._may(request.mode, request.resource)
+        return leases.acquire(self.store, request).bound_to(self)
+
+    def acquire_all(
+        self,
+        resources: Iterable[str],
+        *,
+        mode: str = "write",
+        ttl: float = 30.0,
+        wait: float = 10.0,
+        owner: str | None = None,
+    ) -> LeaseSet:
+        """Lease several resources, always in sorted order, so two callers can never deadlock.
+
+        If one cannot be had within ``wait``, those already taken are released and
+        LockHeld is raised. The result is a context manager releasing them all.
+        """
+        return leases.acquire_each(self, leases.ordered(resources), mode=mode, ttl=ttl, wait=wait, owner=owner)
+
+    def renew_lease(self, lease: Lease, *, ttl: float | None = None) -> Lease:
+        """Extend a lease to ``ttl`` seconds (default: its own ttl) from the database's now.
+
+        Raises:
+            LeaseExpired: It lapsed or was released first; the resource may have a new holder.
+        """
+        lease = Lease.of(lease)
+        ttl = lease.ttl if ttl is None else LeaseRequest.of(lease.resource, lease.mode, ttl, 0, "-", None).ttl
+        self._may(lease.mode, lease.resource)
+        return leases.renew(self.store, lease, ttl, self.principal.name).bound_to(self)
+
+    def release_lease(self, lease: Lease) -> bool:
+        """Give a lease up; False if it had lapsed or was released already."""
+        lease = Lease.of(lease)
+        return leases.release(self.store, lease, self.principal.name)
+
+    def locks(self, namespace: str | None = None) -> builtins.list[Lease]:
+        """The live leases on resources under ``namespace`` the principal may read, by resource."""
+        prefix = v.namespace_prefix(namespace)
+        readable = self._readable()
+        rows = self.store.read(lambda tx: tx.leases(tx.db_now()), primary=True)
+        return [
+            Lease(resource, lease_id, mode, token, holder, expires - acquired, utc(acquired), utc(expires))
+            for resource, lease_id, mode, token, holder, acquired, expires in rows
+            if v.in_prefix(resource, prefix) and (readable is None or any(v.in_prefix(resource, r) for r in readable))
+        ]
 
     # -- typed helpers -------------------------------------------------------------------------
 

@@ -10,7 +10,8 @@ the HTTP API cannot drift from the Python one.
 
 Values that JSON lacks travel as: time arguments (``occurred_at``, ``since``...)
 in ISO 8601, a ``ttl`` timedelta as seconds, imported memories as
-:meth:`Memory.to_dict`. Anything else that is not JSON is refused, as the Hive
+:meth:`Memory.to_dict`, a lease as :meth:`Lease.to_dict` and a fence as
+``{"resource", "token"}``. Anything else that is not JSON is refused, as the Hive
 refuses it.
 """
 
@@ -23,6 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from hivemem.errors import InvalidInput
+from hivemem.leases import Fence, Lease
 from hivemem.models import Group, Hit, Memory, Page, Related, Relation
 from hivemem.validation import timestamp
 
@@ -128,6 +130,10 @@ ROUTES: tuple[Route, ...] = (
     Route("add_to_group", "POST", "/v1/groups/{group}/members"),
     Route("group_members", "GET", "/v1/groups/{group}/members", _each(_memory)),
     Route("import_memories", "POST", "/v1/import"),
+    Route("lock", "POST", "/v1/leases", Lease.from_dict, 201),
+    Route("renew_lease", "POST", "/v1/leases/renew", Lease.from_dict),
+    Route("release_lease", "POST", "/v1/leases/release"),
+    Route("locks", "GET", "/v1/leases", _each(Lease.from_dict)),
 )
 ROUTES_BY_NAME = {route.name: route for route in ROUTES}
 
@@ -154,6 +160,10 @@ def _item_to_wire(item: Any, where: str) -> Any:
 
 
 def _argument_to_wire(name: Any, value: Any, field: str) -> Any:
+    if name == "lease" and isinstance(value, Lease):
+        return value.to_dict()
+    if name == "fence" and isinstance(value, Lease | Fence):
+        return Fence.of(value).to_dict()
     if name in TIME_ARGUMENTS and value is not None:
         timestamp(value, field)  # raises InvalidInput for anything but an aware datetime
         return value.isoformat()
@@ -202,7 +212,7 @@ def _datetime(value: Any, name: str) -> Any:
 
 def to_json(result: Any) -> Any:
     """A Hive method's result as JSON-ready data (reversed by the route's ``decode``)."""
-    if isinstance(result, Memory | Hit | Related | Relation | Group):
+    if isinstance(result, Memory | Hit | Related | Relation | Group | Lease):
         return result.to_dict()
     if isinstance(result, Page):
         return {"items": [m.to_dict() for m in result.items], "next_cursor": result.next_cursor}

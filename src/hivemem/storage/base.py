@@ -229,6 +229,68 @@ class StoreTx(ABC):
     def prune_once(self, before: float) -> int:
         """Delete idempotency records made before ``before``; returns how many."""
 
+    # -- leases (hivemem.leases); resources are keyed by namespace root first, like memories ------
+
+    @abstractmethod
+    def db_now(self) -> float:
+        """The database's clock, Unix seconds: leases expire by it, whatever the callers' clocks say."""
+
+    @abstractmethod
+    def claim_resource(self, root: str, resource: str) -> None:
+        """Create the resource's fencing counter if new, and hold it until commit (one granter at a time)."""
+
+    @abstractmethod
+    def live_lease_modes(self, root: str, resource: str, now: float) -> builtins.list[str]:
+        """Drop the resource's leases that lapsed by ``now``; the modes of those left."""
+
+    @abstractmethod
+    def waiting_writers(self, root: str, resource: str, now: float) -> builtins.list[str]:
+        """Drop lapsed writer registrations; ids of the live ones, oldest first."""
+
+    @abstractmethod
+    def put_waiter(self, root: str, resource: str, waiter_id: str, now: float, expires_at: float) -> None:
+        """Register (or keep alive, keeping its place) a writer waiting for the resource."""
+
+    @abstractmethod
+    def drop_waiter(self, root: str, resource: str, waiter_id: str) -> None:
+        """Remove a writer's registration (it got the lease or gave up)."""
+
+    @abstractmethod
+    def grant_lease(
+        self,
+        root: str,
+        resource: str,
+        lease_id: str,
+        mode: str,
+        principal: str,
+        holder: str,
+        now: float,
+        expires_at: float,
+    ) -> int:
+        """Store a lease of ``principal`` with the resource's next fencing token; returns the token."""
+
+    @abstractmethod
+    def renew_lease(
+        self, root: str, resource: str, lease_id: str, principal: str, now: float, expires_at: float
+    ) -> float | None:
+        """Move the expiry of ``principal``'s live lease; the new expiry, or None if it lapsed or is gone."""
+
+    @abstractmethod
+    def release_lease(self, root: str, resource: str, lease_id: str, principal: str, now: float) -> bool:
+        """Delete ``principal``'s lease; whether it was still live."""
+
+    @abstractmethod
+    def fence_token(self, root: str, resource: str) -> int:
+        """The resource's newest fencing token (0 if never granted), stable until commit."""
+
+    @abstractmethod
+    def leases(self, now: float) -> builtins.list[tuple[str, str, str, int, str, float, float]]:
+        """Live leases as ``(resource, lease_id, mode, token, holder, acquired_at, expires_at)``."""
+
+    @abstractmethod
+    def prune_leases(self, now: float) -> int:
+        """Delete every lapsed lease and waiter registration; returns how many leases."""
+
 
 class Store(ABC):
     """A backend: transactions plus the two search hooks."""

@@ -127,6 +127,19 @@ MIGRATIONS: builtins.list[builtins.list[str]] = [
             result text NOT NULL, created_at double precision NOT NULL, PRIMARY KEY (principal, idempotency_key))""",
         "CREATE INDEX idempotency_created ON idempotency (created_at)",
     ],
+    # Leases (hivemem.leases): the fencing counter per resource outlives every lease on it.
+    [
+        f"""CREATE TABLE fences (root text {_C} NOT NULL, resource text {_C} NOT NULL, token bigint NOT NULL,
+            PRIMARY KEY (root, resource))""",
+        f"""CREATE TABLE leases (root text {_C} NOT NULL, resource text {_C} NOT NULL, lease_id text {_C} NOT NULL,
+            mode text NOT NULL, token bigint NOT NULL, principal text NOT NULL, holder text NOT NULL,
+            acquired_at double precision NOT NULL, expires_at double precision NOT NULL,
+            PRIMARY KEY (root, resource, lease_id))""",
+        "CREATE INDEX leases_expires ON leases (expires_at)",
+        f"""CREATE TABLE lease_waiters (root text {_C} NOT NULL, resource text {_C} NOT NULL,
+            waiter_id text {_C} NOT NULL, since double precision NOT NULL, expires_at double precision NOT NULL,
+            PRIMARY KEY (root, resource, waiter_id))""",
+    ],
 ]
 
 _MIGRATION_LOCK = 0x48495645  # pg_advisory_xact_lock key: one migrator at a time
@@ -154,6 +167,7 @@ class _PgDialect(Dialect):
     p = "%s"
     success = "CASE WHEN json_typeof(m.data -> 'success') = 'boolean' THEN (m.data ->> 'success')::boolean END"
     stored_bytes = "octet_length(m.content) + octet_length(m.data::text) + octet_length(array_to_json(m.tags)::text)"
+    now = "extract(epoch from clock_timestamp())::float8"
 
     def namespace_clause(self, prefix: str, params: builtins.list[Any]) -> str:
         # Bytewise (C collation) range, segment-wise ('0' follows '/'); the root first, for pruning.
@@ -313,6 +327,8 @@ class _PgWriteTx(_PgTx):
     """
 
     lock = " FOR UPDATE OF m"
+    claim_lock = " FOR UPDATE"
+    share_lock = " FOR SHARE"
 
     def __init__(self, conn: psycopg.Connection[Any], *, vectors: bool, pipeline: ExitStack) -> None:
         super().__init__(conn, vectors=vectors)

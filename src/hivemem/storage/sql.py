@@ -35,6 +35,8 @@ class Dialect(ABC):
     success: str
     #: The bytes a memory's content, data and tags take, as stored.
     stored_bytes: str
+    #: The database's current time in Unix seconds.
+    now: str
 
     @abstractmethod
     def namespace_clause(self, prefix: str, params: builtins.list[Any]) -> str:
@@ -104,6 +106,9 @@ class SqlTx(StoreTx):
     dialect: Dialect
     #: Appended to single-memory reads; a write transaction may lock what it reads.
     lock = ""
+    #: Appended to reads of a fencing counter: to hold it exclusively (a grant), or shared (a fenced write).
+    claim_lock = ""
+    share_lock = ""
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn
@@ -277,3 +282,105 @@ class SqlTx(StoreTx):
     def get_group(self, name: str) -> Group | None:
         rows = self._rows(f"SELECT name, description, created_at FROM groups WHERE name = {self.dialect.p}", (name,))
         return Group(rows[0][0], rows[0][1], utc(rows[0][2])) if rows else None
+
+    def db_now(self) -> float:
+        return float(self._rows(f"SELECT {self.dialect.now}")[0][0])
+
+    def claim_resource(self, root: str, resource: str) -> None:
+        p = self.dialect.p
+        self._execute(f"INSERT INTO fences VALUES ({p}, {p}, 0) ON CONFLICT DO NOTHING", (root, resource))
+        self._rows(f"SELECT token FROM fences WHERE root = {p} AND resource = {p}{self.claim_lock}", (root, resource))
+
+    def live_lease_modes(self, root: str, resource: str, now: float) -> builtins.list[str]:
+        p = self.dialect.p
+        where = f"root = {p} AND resource = {p}"
+        self._execute(f"DELETE FROM leases WHERE {where} AND expires_at <= {p}", (root, resource, now))
+        return [r[0] for r in self._rows(f"SELECT mode FROM leases WHERE {where}", (root, resource))]
+
+    def waiting_writers(self, root: str, resource: str, now: float) -> builtins.list[str]:
+        p = self.dialect.p
+        where = f"root = {p} AND resource = {p}"
+        self._execute(f"DELETE FROM lease_waiters WHERE {where} AND expires_at <= {p}", (root, resource, now))
+        rows = self._rows(
+            f"SELECT waiter_id FROM lease_waiters WHERE {where} ORDER BY since, waiter_id", (root, resource)
+        )
+        return [r[0] for r in rows]
+
+    def put_waiter(self, root: str, resource: str, waiter_id: str, now: float, expires_at: float) -> None:
+        p = self.dialect.p
+        self._execute(
+            f"INSERT INTO lease_waiters VALUES ({p}, {p}, {p}, {p}, {p}) "
+            "ON CONFLICT (root, resource, waiter_id) DO UPDATE SET expires_at = excluded.expires_at",
+            (root, resource, waiter_id, now, expires_at),
+        )
+
+    def drop_waiter(self, root: str, resource: str, waiter_id: str) -> None:
+        p = self.dialect.p
+        self._execute(
+            f"DELETE FROM lease_waiters WHERE root = {p} AND resource = {p} AND waiter_id = {p}",
+            (root, resource, waiter_id),
+        )
+
+    def grant_lease(
+        self,
+        root: str,
+        resource: str,
+        lease_id: str,
+        mode: str,
+        principal: str,
+        holder: str,
+        now: float,
+        expires_at: float,
+    ) -> int:
+        p = self.dialect.p
+        token = int(
+            self._rows(
+                f"UPDATE fences SET token = token + 1 WHERE root = {p} AND resource = {p} RETURNING token",
+                (root, resource),
+            )[0][0]
+        )
+        self._execute(
+            f"INSERT INTO leases VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})",
+            (root, resource, lease_id, mode, token, principal, holder, now, expires_at),
+        )
+        return token
+
+    def renew_lease(
+        self, root: str, resource: str, lease_id: str, principal: str, now: float, expires_at: float
+    ) -> float | None:
+        p = self.dialect.p
+        rows = self._rows(
+            f"UPDATE leases SET expires_at = {p} WHERE root = {p} AND resource = {p} AND lease_id = {p} "
+            f"AND principal = {p} AND expires_at > {p} RETURNING expires_at",
+            (expires_at, root, resource, lease_id, principal, now),
+        )
+        return float(rows[0][0]) if rows else None
+
+    def release_lease(self, root: str, resource: str, lease_id: str, principal: str, now: float) -> bool:
+        p = self.dialect.p
+        rows = self._rows(
+            f"DELETE FROM leases WHERE root = {p} AND resource = {p} AND lease_id = {p} AND principal = {p} "
+            "RETURNING expires_at",
+            (root, resource, lease_id, principal),
+        )
+        return bool(rows) and float(rows[0][0]) > now
+
+    def fence_token(self, root: str, resource: str) -> int:
+        p = self.dialect.p
+        rows = self._rows(
+            f"SELECT token FROM fences WHERE root = {p} AND resource = {p}{self.share_lock}", (root, resource)
+        )
+        return int(rows[0][0]) if rows else 0
+
+    def leases(self, now: float) -> builtins.list[tuple[str, str, str, int, str, float, float]]:
+        rows = self._rows(
+            "SELECT resource, lease_id, mode, token, holder, acquired_at, expires_at FROM leases "
+            f"WHERE expires_at > {self.dialect.p} ORDER BY resource, token",
+            (now,),
+        )
+        return [(r[0], r[1], r[2], int(r[3]), r[4], float(r[5]), float(r[6])) for r in rows]
+
+    def prune_leases(self, now: float) -> int:
+        p = self.dialect.p
+        self._execute(f"DELETE FROM lease_waiters WHERE expires_at <= {p}", (now,))
+        return len(self._rows(f"DELETE FROM leases WHERE expires_at <= {p} RETURNING 1", (now,)))

@@ -127,6 +127,17 @@ MIGRATIONS: builtins.list[list[str]] = [
         "created_at REAL NOT NULL, PRIMARY KEY (principal, idempotency_key))",
         "CREATE INDEX idempotency_created ON idempotency (created_at)",
     ],
+    # Leases (hivemem.leases): the fencing counter per resource outlives every lease on it.
+    [
+        "CREATE TABLE fences (root TEXT NOT NULL, resource TEXT NOT NULL, token INTEGER NOT NULL, "
+        "PRIMARY KEY (root, resource)) WITHOUT ROWID",
+        "CREATE TABLE leases (root TEXT NOT NULL, resource TEXT NOT NULL, lease_id TEXT NOT NULL, "
+        "mode TEXT NOT NULL, token INTEGER NOT NULL, principal TEXT NOT NULL, holder TEXT NOT NULL, "
+        "acquired_at REAL NOT NULL, expires_at REAL NOT NULL, PRIMARY KEY (root, resource, lease_id)) WITHOUT ROWID",
+        "CREATE INDEX leases_expires ON leases (expires_at)",
+        "CREATE TABLE lease_waiters (root TEXT NOT NULL, resource TEXT NOT NULL, waiter_id TEXT NOT NULL, "
+        "since REAL NOT NULL, expires_at REAL NOT NULL, PRIMARY KEY (root, resource, waiter_id)) WITHOUT ROWID",
+    ],
 ]
 
 _INSERT = (
@@ -165,6 +176,8 @@ class _SqliteDialect(Dialect):
     p = "?"
     success = "CASE json_type(m.data, '$.success') WHEN 'true' THEN 1 WHEN 'false' THEN 0 END"
     stored_bytes = "length(CAST(m.content AS BLOB)) + length(m.data) + length(m.tags)"
+    # The host's clock, which every process on the file shares (millisecond precision).
+    now = "unixepoch('subsec')"
 
     def namespace_clause(self, prefix: str, params: builtins.list[Any]) -> str:
         # A range on the binary collation: index-friendly, case-sensitive and
