@@ -25,6 +25,7 @@ from hivemem.access import ApiKey, Grant, Principal, hash_key, key_id_of, new_ke
 from hivemem.clock import Clock, SystemClock, new_id, to_datetime, utc
 from hivemem.config import HiveConfig
 from hivemem.errors import Forbidden, InvalidInput, NotFound, PayloadTooLarge, Unauthenticated, VersionConflict
+from hivemem.events import Event, Inbox, sequence_number, types_of
 from hivemem.leases import Fence, Lease, LeaseRequest, LeaseSet
 from hivemem.models import Group, Hit, Memory, Page, Related, Relation, decode_cursor, encode_cursor
 from hivemem.records import (
@@ -436,6 +437,116 @@ class Hive:
             for resource, lease_id, mode, token, holder, acquired, expires in rows
             if v.in_prefix(resource, prefix) and (readable is None or any(v.in_prefix(resource, r) for r in readable))
         ]
+
+    # -- events and inboxes (see hivemem.events) -----------------------------------------------
+
+    def events(
+        self, namespace: str, *, since: int = 0, limit: int = 100, types: Sequence[str] | None = None
+    ) -> builtins.list[Event]:
+        """Changes committed under ``namespace`` after sequence number ``since``, oldest first.
+
+        Sequence numbers count per namespace root (``team-a`` for ``team-a/x``), without
+        gaps, in commit order: page on with ``since=events[-1].seq``. Events in
+        namespaces the principal may not read are left out.
+
+        Args:
+            namespace: A namespace prefix.
+            since: Only events after this sequence number.
+            limit: At most this many (1-1000).
+            types: Only these event types (see :data:`hivemem.events.TYPES`).
+        """
+        prefix, after, limit, wanted = self._event_query(namespace, since, limit, types)
+        rows = self.store.read(
+            lambda tx: tx.events(v.root_of(prefix), after, limit, prefix, self._readable(), wanted), primary=True
+        )
+        return [Event.from_row(r) for r in rows]
+
+    def subscribe(
+        self, namespace: str, *, since: int = 0, types: Sequence[str] | None = None, poll: float = 1.0
+    ) -> Iterator[Event]:
+        """:meth:`events` as they commit, from any process, forever (close the iterator to stop).
+
+        Resume after a restart with ``since`` = the last sequence number handled.
+        Waiting is woken by commits (in this process; on PostgreSQL by NOTIFY from
+        any process) and rechecks the table at least every ``poll`` seconds.
+        """
+        return (event for event in self.follow(namespace, since=since, types=types, idle=poll) if event is not None)
+
+    def follow(
+        self, namespace: str, *, since: int = 0, types: Sequence[str] | None = None, idle: float = 1.0
+    ) -> Iterator[Event | None]:
+        """:meth:`subscribe`, also yielding None after each ``idle`` seconds without events (a heartbeat)."""
+        prefix, after, _, wanted = self._event_query(namespace, since, 500, types)
+        idle = v.positive_float(idle, "idle")
+        with self.store.event_waiter() as waiter:
+            while True:
+                batch = self.events(prefix, since=after, limit=500, types=wanted)
+                yield from batch
+                if batch:
+                    after = batch[-1].seq
+                else:
+                    waiter.wait(idle)
+                    yield None
+
+    def send(self, to_agent: str, body: Any, *, namespace: str) -> Event:
+        """Put a message in ``to_agent``'s inbox in ``namespace`` (a ``message`` event).
+
+        Args:
+            to_agent: The recipient's agent id.
+            body: Any JSON value (text or an object, usually).
+            namespace: Where the inbox lives; needs write access.
+
+        Returns:
+            The message event, with its sequence number.
+        """
+        ns = v.namespace(namespace)
+        agent = _agent_id(to_agent, "to_agent")
+        data = v.data({"from": self.principal.name, "body": body}, self.config.max_data_bytes, "body")
+        self._may("write", ns)
+        seq = self._write(lambda tx: tx.append_event(ns, "message", agent, data))
+        return Event(seq, ns, "message", agent, data, utc(self.clock.now()))
+
+    def inbox(self, agent: str, *, namespace: str) -> Inbox:
+        """``agent``'s messages in ``namespace``: :meth:`Inbox.pending`, :meth:`Inbox.ack`, :meth:`Inbox.follow`."""
+        return Inbox(self, _agent_id(agent, "agent"), v.namespace(namespace))
+
+    def inbox_messages(self, agent: str, *, namespace: str, after: int = 0, limit: int = 100) -> builtins.list[Event]:
+        """``agent``'s messages in ``namespace`` after its acknowledged ones (and after ``after``), oldest first."""
+        agent = _agent_id(agent, "agent")
+        prefix, after, limit, _ = self._event_query(namespace, after, limit, None)
+
+        def read(tx: StoreTx) -> builtins.list[Any]:
+            start = max(after, tx.inbox_cursor(prefix, agent))
+            return tx.events(v.root_of(prefix), start, limit, prefix, self._readable(), ("message",), agent)
+
+        return [Event.from_row(r) for r in self.store.read(read, primary=True)]
+
+    def ack(self, agent: str, seq: int, *, namespace: str) -> None:
+        """Mark ``agent``'s messages in ``namespace`` up to ``seq`` handled: they are not delivered again.
+
+        Raises:
+            InvalidInput: ``seq`` is not one of this inbox's messages.
+        """
+        agent = _agent_id(agent, "agent")
+        ns = v.namespace(namespace)
+        seq = v.positive_int(seq, "seq")
+        self._may("write", ns)
+
+        def write(tx: StoreTx) -> None:
+            found = tx.events(v.root_of(ns), seq - 1, 1, ns, None, ("message",), agent)
+            if not found or found[0][0] != seq:
+                raise InvalidInput("seq", f"is not a message to {agent} in {ns}", value=seq)
+            tx.put_inbox_cursor(ns, agent, seq)
+
+        self._write(write)
+
+    def _event_query(
+        self, namespace: object, since: object, limit: object, types: object
+    ) -> tuple[str, int, int, tuple[str, ...] | None]:
+        prefix = v.namespace_prefix(namespace)
+        if prefix is None:
+            raise InvalidInput("namespace", "is required: events are numbered per namespace root")
+        return prefix, sequence_number(since), v.positive_int(limit, "limit", 1000), types_of(types)
 
     # -- typed helpers -------------------------------------------------------------------------
 
@@ -1084,6 +1195,12 @@ def _refuse_options(options: Mapping[str, Any], owned: Sequence[str], helper: st
     for name in owned:
         if name in options:
             raise InvalidInput(name, f"is set by {helper} and cannot be given")
+
+
+def _agent_id(value: object, field: str) -> str:
+    if not isinstance(value, str) or not value or len(value) > 200:
+        raise InvalidInput(field, "must be an agent id: a non-empty string of at most 200 characters")
+    return value
 
 
 def _live(memory: Memory, now: float) -> bool:

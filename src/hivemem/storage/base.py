@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -103,6 +104,54 @@ class RankFacts:
             None if when is None else when.timestamp(),
             success if isinstance(success, bool) else None,
         )
+
+
+class EventWaiter(ABC):
+    """Blocks until new events may exist; a context manager that frees what it holds (a connection)."""
+
+    @abstractmethod
+    def wait(self, timeout: float) -> None:
+        """Return when events may have committed since the last call, or after ``timeout`` seconds."""
+
+    def close(self) -> None:  # noqa: B027 - most waiters hold nothing
+        """Release what the waiter holds."""
+
+    def __enter__(self) -> EventWaiter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class CommitSignal:
+    """Wakes this process's event waiters after a commit that stored events."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._commits = 0
+
+    def notify(self) -> None:
+        """Say that events committed."""
+        with self._changed:
+            self._commits += 1
+            self._changed.notify_all()
+
+    def waiter(self, poll: float) -> EventWaiter:
+        """A waiter woken by :meth:`notify`, and at least every ``poll`` seconds (for other processes' commits)."""
+        return _SignalWaiter(self, poll)
+
+
+class _SignalWaiter(EventWaiter):
+    def __init__(self, signal: CommitSignal, poll: float) -> None:
+        self._signal = signal
+        self._poll = poll
+        self._seen = signal._commits
+
+    def wait(self, timeout: float) -> None:
+        signal = self._signal
+        with signal._changed:
+            signal._changed.wait_for(lambda: signal._commits != self._seen, timeout=min(timeout, self._poll))
+            self._seen = signal._commits
 
 
 class StoreTx(ABC):
@@ -291,6 +340,46 @@ class StoreTx(ABC):
     def prune_leases(self, now: float) -> int:
         """Delete every lapsed lease and waiter registration; returns how many leases."""
 
+    # -- events (hivemem.events) -----------------------------------------------------------------
+
+    @abstractmethod
+    def record_event(self, namespace: str, type: str, subject: str, data: Mapping[str, Any]) -> None:
+        """Add an event to this transaction (numbered and stored when it commits)."""
+
+    @abstractmethod
+    def append_event(self, namespace: str, type: str, subject: str, data: Mapping[str, Any]) -> int:
+        """Store an event now (its root stays locked until commit); returns its sequence number."""
+
+    @abstractmethod
+    def flush_events(self) -> builtins.list[str]:
+        """Number this transaction's recorded events per root and store them; every root that got events.
+
+        The store calls it just before commit. A root's numbers are taken under a
+        lock held until commit, so events commit in the order of their numbers.
+        """
+
+    @abstractmethod
+    def events(
+        self,
+        root: str,
+        after: int,
+        limit: int,
+        prefix: str,
+        within: Sequence[str] | None,
+        types: Sequence[str] | None,
+        subject: str | None = None,
+    ) -> builtins.list[tuple[Any, ...]]:
+        """Up to ``limit`` events of ``root`` after ``after`` under ``prefix`` (and ``within``), oldest first,
+        as ``(seq, namespace, type, subject, data, at)``."""
+
+    @abstractmethod
+    def inbox_cursor(self, namespace: str, agent: str) -> int:
+        """The last message sequence number ``agent`` acknowledged in ``namespace`` (0: none)."""
+
+    @abstractmethod
+    def put_inbox_cursor(self, namespace: str, agent: str, seq: int) -> None:
+        """Move the cursor forward to ``seq`` (never back)."""
+
 
 class Store(ABC):
     """A backend: transactions plus the two search hooks."""
@@ -333,6 +422,10 @@ class Store(ABC):
         Raises:
             ConfigError: The store holds vectors of another embedder or dimension.
         """
+
+    @abstractmethod
+    def event_waiter(self) -> EventWaiter:
+        """Something to block on until new events may have committed (a hint; the events table is the truth)."""
 
     @abstractmethod
     def close(self) -> None:

@@ -40,6 +40,7 @@ from hivemem.errors import ConfigError, HiveError, StorageUnavailable
 from hivemem.models import Group, Memory, Relation
 from hivemem.storage.base import (
     MEMORY_COLUMNS,
+    EventWaiter,
     MemoryFilter,
     ScoredId,
     Store,
@@ -51,6 +52,8 @@ from hivemem.storage.sql import SQL_OPS, Dialect, SqlTx, compile_filter
 from hivemem.validation import root_of
 
 _C = 'COLLATE "C"'
+#: The NOTIFY channel of commits that stored events.
+EVENTS_CHANNEL = "hivemem_events"
 
 #: Append-only: never edit a released step, add a new one. Vector columns are not
 #: here: their dimension is the embedder's, so :meth:`PostgresStore.bind_embedder`
@@ -139,6 +142,15 @@ MIGRATIONS: builtins.list[builtins.list[str]] = [
         f"""CREATE TABLE lease_waiters (root text {_C} NOT NULL, resource text {_C} NOT NULL,
             waiter_id text {_C} NOT NULL, since double precision NOT NULL, expires_at double precision NOT NULL,
             PRIMARY KEY (root, resource, waiter_id))""",
+    ],
+    # Events (hivemem.events): numbered per root by event_seqs; inbox cursors per agent.
+    [
+        f"CREATE TABLE event_seqs (root text {_C} PRIMARY KEY, seq bigint NOT NULL)",
+        f"""CREATE TABLE events (root text {_C} NOT NULL, seq bigint NOT NULL, namespace text {_C} NOT NULL,
+            type text NOT NULL, subject text NOT NULL, data jsonb NOT NULL, at double precision NOT NULL,
+            PRIMARY KEY (root, seq))""",
+        f"""CREATE TABLE inbox_cursors (root text {_C} NOT NULL, namespace text {_C} NOT NULL,
+            agent text {_C} NOT NULL, seq bigint NOT NULL, PRIMARY KEY (root, namespace, agent))""",
     ],
 ]
 
@@ -229,6 +241,7 @@ class _PgTx(SqlTx):
 
     def insert(self, memory: Memory) -> None:
         self._execute(_INSERT_WITH_VECTOR if self.vectors else _INSERT, _row_params(memory))
+        self.memory_event("memory.created", memory)
 
     def replace(self, memory: Memory, previous: Memory) -> None:
         self._execute(
@@ -237,6 +250,7 @@ class _PgTx(SqlTx):
         )
         new_vector = self.vectors and memory.content_hash != previous.content_hash
         self._execute(_UPDATE_WITH_VECTOR if new_vector else _UPDATE, _row_params(memory))
+        self.memory_event("memory.updated", memory)
 
     def expired_ids(self, now: float, limit: int) -> builtins.list[str]:
         # SKIP LOCKED: sweeps running in several processes take disjoint rows.
@@ -260,6 +274,7 @@ class _PgTx(SqlTx):
                 relation.src_id,
             ),
         )
+        self.relation_event(relation)
 
     def put_group(self, group: Group) -> bool:
         created = self._rows(
@@ -355,6 +370,10 @@ class _PgWriteTx(_PgTx):
                 self.conn.execute(sql, params)
         return self.conn
 
+    def record_notify(self, roots: Sequence[str]) -> None:
+        """Wake event subscribers when this transaction commits."""
+        self._execute("SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, ",".join(roots)))
+
     def commit(self) -> None:
         if self._waiting is not None and len(self._waiting) <= 1:
             for sql, params in self._waiting:
@@ -362,6 +381,27 @@ class _PgWriteTx(_PgTx):
             self._waiting = None
             return
         self.begin().execute("COMMIT")
+
+
+class _ListeningWaiter(EventWaiter):
+    """A connection of its own that LISTENs for commits with events (NOTIFY only wakes; the table is the truth)."""
+
+    def __init__(self, url: str) -> None:
+        try:
+            self._conn = psycopg.connect(url, autocommit=True)
+            self._conn.execute(f"LISTEN {EVENTS_CHANNEL}")
+        except psycopg.Error as exc:
+            raise _translate(exc) from exc
+
+    def wait(self, timeout: float) -> None:
+        try:
+            for _ in self._conn.notifies(timeout=timeout, stop_after=1):
+                pass
+        except psycopg.Error as exc:
+            raise _translate(exc) from exc
+
+    def close(self) -> None:
+        self._conn.close()
 
 
 def _translate(exc: BaseException) -> StorageUnavailable:
@@ -451,6 +491,10 @@ class PostgresStore(Store):
                 with ExitStack() as pipeline:
                     tx = _PgWriteTx(conn, vectors=self._dim is not None, pipeline=pipeline)
                     result = fn(tx)
+                    roots = tx.flush_events()
+                    if roots:
+                        # Delivered at commit, to every listening subscriber: a hint to read the table.
+                        tx.record_notify(roots)
                     committing = True
                     tx.commit()
             except psycopg.OperationalError as exc:
@@ -560,6 +604,9 @@ class PostgresStore(Store):
             return dim if dim is not None else (int(stored["vector_dim"]) if "vector_dim" in stored else None)
 
         self._dim = self.write(bind)
+
+    def event_waiter(self) -> EventWaiter:
+        return _ListeningWaiter(self.url)
 
     def close(self) -> None:
         if self._closed:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import builtins
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from hivemem.access import ApiKey, Grant, Principal
@@ -67,8 +67,7 @@ def compile_filter(flt: MemoryFilter, params: builtins.list[Any], d: Dialect) ->
     if flt.namespace is not None:
         clauses.append(d.namespace_clause(flt.namespace, params))
     if flt.within is not None:
-        alternatives = [d.namespace_clause(prefix, params) for prefix in flt.within]
-        clauses.append("(" + (" OR ".join(alternatives) or "1 = 0") + ")")
+        clauses.append(within_clause(flt.within, params, d))
     for column, values in (("kind", flt.kinds), ("tier", flt.tiers)):
         if values is not None:
             clauses.append(d.one_of(f"m.{column}", values, params))
@@ -96,6 +95,12 @@ def compile_filter(flt: MemoryFilter, params: builtins.list[Any], d: Dialect) ->
     return " AND ".join(clauses)
 
 
+def within_clause(prefixes: Sequence[str], params: builtins.list[Any], d: Dialect) -> str:
+    """``m.namespace`` lies under one of ``prefixes`` (none: nothing passes)."""
+    alternatives = [d.namespace_clause(prefix, params) for prefix in prefixes]
+    return "(" + (" OR ".join(alternatives) or "1 = 0") + ")"
+
+
 class SqlTx(StoreTx):
     """The primitives whose SQL is the same on every relational backend, up to its :class:`Dialect`.
 
@@ -112,6 +117,10 @@ class SqlTx(StoreTx):
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn
+        # Events of this transaction, numbered and stored by flush_events just before commit.
+        self._events: builtins.list[tuple[str, str, str, str]] = []
+        self._evented_roots: set[str] = set()
+        self._last_seq = 0
 
     def _rows(self, sql: str, params: Any = ()) -> builtins.list[Any]:
         return builtins.list(self.conn.execute(sql, params).fetchall())
@@ -157,11 +166,13 @@ class SqlTx(StoreTx):
 
     def record_access(self, memory_id: str, importance: float, now: float) -> None:
         p = self.dialect.p
-        self._execute(
+        rows = self._rows(
             f"UPDATE memories SET importance = {p}, access_count = access_count + 1, last_accessed_at = {p} "
-            f"WHERE id = {p}",
+            f"WHERE id = {p} RETURNING namespace, kind, version, key",
             (importance, now, memory_id),
         )
+        for namespace, kind, version, key in rows:
+            self.record_event(namespace, "memory.accessed", memory_id, {"kind": kind, "version": version, "key": key})
 
     def history(self, memory_id: str) -> builtins.list[Memory]:
         rows = self._rows(
@@ -180,7 +191,13 @@ class SqlTx(StoreTx):
         edges = f"{d.one_of('src_id', ids, params)} OR {d.one_of('dst_id', ids, params)}"
         self._execute(f"DELETE FROM relations WHERE {edges}", params)
         params = []
-        return len(self._rows(f"DELETE FROM memories WHERE {d.one_of('id', ids, params)} RETURNING 1", params))
+        deleted = self._rows(
+            f"DELETE FROM memories WHERE {d.one_of('id', ids, params)} RETURNING id, namespace, kind, version, key",
+            params,
+        )
+        for memory_id, namespace, kind, version, key in deleted:
+            self.record_event(namespace, "memory.deleted", memory_id, {"kind": kind, "version": version, "key": key})
+        return len(deleted)
 
     def child_ids(self, parent_ids: Sequence[str]) -> builtins.list[str]:
         params: builtins.list[Any] = []
@@ -294,7 +311,11 @@ class SqlTx(StoreTx):
     def live_lease_modes(self, root: str, resource: str, now: float) -> builtins.list[str]:
         p = self.dialect.p
         where = f"root = {p} AND resource = {p}"
-        self._execute(f"DELETE FROM leases WHERE {where} AND expires_at <= {p}", (root, resource, now))
+        lapsed = self._rows(
+            f"DELETE FROM leases WHERE {where} AND expires_at <= {p} RETURNING resource, lease_id, mode, token, holder",
+            (root, resource, now),
+        )
+        self._lease_events("lease.expired", lapsed)
         return [r[0] for r in self._rows(f"SELECT mode FROM leases WHERE {where}", (root, resource))]
 
     def waiting_writers(self, root: str, resource: str, now: float) -> builtins.list[str]:
@@ -343,6 +364,7 @@ class SqlTx(StoreTx):
             f"INSERT INTO leases VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})",
             (root, resource, lease_id, mode, token, principal, holder, now, expires_at),
         )
+        self._lease_events("lease.granted", [(resource, lease_id, mode, token, holder)])
         return token
 
     def renew_lease(
@@ -360,10 +382,12 @@ class SqlTx(StoreTx):
         p = self.dialect.p
         rows = self._rows(
             f"DELETE FROM leases WHERE root = {p} AND resource = {p} AND lease_id = {p} AND principal = {p} "
-            "RETURNING expires_at",
+            "RETURNING resource, lease_id, mode, token, holder, expires_at",
             (root, resource, lease_id, principal),
         )
-        return bool(rows) and float(rows[0][0]) > now
+        live = bool(rows) and float(rows[0][5]) > now
+        self._lease_events("lease.released" if live else "lease.expired", [r[:5] for r in rows])
+        return live
 
     def fence_token(self, root: str, resource: str) -> int:
         p = self.dialect.p
@@ -383,4 +407,103 @@ class SqlTx(StoreTx):
     def prune_leases(self, now: float) -> int:
         p = self.dialect.p
         self._execute(f"DELETE FROM lease_waiters WHERE expires_at <= {p}", (now,))
-        return len(self._rows(f"DELETE FROM leases WHERE expires_at <= {p} RETURNING 1", (now,)))
+        lapsed = self._rows(
+            f"DELETE FROM leases WHERE expires_at <= {p} RETURNING resource, lease_id, mode, token, holder", (now,)
+        )
+        self._lease_events("lease.expired", lapsed)
+        return len(lapsed)
+
+    def _lease_events(self, type: str, leases: Sequence[Sequence[Any]]) -> None:
+        for resource, lease_id, mode, token, holder in leases:
+            data = {"lease_id": lease_id, "mode": mode, "token": int(token), "holder": holder}
+            self.record_event(resource, type, resource, data)
+
+    # -- events (hivemem.events) -----------------------------------------------------------------
+
+    def record_event(self, namespace: str, type: str, subject: str, data: Mapping[str, Any]) -> None:
+        self._events.append((namespace, type, subject, json.dumps(data, separators=(",", ":"))))
+
+    def memory_event(self, type: str, memory: Memory) -> None:
+        """Record ``type`` for ``memory`` (its kind, version, key and agent as the data)."""
+        data = {"kind": memory.kind, "version": memory.version, "key": memory.key, "agent_id": memory.agent_id}
+        self.record_event(memory.namespace, type, memory.id, data)
+
+    def relation_event(self, relation: Relation) -> None:
+        """Record a new (or re-weighted) relation in its source memory's namespace."""
+        p = self.dialect.p
+        for (namespace,) in self._rows(f"SELECT namespace FROM memories WHERE id = {p}", (relation.src_id,)):
+            data = {"dst_id": relation.dst_id, "type": relation.type, "strength": relation.strength}
+            self.record_event(namespace, "relation.created", relation.src_id, data)
+
+    def append_event(self, namespace: str, type: str, subject: str, data: Mapping[str, Any]) -> int:
+        self.record_event(namespace, type, subject, data)
+        self._number(root_of(namespace), [self._events.pop()])
+        return self._last_seq
+
+    def flush_events(self) -> builtins.list[str]:
+        by_root: dict[str, builtins.list[tuple[str, str, str, str]]] = {}
+        for event in self._events:
+            by_root.setdefault(root_of(event[0]), []).append(event)
+        self._events = []
+        for root, events in sorted(by_root.items()):  # one order: two writers never wait on each other in a cycle
+            self._number(root, events)
+        return sorted(self._evented_roots)
+
+    def _number(self, root: str, events: Sequence[tuple[str, str, str, str]]) -> None:
+        """Take the root's next sequence numbers (its counter row stays locked until commit) and store ``events``."""
+        p, now = self.dialect.p, self.dialect.now
+        self._execute(f"INSERT INTO event_seqs VALUES ({p}, 0) ON CONFLICT DO NOTHING", (root,))
+        counted = self._rows(
+            f"UPDATE event_seqs SET seq = seq + {p} WHERE root = {p} RETURNING seq", (len(events), root)
+        )
+        self._last_seq = int(counted[0][0])
+        for seq, (namespace, type, subject, data) in enumerate(events, start=self._last_seq - len(events) + 1):
+            self._execute(
+                f"INSERT INTO events VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {now})",
+                (root, seq, namespace, type, subject, data),
+            )
+        self._evented_roots.add(root)
+
+    def events(
+        self,
+        root: str,
+        after: int,
+        limit: int,
+        prefix: str,
+        within: Sequence[str] | None,
+        types: Sequence[str] | None,
+        subject: str | None = None,
+    ) -> builtins.list[tuple[Any, ...]]:
+        d = self.dialect
+        params: builtins.list[Any] = [root, after]
+        where = f"m.root = {d.p} AND m.seq > {d.p} AND " + d.namespace_clause(prefix, params)
+        if within is not None:
+            where += " AND " + within_clause(within, params, d)
+        if types is not None:
+            where += " AND " + d.one_of("m.type", types, params)
+        if subject is not None:
+            where += f" AND m.subject = {d.p}"
+            params.append(subject)
+        params.append(limit)
+        return self._rows(
+            f"SELECT m.seq, m.namespace, m.type, m.subject, m.data, m.at FROM events m WHERE {where} "
+            f"ORDER BY m.seq LIMIT {d.p}",
+            params,
+        )
+
+    def inbox_cursor(self, namespace: str, agent: str) -> int:
+        p = self.dialect.p
+        rows = self._rows(
+            f"SELECT seq FROM inbox_cursors WHERE root = {p} AND namespace = {p} AND agent = {p}",
+            (root_of(namespace), namespace, agent),
+        )
+        return int(rows[0][0]) if rows else 0
+
+    def put_inbox_cursor(self, namespace: str, agent: str, seq: int) -> None:
+        p = self.dialect.p
+        self._execute(
+            f"INSERT INTO inbox_cursors VALUES ({p}, {p}, {p}, {p}) ON CONFLICT (root, namespace, agent) "
+            "DO UPDATE SET seq = CASE WHEN excluded.seq > inbox_cursors.seq "
+            "THEN excluded.seq ELSE inbox_cursors.seq END",
+            (root_of(namespace), namespace, agent, seq),
+        )

@@ -30,6 +30,8 @@ from hivemem.errors import ConfigError, HiveError, StorageUnavailable
 from hivemem.models import Group, Memory, Relation
 from hivemem.storage.base import (
     MEMORY_COLUMNS,
+    CommitSignal,
+    EventWaiter,
     MemoryFilter,
     ScoredId,
     Store,
@@ -138,6 +140,14 @@ MIGRATIONS: builtins.list[list[str]] = [
         "CREATE TABLE lease_waiters (root TEXT NOT NULL, resource TEXT NOT NULL, waiter_id TEXT NOT NULL, "
         "since REAL NOT NULL, expires_at REAL NOT NULL, PRIMARY KEY (root, resource, waiter_id)) WITHOUT ROWID",
     ],
+    # Events (hivemem.events): numbered per root by event_seqs; inbox cursors per agent.
+    [
+        "CREATE TABLE event_seqs (root TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID",
+        "CREATE TABLE events (root TEXT NOT NULL, seq INTEGER NOT NULL, namespace TEXT NOT NULL, type TEXT NOT NULL, "
+        "subject TEXT NOT NULL, data TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (root, seq)) WITHOUT ROWID",
+        "CREATE TABLE inbox_cursors (root TEXT NOT NULL, namespace TEXT NOT NULL, agent TEXT NOT NULL, "
+        "seq INTEGER NOT NULL, PRIMARY KEY (root, namespace, agent)) WITHOUT ROWID",
+    ],
 ]
 
 _INSERT = (
@@ -240,6 +250,7 @@ class _SqliteTx(SqlTx):
         self.conn.execute(_INSERT, {**memory_to_row(memory), "root": root_of(memory.namespace), "seq": self.seq})
         if self._unindexed_from is None:
             self._unindexed_from = self.conn.last_insert_rowid()
+        self.memory_event("memory.created", memory)
 
     def replace(self, memory: Memory, previous: Memory) -> None:
         self.index_new_rows()
@@ -248,6 +259,7 @@ class _SqliteTx(SqlTx):
             (previous.id, previous.version, json.dumps(previous.to_dict())),
         )
         self.conn.execute(_UPDATE, {**memory_to_row(memory), "seq": self.seq})
+        self.memory_event("memory.updated", memory)
 
     def delete(self, ids: Sequence[str]) -> int:
         self.index_new_rows()
@@ -265,6 +277,7 @@ class _SqliteTx(SqlTx):
             "ON CONFLICT (src_id, dst_id, type) DO UPDATE SET strength = excluded.strength",
             (relation.src_id, relation.dst_id, relation.type, relation.strength, relation.created_at.timestamp()),
         )
+        self.relation_event(relation)
 
     def put_group(self, group: Group) -> bool:
         self.conn.execute(
@@ -380,6 +393,7 @@ class SqliteStore(Store):
         self._local = threading.local()
         self._connections: builtins.list[apsw.Connection] = []
         self._connections_lock = threading.Lock()
+        self._commits = CommitSignal()
         # ':memory:' is one database per connection, so it has exactly one, used under this lock.
         self._memory_lock = threading.RLock() if not self.durable else None
         self._failed: str | None = None
@@ -488,12 +502,19 @@ class SqliteStore(Store):
             tx = _SqliteTx(conn, seq)
             result = fn(tx)
             tx.index_new_rows()
+            evented = tx.flush_events()
             conn.execute("COMMIT")
         except BaseException:
             if not conn.getautocommit():
                 conn.execute("ROLLBACK")
             raise
+        if evented:
+            self._commits.notify()
         return result
+
+    def event_waiter(self) -> EventWaiter:
+        # Other processes' commits are seen by polling the table this often.
+        return self._commits.waiter(poll=0.02)
 
     def read(self, fn: Callable[[StoreTx], T], *, primary: bool = False) -> T:
         with self._guard():
