@@ -49,6 +49,8 @@ def test_open_refuses_unknown_options_and_schemes(tmp_path: object) -> None:
         hivemem.open(":memory:", embedder=None, no_such_option=1)
     with pytest.raises(hivemem.ConfigError, match="no backend"):
         hivemem.open("mysql://localhost/db", embedder=None)
+    with pytest.raises(hivemem.ConfigError, match="unknown option 'colour'"):
+        hivemem.open("http://127.0.0.1:1", colour="red")  # a server URL takes the client's options only
 
 
 def test_the_http_client_answers_every_public_hive_method() -> None:

@@ -81,7 +81,8 @@ def open(
     Args:
         target: A SQLite file path, ``sqlite:///path``, ``:memory:``, a PostgreSQL
             URL, or a HiveMem server's ``http(s)://`` URL (then ``options`` are
-            :class:`hivemem.client.RemoteHive`'s: ``api_key``, ``timeout``).
+            :class:`hivemem.client.RemoteHive`'s: ``api_key``, ``timeout``,
+            ``retries``, ``backoff``, ``breaker``).
         embedder: An :class:`Embedder`, a spec (``"minilm"``, ``"none"``,
             ``"openai:<model>"``) or None for keyword-only recall. Defaults to
             the config's embedder (the offline MiniLM model).
@@ -97,10 +98,12 @@ def open(
         ConfigError: Unknown options, an unknown URL scheme, or an embedder
             other than the one that made the stored vectors.
     """
-    if target.startswith(("http://", "https://")):
+    from hivemem.protocol import client_options, is_server_url
+
+    if is_server_url(target):
         from hivemem.client import RemoteHive
 
-        return RemoteHive(target, **options)
+        return RemoteHive(target, **client_options(options))
     from hivemem.storage import open_store
 
     base = config or HiveConfig()
