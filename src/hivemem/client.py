@@ -115,7 +115,7 @@ def _remote(route: Route) -> Callable[..., Any]:
     bind = binder(route)
 
     @functools.wraps(getattr(Hive, route.name))
-    def call(self: RemoteHive, *args: Any, **kwargs: Any) -> Any:
+    def call(self: RemoteHive, /, *args: Any, **kwargs: Any) -> Any:
         return self._send(route, bind(args, kwargs))
 
     return call
