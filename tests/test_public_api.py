@@ -65,3 +65,20 @@ def test_the_http_client_answers_every_public_hive_method() -> None:
         assert vars(RemoteHive).get(name) is not None, f"RemoteHive does not answer {name}"
         remote, local = getattr(RemoteHive, name), getattr(Hive, name)
         assert inspect.signature(remote) == inspect.signature(local), name
+
+
+def test_the_async_client_answers_every_routed_hive_method_as_a_coroutine() -> None:
+    from hivemem.hive import Hive
+    from hivemem.wire import ROUTES
+
+    for route in ROUTES:
+        remote, local = vars(hivemem.AsyncRemoteHive).get(route.name), getattr(Hive, route.name)
+        assert remote is not None, f"AsyncRemoteHive does not answer {route.name}"
+        assert inspect.iscoroutinefunction(remote), route.name
+        assert inspect.signature(remote) == inspect.signature(local), route.name
+        if route.name != "import_memories":  # its docstring says how it batches requests
+            assert remote.__doc__ == local.__doc__, route.name
+    for name in ("close", "__aenter__", "__aexit__"):
+        assert inspect.iscoroutinefunction(getattr(hivemem.AsyncRemoteHive, name)), name
+    public = {n for n in vars(hivemem.AsyncRemoteHive) if not n.startswith("_")}
+    assert public == {route.name for route in ROUTES} | {"close"}

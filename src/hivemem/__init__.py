@@ -1,13 +1,15 @@
 """HiveMem: shared, durable memory and coordination for teams of AI agents.
 
-Open a Hive with :func:`open` and use its methods; everything else in the
-package is implementation.
+Open a Hive with :func:`open` and use its methods (or, in asyncio programs
+talking to a server, :func:`open_async`); everything else in the package is
+implementation.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from hivemem.aclient import AsyncRemoteHive
 from hivemem.clock import Clock, ManualClock, SystemClock
 from hivemem.config import HiveConfig, RankingWeights
 from hivemem.errors import (
@@ -32,6 +34,7 @@ from hivemem.retrieval.embedders import Embedder, MiniLMEmbedder, OpenAIEmbedder
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncRemoteHive",
     "Clock",
     "ConfigError",
     "Embedder",
@@ -63,6 +66,7 @@ __all__ = [
     "__version__",
     "make_embedder",
     "open",
+    "open_async",
 ]
 
 _DEFAULT = object()
@@ -118,3 +122,24 @@ def open(
     except BaseException:
         store.close()
         raise
+
+
+def open_async(url: str, **options: Any) -> AsyncRemoteHive:
+    """Open a HiveMem server's Hive for asyncio: every served method as a coroutine.
+
+    Args:
+        url: The server's ``http(s)://`` root; several, comma-separated, for failover.
+        **options: :class:`AsyncRemoteHive`'s: ``api_key``, ``timeout``,
+            ``retries``, ``backoff``, ``breaker``.
+
+    Returns:
+        An AsyncRemoteHive; ``await`` its close or use it with ``async with``.
+
+    Raises:
+        InvalidInput: ``url`` is not an ``http(s)://`` URL (an embedded database
+            has no async API: open it with :func:`open`).
+        ConfigError: An option the client does not take.
+    """
+    from hivemem.protocol import client_options
+
+    return AsyncRemoteHive(url, **client_options(options))
