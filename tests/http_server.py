@@ -1,10 +1,13 @@
-"""A HiveMem server on loopback for tests: real uvicorn, real sockets, in this process.
+"""HiveMem servers on loopback for tests: real uvicorn, real sockets, in this process.
 
-The contract suite's ``http`` deployment serves an embedded Hive (the test's
-clock and embedder) through :func:`hivemem.server.create_app` and talks to it
-with :class:`hivemem.client.RemoteHive`, so every contract test crosses HTTP.
-Tests of the ``hivemem serve`` process itself (keys, kill and restart) start
-it with subprocess instead: :class:`ServeProcess`.
+:class:`LoopbackServer` serves any ASGI app (a HiveMem app, or a test proxy in
+front of one) from a thread. The contract suite's ``http`` deployment is a
+:class:`ServedHive`: an embedded Hive (the test's clock and embedder) served
+through :func:`hivemem.server.create_app` and called with
+:class:`hivemem.client.RemoteHive`, so every contract test crosses HTTP. The
+async client's tests open :func:`hivemem.open_async` on a LoopbackServer's URL.
+Tests of the ``hivemem serve`` process itself (keys, kill and restart) start it
+with subprocess instead: :class:`ServeProcess`.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any
 import httpx
 import uvicorn
 from click.testing import CliRunner
+from starlette.types import ASGIApp
 
 import hivemem
 from hivemem.cli import main
@@ -36,14 +40,13 @@ def free_port() -> int:
         return port
 
 
-class ServedHive(RemoteHive):
-    """A RemoteHive that owns its in-process server and the Hive behind it."""
+class LoopbackServer:
+    """``app`` served by uvicorn on a free loopback port until :meth:`close`."""
 
-    def __init__(self, hive: hivemem.Hive, **app_options: Any) -> None:
-        self.served = hive
+    def __init__(self, app: ASGIApp) -> None:
         port = free_port()
-        config = uvicorn.Config(create_app(hive=hive, **app_options), host="127.0.0.1", port=port, log_level="warning")
-        self._server = uvicorn.Server(config)
+        self.url = f"http://127.0.0.1:{port}"
+        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
         self._thread = threading.Thread(target=self._server.run, name=f"hivemem-http-{port}", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + 10
@@ -51,15 +54,31 @@ class ServedHive(RemoteHive):
             if time.monotonic() > deadline or not self._thread.is_alive():
                 raise RuntimeError("the test server did not start")
             time.sleep(0.01)
-        super().__init__(f"http://127.0.0.1:{port}")
+
+    @classmethod
+    def serving(cls, hive: hivemem.Hive, **app_options: Any) -> LoopbackServer:
+        """A HiveMem server for ``hive`` (``app_options`` are :func:`create_app`'s)."""
+        return cls(create_app(hive=hive, **app_options))
+
+    def close(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+
+
+class ServedHive(RemoteHive):
+    """A RemoteHive that owns its in-process server and the Hive behind it."""
+
+    def __init__(self, hive: hivemem.Hive, **app_options: Any) -> None:
+        self.served = hive
+        self.server = LoopbackServer.serving(hive, **app_options)
+        super().__init__(self.server.url)
         # The served Hive's internals, for the few contract tests that look inside a deployment.
         self.store = hive.store
         self.embedder = hive.embedder
 
     def close(self) -> None:
         super().close()
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
+        self.server.close()
         self.served.close()
 
 

@@ -49,6 +49,8 @@ def test_open_refuses_unknown_options_and_schemes(tmp_path: object) -> None:
         hivemem.open(":memory:", embedder=None, no_such_option=1)
     with pytest.raises(hivemem.ConfigError, match="no backend"):
         hivemem.open("mysql://localhost/db", embedder=None)
+    with pytest.raises(hivemem.ConfigError, match="unknown option 'colour'"):
+        hivemem.open("http://127.0.0.1:1", colour="red")  # a server URL takes the client's options only
 
 
 def test_the_http_client_answers_every_public_hive_method() -> None:
@@ -63,3 +65,20 @@ def test_the_http_client_answers_every_public_hive_method() -> None:
         assert vars(RemoteHive).get(name) is not None, f"RemoteHive does not answer {name}"
         remote, local = getattr(RemoteHive, name), getattr(Hive, name)
         assert inspect.signature(remote) == inspect.signature(local), name
+
+
+def test_the_async_client_answers_every_routed_hive_method_as_a_coroutine() -> None:
+    from hivemem.hive import Hive
+    from hivemem.wire import ROUTES
+
+    for route in ROUTES:
+        remote, local = vars(hivemem.AsyncRemoteHive).get(route.name), getattr(Hive, route.name)
+        assert remote is not None, f"AsyncRemoteHive does not answer {route.name}"
+        assert inspect.iscoroutinefunction(remote), route.name
+        assert inspect.signature(remote) == inspect.signature(local), route.name
+        if route.name != "import_memories":  # its docstring says how it batches requests
+            assert remote.__doc__ == local.__doc__, route.name
+    for name in ("close", "__aenter__", "__aexit__"):
+        assert inspect.iscoroutinefunction(getattr(hivemem.AsyncRemoteHive, name)), name
+    public = {n for n in vars(hivemem.AsyncRemoteHive) if not n.startswith("_")}
+    assert public == {route.name for route in ROUTES} | {"close"}

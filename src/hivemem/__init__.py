@@ -1,13 +1,15 @@
 """HiveMem: shared, durable memory and coordination for teams of AI agents.
 
-Open a Hive with :func:`open` and use its methods; everything else in the
-package is implementation.
+Open a Hive with :func:`open` and use its methods (or, in asyncio programs
+talking to a server, :func:`open_async`); everything else in the package is
+implementation.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from hivemem.aclient import AsyncRemoteHive
 from hivemem.clock import Clock, ManualClock, SystemClock
 from hivemem.config import HiveConfig, RankingWeights
 from hivemem.errors import (
@@ -34,6 +36,7 @@ from hivemem.retrieval.embedders import Embedder, MiniLMEmbedder, OpenAIEmbedder
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncRemoteHive",
     "Clock",
     "ConfigError",
     "Embedder",
@@ -69,6 +72,7 @@ __all__ = [
     "__version__",
     "make_embedder",
     "open",
+    "open_async",
 ]
 
 _DEFAULT = object()
@@ -87,7 +91,8 @@ def open(
     Args:
         target: A SQLite file path, ``sqlite:///path``, ``:memory:``, a PostgreSQL
             URL, or a HiveMem server's ``http(s)://`` URL (then ``options`` are
-            :class:`hivemem.client.RemoteHive`'s: ``api_key``, ``timeout``).
+            :class:`hivemem.client.RemoteHive`'s: ``api_key``, ``timeout``,
+            ``retries``, ``backoff``, ``breaker``).
         embedder: An :class:`Embedder`, a spec (``"minilm"``, ``"none"``,
             ``"openai:<model>"``) or None for keyword-only recall. Defaults to
             the config's embedder (the offline MiniLM model).
@@ -103,10 +108,12 @@ def open(
         ConfigError: Unknown options, an unknown URL scheme, or an embedder
             other than the one that made the stored vectors.
     """
-    if target.startswith(("http://", "https://")):
+    from hivemem.protocol import client_options, is_server_url
+
+    if is_server_url(target):
         from hivemem.client import RemoteHive
 
-        return RemoteHive(target, **options)
+        return RemoteHive(target, **client_options(options))
     from hivemem.storage import open_store
 
     base = config or HiveConfig()
@@ -121,3 +128,24 @@ def open(
     except BaseException:
         store.close()
         raise
+
+
+def open_async(url: str, **options: Any) -> AsyncRemoteHive:
+    """Open a HiveMem server's Hive for asyncio: every served method as a coroutine.
+
+    Args:
+        url: The server's ``http(s)://`` root; several, comma-separated, for failover.
+        **options: :class:`AsyncRemoteHive`'s: ``api_key``, ``timeout``,
+            ``retries``, ``backoff``, ``breaker``.
+
+    Returns:
+        An AsyncRemoteHive; ``await`` its close or use it with ``async with``.
+
+    Raises:
+        InvalidInput: ``url`` is not an ``http(s)://`` URL (an embedded database
+            has no async API: open it with :func:`open`).
+        ConfigError: An option the client does not take.
+    """
+    from hivemem.protocol import client_options
+
+    return AsyncRemoteHive(url, **client_options(options))

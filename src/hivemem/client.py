@@ -6,83 +6,34 @@ method (see :mod:`hivemem.wire`) is made from the Hive method itself, with its
 signature and docstring, and sends the arguments given by name; the server
 answers errors in one shape, raised here as the same HiveError class with the
 same ``code`` and ``details``. Only the embedded internals (``store``,
-``embedder``, ``config``) are absent: they live in the server.
+``embedder``, ``config``) are absent: they live in the server. How a call
+becomes a request, is retried and read back is :mod:`hivemem.protocol`,
+shared with the async client; this module holds the blocking I/O.
 """
 
 from __future__ import annotations
 
 import builtins
 import functools
-import inspect
-import json
-import random
-import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
-from urllib.parse import quote
 
 import httpx
 
 from hivemem.access import ApiKey, Principal
-from hivemem.errors import ConfigError, HiveError, InvalidInput, StorageUnavailable
+from hivemem.errors import ConfigError, InvalidInput
 from hivemem.hive import Hive
 from hivemem.leases import Lease
 from hivemem.models import Memory
+from hivemem.protocol import Call, CircuitBreaker, RemoteBase, binder, import_batches, result_of
 from hivemem.storage.base import T
-from hivemem.wire import ROUTES, ROUTES_BY_NAME, Route, arguments_to_wire
+from hivemem.wire import ROUTES, ROUTES_BY_NAME, Route
 
-_JSON = {"Content-Type": "application/json"}
-#: Statuses of a server or proxy that may answer differently a moment later.
-_TRANSIENT = frozenset({502, 503, 504})
 _KEYS_ON_DATABASE = ConfigError("API keys are managed on the database itself: hivemem --db URL keys create|list|revoke")
 
 
-class CircuitBreaker:
-    """Stops calling a server that keeps failing, then tries again after a cool-down.
-
-    After ``threshold`` transport failures in a row the circuit opens: calls fail
-    at once with StorageUnavailable (reason ``CircuitOpen``) for ``cooldown``
-    seconds; then one call is let through (half-open) and its outcome closes or
-    reopens the circuit.
-    """
-
-    def __init__(self, threshold: int = 5, cooldown: float = 10.0) -> None:
-        self.threshold = threshold
-        self.cooldown = cooldown
-        self._lock = threading.Lock()
-        self.reset()
-
-    def status(self) -> dict[str, Any]:
-        """``{"state": "closed" | "open" | "half_open", "consecutive_failures": n}``."""
-        with self._lock:
-            state = "closed"
-            if self._opened_at is not None:
-                state = "open" if time.monotonic() - self._opened_at < self.cooldown else "half_open"
-            return {"state": state, "consecutive_failures": self._failures}
-
-    def reset(self) -> None:
-        """Close the circuit and forget past failures."""
-        with self._lock:
-            self._failures = 0
-            self._opened_at: float | None = None
-
-    def check(self) -> None:
-        if self.status()["state"] == "open":
-            raise StorageUnavailable("the HiveMem server keeps failing; not calling it for now", reason="CircuitOpen")
-
-    def succeeded(self) -> None:
-        self.reset()
-
-    def failed(self) -> None:
-        with self._lock:
-            self._failures += 1
-            if self._failures >= self.threshold:
-                self._opened_at = time.monotonic()
-
-
-class RemoteHive(Hive):
+class RemoteHive(RemoteBase, Hive):
     """A Hive over HTTP.
 
     Writes carry an ``Idempotency-Key`` (one per call, the same on every retry),
@@ -97,6 +48,7 @@ class RemoteHive(Hive):
         timeout: Seconds per request.
         retries: Further tries of a call after a transient failure.
         backoff: First retry delay in seconds (doubling, with jitter, up to 2 s).
+        breaker: Shared with other clients to stop them all calling a failing server.
     """
 
     def __init__(
@@ -109,19 +61,8 @@ class RemoteHive(Hive):
         backoff: float = 0.05,
         breaker: CircuitBreaker | None = None,
     ) -> None:
-        self.urls = [u.strip().rstrip("/") for u in url.split(",") if u.strip()]
-        if not self.urls:
-            raise InvalidInput("url", "needs at least one http(s):// server URL")
-        self.url = self.urls[0]
-        self.timeout = timeout
-        self.retries = retries
-        self.backoff = backoff
-        self.breaker = breaker or CircuitBreaker()
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.Client(headers=headers, timeout=timeout)
-
-    def __repr__(self) -> str:
-        return f"RemoteHive({','.join(self.urls)!r})"
+        super().__init__(url, api_key=api_key, timeout=timeout, retries=retries, backoff=backoff, breaker=breaker)
+        self._http = httpx.Client(headers=self._headers, timeout=self._timeout)
 
     def close(self) -> None:
         """Close the HTTP connections."""
@@ -152,99 +93,32 @@ class RemoteHive(Hive):
         raise ConfigError("a remote Hive gives every write an idempotency key itself")
 
     def import_memories(self, memories: Iterable[Memory], *, batch_size: int = 500) -> int:
-        """Store exported memories exactly as they were, ``batch_size`` per request."""
-        total = 0
-        batch: builtins.list[Memory] = []
-        for memory in memories:
-            if not isinstance(memory, Memory):
-                raise InvalidInput("memory", "must be a Memory record")
-            batch.append(memory)
-            if len(batch) >= batch_size:
-                total += self._import(batch, batch_size)
-                batch = []
-        if batch:
-            total += self._import(batch, batch_size)
-        return total
-
-    def _import(self, batch: builtins.list[Memory], batch_size: int) -> int:
-        memories = [m.to_dict() for m in batch]
-        count: int = self._send(ROUTES_BY_NAME["import_memories"], {"memories": memories, "batch_size": batch_size})
-        return count
+        """Store exported memories exactly as they were, ``batch_size`` per request (one transaction each)."""
+        route = ROUTES_BY_NAME["import_memories"]
+        return sum(self._send(route, arguments) for arguments in import_batches(memories, batch_size))
 
     def _send(self, route: Route, arguments: dict[str, Any]) -> Any:
-        path = route.path
-        for name in route.path_params:
-            value = arguments.pop(name)
-            if not isinstance(value, str) or not value:
-                raise InvalidInput("id" if name == "memory_id" else name, "must be a non-empty string")
-            path = path.replace(f"{{{name}}}", quote(value, safe=""))
-        if self._http.is_closed:
-            raise StorageUnavailable("this Hive is closed")
-        wire = arguments_to_wire(arguments)
-        request: dict[str, Any] = {"headers": {}}
-        if route.in_query:
-            request["params"] = {
-                k: (str(v).lower() if isinstance(v, bool) else v) for k, v in wire.items() if v is not None
-            }
-        else:
-            # ASCII escapes carry any str (even a lone surrogate) for the server to judge.
-            request["content"] = json.dumps(wire, separators=(",", ":")).encode()
-            request["headers"] = {**_JSON, "Idempotency-Key": uuid.uuid4().hex} if route.once else _JSON
-        if isinstance(wire.get("wait"), int | float):
-            # The server holds a lock request up to its wait: give the answer that long on top.
-            request["timeout"] = self.timeout + wire["wait"]
-        response = self._request(route.method, path, request)
-        if response.is_error:
-            raise _error(response)
-        result = route.decode(response.json())
-        return result.bound_to(self) if isinstance(result, Lease) else result
-
-    def _request(self, method: str, path: str, request: dict[str, Any]) -> httpx.Response:
-        """One call, retried on transient failures across the server URLs."""
-        for attempt in range(self.retries + 1):
-            self.breaker.check()
+        call = Call(self, self._http, route, arguments)
+        while True:
+            outcome: httpx.Response | httpx.TransportError
             try:
-                response = self._http.request(method, self.url + path, **request)
+                outcome = self._http.send(call.request())
             except httpx.TransportError as exc:
-                failure: Exception = exc
-            else:
-                if response.status_code not in _TRANSIENT:
-                    self.breaker.succeeded()
-                    return response
-                failure = _error(response)
-            self.breaker.failed()
-            self.url = self.urls[(self.urls.index(self.url) + 1) % len(self.urls)]
-            if attempt < self.retries:
-                time.sleep(min(2.0, self.backoff * 2**attempt) * random.uniform(0.5, 1.5))
-        raise StorageUnavailable(f"the HiveMem server did not answer after {self.retries + 1} tries: {failure}")
-
-
-def _error(response: httpx.Response) -> HiveError:
-    try:
-        payload = response.json()
-        return HiveError.from_dict(
-            {"code": payload["code"], "message": payload["detail"], "details": payload.get("details") or {}}
-        )
-    except (ValueError, KeyError, TypeError):
-        return HiveError(f"HTTP {response.status_code} from the server: {response.text[:200]}")
+                outcome = exc
+            settled = call.settle(outcome)
+            if isinstance(settled, httpx.Response):
+                result = result_of(route, settled)
+                return result.bound_to(self) if isinstance(result, Lease) else result
+            time.sleep(settled)
 
 
 def _remote(route: Route) -> Callable[..., Any]:
     """The Hive method ``route.name``, sending its arguments to the server instead."""
-    local = getattr(Hive, route.name)
-    signature = inspect.signature(local)
+    bind = binder(route)
 
-    @functools.wraps(local)
-    def call(self: RemoteHive, *args: Any, **kwargs: Any) -> Any:
-        bound = signature.bind(self, *args, **kwargs)
-        arguments: dict[str, Any] = {}
-        for name, value in bound.arguments.items():
-            kind = signature.parameters[name].kind
-            if kind is inspect.Parameter.VAR_KEYWORD:
-                arguments.update(value)
-            elif name != "self":
-                arguments[name] = value
-        return self._send(route, arguments)
+    @functools.wraps(getattr(Hive, route.name))
+    def call(self: RemoteHive, /, *args: Any, **kwargs: Any) -> Any:
+        return self._send(route, bind(args, kwargs))
 
     return call
 

@@ -132,7 +132,9 @@ class Hive:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def remember(self, namespace: str, content: str, **options: Any) -> Memory:
+    # Methods taking **options make self positional-only: an option called "self" is then refused
+    # like any unknown one, and typed wrappers (the async client's methods) can carry the signature.
+    def remember(self, /, namespace: str, content: str, **options: Any) -> Memory:
         """Store a memory; with a ``key``, create or update the one memory under that key.
 
         Args:
@@ -552,6 +554,7 @@ class Hive:
 
     def remember_episode(
         self,
+        /,
         namespace: str,
         *,
         context: str,
@@ -587,7 +590,7 @@ class Hive:
         return self.remember(namespace, content, kind="episode", data=data, **options)
 
     def upsert_entity(
-        self, namespace: str, type: str, name: str, properties: Mapping[str, Any] | None = None, **options: Any
+        self, /, namespace: str, type: str, name: str, properties: Mapping[str, Any] | None = None, **options: Any
     ) -> Memory:
         """Create or update the one record of an entity (by type and name).
 
@@ -639,6 +642,7 @@ class Hive:
 
     def add_rule(
         self,
+        /,
         namespace: str,
         text: str,
         *,
