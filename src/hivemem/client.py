@@ -16,19 +16,30 @@ from __future__ import annotations
 import builtins
 import functools
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import httpx
 
 from hivemem.access import ApiKey, Principal
 from hivemem.errors import ConfigError, InvalidInput
+from hivemem.events import Event
 from hivemem.hive import Hive
 from hivemem.leases import Lease
 from hivemem.models import Memory
-from hivemem.protocol import Call, CircuitBreaker, RemoteBase, binder, import_batches, result_of
+from hivemem.protocol import (
+    Call,
+    CircuitBreaker,
+    RemoteBase,
+    binder,
+    error_from,
+    import_batches,
+    result_of,
+    sse_events,
+    stream_params,
+)
 from hivemem.storage.base import T
-from hivemem.wire import ROUTES, ROUTES_BY_NAME, Route
+from hivemem.wire import EVENT_STREAM, ROUTES, ROUTES_BY_NAME, Route
 
 _KEYS_ON_DATABASE = ConfigError("API keys are managed on the database itself: hivemem --db URL keys create|list|revoke")
 
@@ -96,6 +107,37 @@ class RemoteHive(RemoteBase, Hive):
         """Store exported memories exactly as they were, ``batch_size`` per request (one transaction each)."""
         route = ROUTES_BY_NAME["import_memories"]
         return sum(self._send(route, arguments) for arguments in import_batches(memories, batch_size))
+
+    def follow(
+        self, namespace: str, *, since: int = 0, types: Sequence[str] | None = None, idle: float = 1.0
+    ) -> Iterator[Event | None]:
+        """:meth:`Hive.follow` over server-sent events; reconnects (to the next server) and resumes after a failure."""
+        last = since
+        params = stream_params(namespace, types, idle)
+        failures = 0
+        while True:
+            self.breaker.check()
+            server = self.url
+            headers = {**self._headers, "Last-Event-ID": str(last)}
+            timeout = httpx.Timeout(self._timeout, read=self._timeout + idle)
+            try:
+                with self._http.stream(
+                    "GET", server + EVENT_STREAM, params=params, headers=headers, timeout=timeout
+                ) as r:
+                    if r.is_error:
+                        r.read()
+                        raise error_from(r)
+                    self.breaker.succeeded()
+                    failures = 0
+                    for event in sse_events(r.iter_lines()):
+                        if event is not None:
+                            last = event.seq
+                        yield event
+            except httpx.TransportError:
+                self.breaker.failed()
+                self._move_on_from(server)
+                failures += 1
+                time.sleep(min(2.0, self.backoff * 2.0 ** (failures - 1)))
 
     def _send(self, route: Route, arguments: dict[str, Any]) -> Any:
         call = Call(self, self._http, route, arguments)

@@ -505,8 +505,12 @@ class Hive:
         agent = _agent_id(to_agent, "to_agent")
         data = v.data({"from": self.principal.name, "body": body}, self.config.max_data_bytes, "body")
         self._may("write", ns)
-        seq = self._write(lambda tx: tx.append_event(ns, "message", agent, data))
-        return Event(seq, ns, "message", agent, data, utc(self.clock.now()))
+
+        def write(tx: StoreTx) -> Event:
+            seq, at = tx.append_event(ns, "message", agent, data)
+            return Event(seq, ns, "message", agent, data, utc(at))
+
+        return self._write(write)
 
     def inbox(self, agent: str, *, namespace: str) -> Inbox:
         """``agent``'s messages in ``namespace``: :meth:`Inbox.pending`, :meth:`Inbox.ack`, :meth:`Inbox.follow`."""

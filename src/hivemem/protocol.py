@@ -18,7 +18,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -26,6 +26,7 @@ from urllib.parse import quote
 import httpx
 
 from hivemem.errors import ConfigError, HiveError, InvalidInput, StorageUnavailable
+from hivemem.events import Event
 from hivemem.hive import Hive
 from hivemem.models import Memory
 from hivemem.validation import positive_int
@@ -217,6 +218,27 @@ def result_of(route: Route, response: httpx.Response) -> Any:
     except ValueError:
         raise HiveError(f"HTTP {response.status_code} from the server is not JSON: {response.text[:200]}") from None
     return route.decode(payload)
+
+
+def sse_events(lines: Iterable[str]) -> Iterator[Event | None]:
+    """Events from a server-sent event stream's lines; None for each heartbeat comment."""
+    data: str | None = None
+    for line in lines:
+        if line.startswith(":"):
+            yield None
+        elif line.startswith("data:"):
+            data = line[5:].strip()
+        elif not line and data is not None:
+            yield Event.from_dict(json.loads(data))
+            data = None
+
+
+def stream_params(namespace: str, types: Sequence[str] | None, idle: float) -> dict[str, Any]:
+    """The query of an event stream request (``since`` travels as ``Last-Event-ID``)."""
+    params: dict[str, Any] = {"namespace": namespace, "idle": idle}
+    if types is not None:
+        params["types"] = ",".join(types)
+    return params
 
 
 class RemoteBase:

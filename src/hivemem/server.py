@@ -21,7 +21,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -42,7 +42,7 @@ from hivemem.config import HiveConfig
 from hivemem.errors import ConfigError, Forbidden, HiveError, InvalidInput, NotFound, PayloadTooLarge, Unauthenticated
 from hivemem.hive import Hive
 from hivemem.models import Memory
-from hivemem.wire import ROUTES, Route, from_wire, to_json
+from hivemem.wire import EVENT_STREAM, ROUTES, Route, from_wire, to_json
 
 log = logging.getLogger("hivemem.server")
 PROBLEM = "application/problem+json"
@@ -201,6 +201,20 @@ def create_app(
         app.router.routes.append(
             StarletteRoute("/mcp", mcp, methods=["GET", "POST", "DELETE"], include_in_schema=False)
         )
+
+    @app.get(EVENT_STREAM, summary="Events as they commit, as server-sent events (resume with Last-Event-ID)")
+    def event_stream(
+        request: Request, namespace: str, since: int = 0, types: str | None = None, idle: float = 5.0
+    ) -> Response:
+        hive = caller(request)
+        resume = request.headers.get("last-event-id")
+        if resume is not None:
+            if not resume.isdigit():
+                raise InvalidInput("Last-Event-ID", "must be an event's sequence number")
+            since = int(resume)
+        wanted = types.split(",") if types else None
+        hive.events(namespace, since=since, limit=1, types=wanted)  # bad arguments fail here, not mid-stream
+        return StreamingResponse(_sse(hive, namespace, since, wanted, idle), media_type="text/event-stream")
 
     @app.get("/v1/export", summary="Every visible memory under a prefix, as JSON lines")
     def export(request: Request, namespace: str | None = None) -> Response:
@@ -454,6 +468,15 @@ def _memories(value: Any) -> list[Memory]:
         return [Memory.from_dict(item) for item in value]
     except (TypeError, ValueError, AttributeError, KeyError) as exc:
         raise InvalidInput("memories", f"not a memory record: {exc}") from None
+
+
+def _sse(hive: Hive, namespace: str, since: int, types: list[str] | None, idle: float) -> Iterator[str]:
+    """The event stream; a comment line after each ``idle`` seconds without events keeps proxies from closing it."""
+    for event in hive.follow(namespace, since=since, types=types, idle=idle):
+        if event is None:
+            yield ": idle\n\n"
+        else:
+            yield f"id: {event.seq}\nevent: {event.type}\ndata: {_dumps(event.to_dict())}\n\n"
 
 
 def _dumps(value: Any) -> str:

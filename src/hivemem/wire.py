@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from hivemem.errors import InvalidInput
+from hivemem.events import Event
 from hivemem.leases import Fence, Lease
 from hivemem.models import Group, Hit, Memory, Page, Related, Relation
 from hivemem.validation import timestamp
@@ -31,7 +32,7 @@ from hivemem.validation import timestamp
 #: Arguments that are datetimes in Python and ISO 8601 text on the wire.
 TIME_ARGUMENTS = frozenset({"occurred_at", "expires_at", "since", "until"})
 _PATH_PARAM = re.compile(r"{(\w+)}")
-_NO_KEY = frozenset({"list", "recall", "sweep"})
+_NO_KEY = frozenset({"list", "recall", "sweep", "events", "inbox_messages"})
 
 
 def _memory(payload: Any) -> Memory:
@@ -134,7 +135,13 @@ ROUTES: tuple[Route, ...] = (
     Route("renew_lease", "POST", "/v1/leases/renew", Lease.from_dict),
     Route("release_lease", "POST", "/v1/leases/release"),
     Route("locks", "GET", "/v1/leases", _each(Lease.from_dict)),
+    Route("events", "POST", "/v1/events/list", _each(Event.from_dict)),
+    Route("send", "POST", "/v1/messages", Event.from_dict, 201),
+    Route("inbox_messages", "POST", "/v1/inbox/messages", _each(Event.from_dict)),
+    Route("ack", "POST", "/v1/inbox/ack"),
 )
+#: Server-sent events: :meth:`hivemem.Hive.follow` over HTTP (resume with ``Last-Event-ID``).
+EVENT_STREAM = "/v1/events/stream"
 ROUTES_BY_NAME = {route.name: route for route in ROUTES}
 
 
@@ -212,7 +219,7 @@ def _datetime(value: Any, name: str) -> Any:
 
 def to_json(result: Any) -> Any:
     """A Hive method's result as JSON-ready data (reversed by the route's ``decode``)."""
-    if isinstance(result, Memory | Hit | Related | Relation | Group | Lease):
+    if isinstance(result, Memory | Hit | Related | Relation | Group | Lease | Event):
         return result.to_dict()
     if isinstance(result, Page):
         return {"items": [m.to_dict() for m in result.items], "next_cursor": result.next_cursor}

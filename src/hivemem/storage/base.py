@@ -347,8 +347,8 @@ class StoreTx(ABC):
         """Add an event to this transaction (numbered and stored when it commits)."""
 
     @abstractmethod
-    def append_event(self, namespace: str, type: str, subject: str, data: Mapping[str, Any]) -> int:
-        """Store an event now (its root stays locked until commit); returns its sequence number."""
+    def append_event(self, namespace: str, type: str, subject: str, data: Mapping[str, Any]) -> tuple[int, float]:
+        """Store an event now (its root stays locked until commit); returns its number and time."""
 
     @abstractmethod
     def flush_events(self) -> builtins.list[str]:

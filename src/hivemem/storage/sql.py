@@ -120,7 +120,6 @@ class SqlTx(StoreTx):
         # Events of this transaction, numbered and stored by flush_events just before commit.
         self._events: builtins.list[tuple[str, str, str, str]] = []
         self._evented_roots: set[str] = set()
-        self._last_seq = 0
 
     def _rows(self, sql: str, params: Any = ()) -> builtins.list[Any]:
         return builtins.list(self.conn.execute(sql, params).fetchall())
@@ -435,10 +434,9 @@ class SqlTx(StoreTx):
             data = {"dst_id": relation.dst_id, "type": relation.type, "strength": relation.strength}
             self.record_event(namespace, "relation.created", relation.src_id, data)
 
-    def append_event(self, namespace: str, type: str, subject: str, data: Mapping[str, Any]) -> int:
+    def append_event(self, namespace: str, type: str, subject: str, data: Mapping[str, Any]) -> tuple[int, float]:
         self.record_event(namespace, type, subject, data)
-        self._number(root_of(namespace), [self._events.pop()])
-        return self._last_seq
+        return self._number(root_of(namespace), [self._events.pop()])
 
     def flush_events(self) -> builtins.list[str]:
         by_root: dict[str, builtins.list[tuple[str, str, str, str]]] = {}
@@ -449,20 +447,24 @@ class SqlTx(StoreTx):
             self._number(root, events)
         return sorted(self._evented_roots)
 
-    def _number(self, root: str, events: Sequence[tuple[str, str, str, str]]) -> None:
-        """Take the root's next sequence numbers (its counter row stays locked until commit) and store ``events``."""
-        p, now = self.dialect.p, self.dialect.now
+    def _number(self, root: str, events: Sequence[tuple[str, str, str, str]]) -> tuple[int, float]:
+        """Store ``events`` under the root's next numbers (its counter row stays locked until commit).
+
+        Returns the last number and the database's time, which every one of them carries.
+        """
+        p = self.dialect.p
         self._execute(f"INSERT INTO event_seqs VALUES ({p}, 0) ON CONFLICT DO NOTHING", (root,))
-        counted = self._rows(
-            f"UPDATE event_seqs SET seq = seq + {p} WHERE root = {p} RETURNING seq", (len(events), root)
-        )
-        self._last_seq = int(counted[0][0])
-        for seq, (namespace, type, subject, data) in enumerate(events, start=self._last_seq - len(events) + 1):
+        last, at = self._rows(
+            f"UPDATE event_seqs SET seq = seq + {p} WHERE root = {p} RETURNING seq, {self.dialect.now}",
+            (len(events), root),
+        )[0]
+        for seq, (namespace, type, subject, data) in enumerate(events, start=int(last) - len(events) + 1):
             self._execute(
-                f"INSERT INTO events VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {now})",
-                (root, seq, namespace, type, subject, data),
+                f"INSERT INTO events VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p})",
+                (root, seq, namespace, type, subject, data, at),
             )
         self._evented_roots.add(root)
+        return int(last), float(at)
 
     def events(
         self,
