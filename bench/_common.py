@@ -217,26 +217,21 @@ def _free_port() -> int:
 def hivemem_server(target: str, embedder: str = "none") -> Iterator[tuple[str, str]]:
     """A real ``python -m hivemem serve`` process on loopback over ``target``, API keys on.
 
-    Yields the server's URL and an ``admin:*`` key made with ``hivemem keys create``;
-    the server is stopped on exit. Its stderr is this process's, so a server-side
-    traceback shows up next to the benchmark's progress.
+    Yields the server's URL and an ``admin:*`` key, made on the database as
+    ``hivemem keys create`` would (in this process: a second Python start-up would
+    cost seconds); the server is stopped on exit. Its stderr is this process's, so
+    a server-side traceback shows up next to the benchmark's progress.
 
     Args:
         target: What the server opens (``--db``): a SQLite file or a PostgreSQL URL.
         embedder: The server's ``--embedder``; it must be the one that made any stored vectors.
     """
-    hive_command = [sys.executable, "-m", "hivemem", "--db", target, "--embedder", embedder]
-    created = subprocess.run(
-        [*hive_command, "--json", "keys", "create", "--principal", "bench", "--grant", "admin:*"],
-        capture_output=True,
-        check=False,
-    )
-    if created.returncode != 0:
-        raise SystemExit(f"hivemem keys create failed: {created.stderr.decode(errors='replace')}")
-    key: str = json.loads(created.stdout)["key"]
+    with hivemem.open(target, embedder=embedder) as hive:
+        _, key = hive.create_api_key("bench", ["admin:*"])
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([*hive_command, "serve", "--port", str(port)], stdout=subprocess.DEVNULL)
+    command = [sys.executable, "-m", "hivemem", "--db", target, "--embedder", embedder, "serve", "--port", str(port)]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
         while True:
