@@ -29,6 +29,7 @@ bench-quick: $(STAMP)
 	$(PY) bench/writers.py --quick
 	$(PY) bench/http_overhead.py --quick
 	$(PY) bench/leases.py --quick
+	$(PY) bench/load.py --quick
 
 bench: $(STAMP)
 	$(PY) bench/ingest.py
@@ -37,3 +38,4 @@ bench: $(STAMP)
 	$(PY) bench/writers.py
 	$(PY) bench/http_overhead.py
 	$(PY) bench/leases.py
+	$(PY) bench/load.py

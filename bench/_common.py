@@ -13,6 +13,8 @@ import json
 import math
 import os
 import platform
+import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -21,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import numpy as np
 
 import hivemem
@@ -142,13 +145,17 @@ class Backend:
                 self.discard(target)
 
 
-def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--backend`` (repeatable or comma-separated) and ``--postgres-url``; read them with :func:`backend_kinds`."""
+def add_backend_arguments(parser: argparse.ArgumentParser, default: Sequence[str] = ("sqlite",)) -> None:
+    """``--backend`` (repeatable or comma-separated) and ``--postgres-url``; read them with :func:`backend_kinds`.
+
+    ``default`` only words the help; pass the same one to :func:`backend_kinds`.
+    """
     parser.add_argument(
         "--backend",
         action="append",
         metavar="sqlite|postgres",
-        help="store(s) to measure, repeatable or comma-separated (default: sqlite; with --quick: sqlite,postgres)",
+        help="store(s) to measure, repeatable or comma-separated "
+        f"(default: {','.join(default)}; with --quick: sqlite,postgres)",
     )
     parser.add_argument(
         "--postgres-url",
@@ -158,14 +165,17 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def backend_kinds(args: argparse.Namespace) -> list[str]:
-    """The backends asked for, in :data:`BACKENDS` order; also stored back in ``args.backend`` for the JSON."""
+def backend_kinds(args: argparse.Namespace, default: Sequence[str] = ("sqlite",)) -> list[str]:
+    """The backends asked for, in :data:`BACKENDS` order; also stored back in ``args.backend`` for the JSON.
+
+    Without ``--backend``: ``default``, or every backend with ``--quick``.
+    """
     asked = {kind.strip() for value in args.backend or [] for kind in value.split(",") if kind.strip()}
     unknown = sorted(asked - set(BACKENDS))
     if unknown:
         raise SystemExit(f"--backend must be sqlite or postgres, not {', '.join(map(repr, unknown))}")
     if not asked:
-        asked = set(BACKENDS) if args.quick else {"sqlite"}
+        asked = set(BACKENDS) if args.quick else set(default)
     args.backend = [kind for kind in BACKENDS if kind in asked]
     return list(args.backend)
 
@@ -194,6 +204,49 @@ def side_by_side(groups: Iterable[Sequence[T]]) -> list[T]:
     return [
         item for rank in itertools.zip_longest(*groups, fillvalue=_MISSING) for item in rank if item is not _MISSING
     ]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextmanager
+def hivemem_server(target: str, embedder: str = "none") -> Iterator[tuple[str, str]]:
+    """A real ``python -m hivemem serve`` process on loopback over ``target``, API keys on.
+
+    Yields the server's URL and an ``admin:*`` key, made on the database as
+    ``hivemem keys create`` would (in this process: a second Python start-up would
+    cost seconds); the server is stopped on exit. Its stderr is this process's, so
+    a server-side traceback shows up next to the benchmark's progress.
+
+    Args:
+        target: What the server opens (``--db``): a SQLite file or a PostgreSQL URL.
+        embedder: The server's ``--embedder``; it must be the one that made any stored vectors.
+    """
+    with hivemem.open(target, embedder=embedder) as hive:
+        _, key = hive.create_api_key("bench", ["admin:*"])
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "hivemem", "--db", target, "--embedder", embedder, "serve", "--port", str(port)]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise SystemExit("the server did not start")
+            time.sleep(0.05)
+        yield url, key
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
 
 
 def log(message: str) -> None:

@@ -15,56 +15,16 @@ The target: p50 over HTTP at most 2 ms above the embedded p50, for remember and 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 import hivemem
-from _common import latency_summary, log, print_table, write_results
+from _common import hivemem_server, latency_summary, log, print_table, write_results
 
 TARGET_MS = 2.0
-_ADMIN = ("--principal", "bench", "--grant", "admin:*")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _start_server(db: Path) -> tuple[subprocess.Popen[bytes], str, str]:
-    env = {**os.environ, "HIVEMEM_EMBEDDER": "none"}
-    created = subprocess.run(
-        [sys.executable, "-m", "hivemem", "--db", str(db), "--json", "keys", "create", *_ADMIN],
-        capture_output=True,
-        check=True,
-        env=env,
-    )
-    key = json.loads(created.stdout)["key"]
-    port = _free_port()
-    command = [sys.executable, "-m", "hivemem", "--db", str(db), "serve", "--port", str(port)]
-    server = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return server, url, key
-        except httpx.TransportError:
-            if time.monotonic() > deadline or server.poll() is not None:
-                server.kill()
-                raise SystemExit("the server did not start") from None
-            time.sleep(0.05)
 
 
 def _measure(hive: hivemem.Hive, calls: int, rounds: int, times: dict[str, list[float]]) -> None:
@@ -89,20 +49,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.calls, args.rounds = 100, 2
     times: dict[str, dict[str, list[float]]] = {side: {"remember": [], "get": []} for side in ("embedded", "http")}
-    with tempfile.TemporaryDirectory() as tmp:
-        server, url, key = _start_server(Path(tmp) / "served.db")
-        try:
-            with (
-                hivemem.open(str(Path(tmp) / "embedded.db"), embedder=None) as embedded,
-                hivemem.open(url, api_key=key) as remote,
-            ):
-                for round_ in range(args.rounds):
-                    log(f"round {round_ + 1}/{args.rounds}")
-                    _measure(embedded, args.calls, args.rounds, times["embedded"])
-                    _measure(remote, args.calls, args.rounds, times["http"])
-        finally:
-            server.terminate()
-            server.wait(timeout=10)
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        hivemem_server(str(Path(tmp) / "served.db")) as (url, key),
+        hivemem.open(str(Path(tmp) / "embedded.db"), embedder=None) as embedded,
+        hivemem.open(url, api_key=key) as remote,
+    ):
+        for round_ in range(args.rounds):
+            log(f"round {round_ + 1}/{args.rounds}")
+            _measure(embedded, args.calls, args.rounds, times["embedded"])
+            _measure(remote, args.calls, args.rounds, times["http"])
     results: dict[str, Any] = {}
     rows = []
     for operation in ("remember", "get"):
