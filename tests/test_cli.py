@@ -149,3 +149,26 @@ def test_locks_lists_held_leases(db: str) -> None:
         assert "team-b/index" in run(db, "locks").stdout
         lease.release()
         assert json.loads(run(db, "--json", "locks", "--namespace", "team-a").stdout) == []
+
+
+def test_events_lists_and_follows_committed_changes(db: str, tmp_path: Path) -> None:
+    with hivemem.open(db, embedder=None) as hive:
+        note = hive.remember("team-a", "the deploy runs on tuesdays")
+        hive.forget(note.id)
+    lines = [json.loads(line) for line in run(db, "--json", "events", "--namespace", "team-a").stdout.splitlines()]
+    assert [(e["seq"], e["type"], e["subject"]) for e in lines] == [
+        (1, "memory.created", note.id),
+        (2, "memory.deleted", note.id),
+    ]
+    assert "memory.deleted" in run(db, "events", "--namespace", "team-a", "--since", "1").stdout
+    # --follow as a real process: it prints what commits after it started.
+    command = [sys.executable, "-m", "hivemem", "--db", db, "--json", "events", "--namespace", "team-a", "--follow"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as follower:
+        try:
+            with hivemem.open(db, embedder=None) as hive:
+                later = hive.remember("team-a/x", "written while following")
+            assert follower.stdout is not None
+            seen = [json.loads(follower.stdout.readline()) for _ in range(3)]
+        finally:
+            follower.kill()
+    assert [(e["seq"], e["subject"]) for e in seen] == [(1, note.id), (2, note.id), (3, later.id)]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -24,6 +24,7 @@ from rich.table import Table
 import hivemem
 from hivemem.config import HiveConfig
 from hivemem.errors import ConfigError, HiveError, InvalidInput, NotFound
+from hivemem.events import Event
 from hivemem.hive import Hive
 from hivemem.models import Memory
 
@@ -394,6 +395,34 @@ def locks(obj: Context, namespace: str | None) -> None:
         obj.console.print(table if rows else "no leases held")
 
     obj.emit(rows, render)
+
+
+@main.command()
+@click.option("--namespace", required=True, help="A namespace prefix; numbers count per its root.")
+@click.option("--since", type=int, default=0, show_default=True, help="Only events after this sequence number.")
+@click.option("--type", "types", multiple=True, help="Only this event type (repeatable).")
+@click.option("--limit", type=int, default=100, show_default=True, help="At most this many (without --follow).")
+@click.option("--follow", is_flag=True, help="Keep printing events as they commit, until interrupted.")
+@_command
+def events(obj: Context, namespace: str, since: int, types: tuple[str, ...], limit: int, follow: bool) -> None:
+    """Committed changes in order: one line each (JSON lines with --json)."""
+    wanted = list(types) or None
+    with obj.open() as hive:
+        found: Iterable[Event] = (
+            hive.subscribe(namespace, since=since, types=wanted)
+            if follow
+            else hive.events(namespace, since=since, limit=limit, types=wanted)
+        )
+        try:
+            for event in found:
+                if obj.as_json:
+                    click.echo(json.dumps(event.to_dict(), ensure_ascii=False))
+                else:
+                    data = json.dumps(dict(event.data), ensure_ascii=False)
+                    at = event.at.isoformat()[:23]
+                    click.echo(f"{event.seq:>8} {at} {event.type:<16} {event.namespace} {event.subject} {data}")
+        except KeyboardInterrupt:
+            return
 
 
 @main.group()

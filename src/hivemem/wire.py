@@ -171,8 +171,10 @@ def _argument_to_wire(name: Any, value: Any, field: str) -> Any:
         return value.to_dict()
     if name == "fence" and isinstance(value, Lease | Fence):
         return Fence.of(value).to_dict()
-    if name in TIME_ARGUMENTS and value is not None:
+    if name in TIME_ARGUMENTS and value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        # A whole number is a sequence number (events' ``since``); the method judges it as it travels.
         timestamp(value, field)  # raises InvalidInput for anything but an aware datetime
+        assert isinstance(value, datetime)
         return value.isoformat()
     if name == "ttl" and isinstance(value, timedelta):
         return value.total_seconds()
