@@ -29,6 +29,7 @@ bench-quick: $(STAMP)
 	$(PY) bench/writers.py --quick
 	$(PY) bench/http_overhead.py --quick
 	$(PY) bench/leases.py --quick
+	$(PY) bench/events.py --quick
 	$(PY) bench/load.py --quick
 
 bench: $(STAMP)
@@ -38,4 +39,5 @@ bench: $(STAMP)
 	$(PY) bench/writers.py
 	$(PY) bench/http_overhead.py
 	$(PY) bench/leases.py
+	$(PY) bench/events.py
 	$(PY) bench/load.py
