@@ -452,7 +452,17 @@ class PostgresStore(Store):
     @staticmethod
     def _open_pool(url: str, size: int) -> psycopg_pool.ConnectionPool[Any]:
         pool: psycopg_pool.ConnectionPool[Any] = psycopg_pool.ConnectionPool(
-            url, min_size=1, max_size=size, open=False, kwargs={"autocommit": True}, timeout=10.0
+            url,
+            min_size=1,
+            max_size=size,
+            open=False,
+            # No server-side prepared statements: a write transaction that stops midway
+            # (a VersionConflict raised between pipelined statements) can leave psycopg's
+            # cache naming a statement the server never prepared ("prepared statement
+            # _pg3_2 does not exist" on the next use). It also lets PgBouncer in
+            # transaction mode sit between HiveMem and PostgreSQL.
+            kwargs={"autocommit": True, "prepare_threshold": None},
+            timeout=10.0,
         )
         try:
             pool.open(wait=True, timeout=10.0)
