@@ -27,6 +27,7 @@ from hivemem.errors import (
 )
 from hivemem.hive import Hive
 from hivemem.models import Group, Hit, Memory, Page, Related, Relation
+from hivemem.records import KeyedOptions, MemoryOptions, RememberOptions
 from hivemem.retrieval.embedders import Embedder, MiniLMEmbedder, OpenAIEmbedder, make_embedder
 
 __version__ = "0.1.0"
@@ -43,9 +44,11 @@ __all__ = [
     "HiveConfig",
     "HiveError",
     "InvalidInput",
+    "KeyedOptions",
     "LockHeld",
     "ManualClock",
     "Memory",
+    "MemoryOptions",
     "MiniLMEmbedder",
     "NotFound",
     "OpenAIEmbedder",
@@ -55,6 +58,7 @@ __all__ = [
     "RankingWeights",
     "Related",
     "Relation",
+    "RememberOptions",
     "StaleFencingToken",
     "StorageUnavailable",
     "SystemClock",

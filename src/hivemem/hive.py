@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 from hivemem import validation as v
 from hivemem.access import ApiKey, Grant, Principal, hash_key, key_id_of, new_key
@@ -27,6 +27,9 @@ from hivemem.errors import Forbidden, InvalidInput, NotFound, PayloadTooLarge, U
 from hivemem.models import Group, Hit, Memory, Page, Related, Relation, decode_cursor, encode_cursor
 from hivemem.records import (
     Draft,
+    KeyedOptions,
+    MemoryOptions,
+    RememberOptions,
     content_hash,
     draft,
     entity_content,
@@ -129,15 +132,15 @@ class Hive:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def remember(self, namespace: str, content: str, **options: Any) -> Memory:
+    def remember(self, namespace: str, content: str, **options: Unpack[RememberOptions]) -> Memory:
         """Store a memory; with a ``key``, create or update the one memory under that key.
 
         Args:
             namespace: Where to write, e.g. ``"swarm-1/agent-a"``.
             content: The searchable text.
-            **options: ``kind`` ("note"), ``tier`` ("short"), ``key``, ``data`` (a JSON
-                object), ``tags``, ``importance`` (0..1, 0.5), ``agent_id``,
-                ``session_id``, ``parent_id``, ``occurred_at`` (aware datetime),
+            **options: :class:`~hivemem.records.RememberOptions`: ``kind`` ("note"), ``tier``
+                ("short"), ``key``, ``data`` (a JSON object), ``tags``, ``importance`` (0..1, 0.5),
+                ``agent_id``, ``session_id``, ``parent_id``, ``occurred_at`` (aware datetime),
                 ``ttl`` (seconds or timedelta) or ``expires_at``, ``sensitive``.
 
         Returns:
@@ -217,7 +220,7 @@ class Hive:
         memory_id: str,
         *,
         content: str = UNSET,
-        data: Mapping[str, Any] = UNSET,
+        data: Mapping[str, Any] | None = UNSET,
         tags: Sequence[str] = UNSET,
         importance: float = UNSET,
         tier: str = UNSET,
@@ -228,7 +231,7 @@ class Hive:
         Args:
             memory_id: The memory to change.
             content: New text.
-            data: New data (replaces the old object).
+            data: New data (replaces the old object; None empties it).
             tags: New tags.
             importance: New importance.
             tier: New tier.
@@ -355,7 +358,7 @@ class Hive:
         lesson: str | None = None,
         tools: Sequence[str] = (),
         metrics: Mapping[str, Any] | None = None,
-        **options: Any,
+        **options: Unpack[KeyedOptions],
     ) -> Memory:
         """Record an experience: what the situation was, what was done, what came of it.
 
@@ -381,7 +384,12 @@ class Hive:
         return self.remember(namespace, content, kind="episode", data=data, **options)
 
     def upsert_entity(
-        self, namespace: str, type: str, name: str, properties: Mapping[str, Any] | None = None, **options: Any
+        self,
+        namespace: str,
+        type: str,
+        name: str,
+        properties: Mapping[str, Any] | None = None,
+        **options: Unpack[MemoryOptions],
     ) -> Memory:
         """Create or update the one record of an entity (by type and name).
 
@@ -439,7 +447,7 @@ class Hive:
         rule_type: str = "guideline",
         confidence: float = 0.5,
         source_memory_id: str | None = None,
-        **options: Any,
+        **options: Unpack[KeyedOptions],
     ) -> Memory:
         """Store a rule (a guideline, constraint or preference learned or given).
 
@@ -452,13 +460,14 @@ class Hive:
             **options: Other :meth:`remember` options; tier defaults to ``long``.
         """
         _refuse_options(options, ("kind", "data"), "add_rule")
+        certainty = v.unit_float(confidence, "confidence")
         data = {
             "rule_type": v.kind(rule_type, "rule_type"),
-            "confidence": v.unit_float(confidence, "confidence"),
+            "confidence": certainty,
             "source_memory_id": v.optional_id(source_memory_id, "source_memory_id"),
         }
         options.setdefault("tier", "long")
-        options.setdefault("importance", data["confidence"])
+        options.setdefault("importance", certainty)
         if source_memory_id is not None:
             options.setdefault("parent_id", source_memory_id)
         return self.remember(namespace, text, kind="rule", data=data, **options)
@@ -659,14 +668,22 @@ class Hive:
     # -- moving data ---------------------------------------------------------------------------
 
     def export(self, namespace: str | None = None, *, batch_size: int = 500) -> Iterator[Memory]:
-        """Every live memory under a prefix, oldest first, streamed page by page."""
-        cursor: str | None = None
+        """Every live memory under a prefix, oldest first, streamed page by page.
+
+        The first page is read by the call itself, so a bad argument is refused
+        here and not at the first item (over HTTP: before the answer starts).
+
+        Raises:
+            InvalidInput: A bad namespace or batch size.
+        """
+        return self._pages(self.list(namespace, limit=batch_size), namespace, batch_size)
+
+    def _pages(self, page: Page, namespace: str | None, batch_size: int) -> Iterator[Memory]:
         while True:
-            page = self.list(namespace, limit=batch_size, cursor=cursor)
             yield from page.items
             if page.next_cursor is None:
                 return
-            cursor = page.next_cursor
+            page = self.list(namespace, limit=batch_size, cursor=page.next_cursor)
 
     def import_memories(self, memories: Iterable[Memory], *, batch_size: int = 500) -> int:
         """Store exported memories exactly as they were (ids, versions, times, every field).

@@ -12,8 +12,8 @@ import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, TypedDict
 
 from hivemem import validation as v
 from hivemem.clock import to_datetime
@@ -21,24 +21,56 @@ from hivemem.config import HiveConfig
 from hivemem.errors import InvalidInput
 from hivemem.models import Memory
 
+
+class MemoryOptions(TypedDict, total=False):
+    """The :class:`RememberOptions` every write that makes a memory takes (all but ``key``, ``kind`` and ``data``).
+
+    :meth:`hivemem.Hive.upsert_entity` takes these: it sets the other three itself.
+    """
+
+    tier: str
+    tags: Sequence[str]
+    importance: float
+    agent_id: str | None
+    session_id: str | None
+    parent_id: str | None
+    occurred_at: datetime | None
+    ttl: float | timedelta | None
+    expires_at: datetime | None
+    sensitive: bool
+
+
+class KeyedOptions(MemoryOptions, total=False):
+    """The :class:`RememberOptions` of the episode and rule helpers (all but ``kind`` and ``data``, which they set)."""
+
+    key: str | None
+
+
+class RememberOptions(KeyedOptions, total=False):
+    """Everything :meth:`hivemem.Hive.remember` takes besides ``namespace`` and ``content``.
+
+    Attributes:
+        kind: ``note`` (the default), ``episode``, ``fact``... or a lowercase name of one's own.
+        tier: ``short`` (the default), ``mid`` or ``long``.
+        key: Unique in its namespace: a write under a taken key makes the next version of that memory.
+        data: A JSON object kept with the memory (``where`` filters search it).
+        tags: Labels (at most 32 of at most 64 characters), order kept.
+        importance: 0..1 (default 0.5).
+        agent_id: The agent that wrote it.
+        session_id: The session it belongs to.
+        parent_id: The memory it derives from (``children`` lists it under that one).
+        occurred_at: When the event happened (an aware datetime; ISO 8601 text over HTTP).
+        ttl: Time to live in seconds (or a timedelta); give this or ``expires_at``.
+        expires_at: When it expires (an aware datetime; ISO 8601 text over HTTP).
+        sensitive: Whether it holds sensitive data.
+    """
+
+    kind: str
+    data: Mapping[str, Any] | None
+
+
 #: Arguments ``remember`` takes besides ``namespace`` and ``content``.
-REMEMBER_OPTIONS = frozenset(
-    {
-        "kind",
-        "tier",
-        "key",
-        "data",
-        "tags",
-        "importance",
-        "agent_id",
-        "session_id",
-        "parent_id",
-        "occurred_at",
-        "ttl",
-        "expires_at",
-        "sensitive",
-    }
-)
+REMEMBER_OPTIONS = RememberOptions.__optional_keys__
 
 
 def content_hash(text: str) -> str:
