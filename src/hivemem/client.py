@@ -30,6 +30,7 @@ from hivemem.errors import ConfigError, HiveError, InvalidInput, StorageUnavaila
 from hivemem.hive import Hive
 from hivemem.models import Memory
 from hivemem.storage.base import T
+from hivemem.validation import encodable, identifier
 from hivemem.wire import ROUTES, ROUTES_BY_NAME, Route, arguments_to_wire
 
 _JSON = {"Content-Type": "application/json"}
@@ -172,18 +173,15 @@ class RemoteHive(Hive):
     def _send(self, route: Route, arguments: dict[str, Any]) -> Any:
         path = route.path
         for name in route.path_params:
-            value = arguments.pop(name)
-            if not isinstance(value, str) or not value:
-                raise InvalidInput("id" if name == "memory_id" else name, "must be a non-empty string")
+            # Checked as the Hive checks it: only then can it be written into a URL.
+            value = identifier(arguments.pop(name), "id" if name == "memory_id" else name)
             path = path.replace(f"{{{name}}}", quote(value, safe=""))
         if self._http.is_closed:
             raise StorageUnavailable("this Hive is closed")
         wire = arguments_to_wire(arguments)
         request: dict[str, Any] = {"headers": {}}
         if route.in_query:
-            request["params"] = {
-                k: (str(v).lower() if isinstance(v, bool) else v) for k, v in wire.items() if v is not None
-            }
+            request["params"] = {k: _query_value(k, v) for k, v in wire.items() if v is not None}
         else:
             # ASCII escapes carry any str (even a lone surrogate) for the server to judge.
             request["content"] = json.dumps(wire, separators=(",", ":")).encode()
@@ -211,6 +209,13 @@ class RemoteHive(Hive):
             if attempt < self.retries:
                 time.sleep(min(2.0, self.backoff * 2**attempt) * random.uniform(0.5, 1.5))
         raise StorageUnavailable(f"the HiveMem server did not answer after {self.retries + 1} tries: {failure}")
+
+
+def _query_value(name: str, value: Any) -> Any:
+    """``value`` as query text; text a URL cannot carry (a lone surrogate) is refused as the Hive refuses it."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return encodable(value, name) if isinstance(value, str) else value
 
 
 def _error(response: httpx.Response) -> HiveError:

@@ -164,7 +164,10 @@ class Hive:
 
         Raises:
             InvalidInput: An item is bad (``field`` reads ``items[3].importance``); nothing was written.
+            PayloadTooLarge: More items than ``max_batch``, or an item over a size limit.
         """
+        if isinstance(items, str | Mapping) or not isinstance(items, Iterable):
+            raise InvalidInput("items", "must be a list of dicts of remember() arguments")
         drafts: builtins.list[Draft] = []
         for index, item in enumerate(items):
             if len(drafts) >= self.config.max_batch:
@@ -290,6 +293,8 @@ class Hive:
         Raises:
             NotFound: No such memory.
         """
+
+        v.boolean(cascade, "cascade")
 
         def write(tx: StoreTx) -> int:
             self._require(tx, memory_id, self.clock.now(), "write")
@@ -489,6 +494,7 @@ class Hive:
             NotFound: Nothing is stored under that key.
         """
         ns = v.namespace(namespace)
+        key = v.identifier(key, "key")
         found = self._try_get_by_key(ns, key) if self.principal.allows("read", ns) else None
         if found is None:
             raise NotFound(f"no memory with key {key!r} in {namespace}", namespace=namespace, key=key)
@@ -549,14 +555,16 @@ class Hive:
         if order_by not in ORDER_COLUMNS:
             raise InvalidInput("order_by", f"must be one of {', '.join(ORDER_COLUMNS)}")
         limit = v.positive_int(limit, "limit", _MAX_PAGE)
+        v.boolean(descending, "descending")
         after: tuple[Any, str] | None = None
         if cursor is not None:
             try:
                 order, value, last_id = decode_cursor(cursor)
-                valid_value = value is None or (isinstance(value, str | int | float) and not isinstance(value, bool))
+                valid_value = not isinstance(value, bool) and v.storable_scalar(value, "cursor")
                 if order != f"{order_by}:{descending}" or not isinstance(last_id, str) or not valid_value:
                     raise ValueError("cursor from another listing")
-            except (ValueError, TypeError):
+                v.identifier(last_id, "cursor")
+            except (ValueError, TypeError, InvalidInput):
                 raise InvalidInput("cursor", "not a cursor of this listing") from None
             after = (value, last_id)
         flt = self._filter(namespace, kinds, tiers, tags, agent_id, session_id, None, None, where)
@@ -727,9 +735,15 @@ class Hive:
             parent_id=memory.parent_id,
             occurred_at=memory.occurred_at,
             expires_at=memory.expires_at,
+            sensitive=memory.sensitive,
         )
-        if not isinstance(memory.id, str) or not memory.id or memory.created_at is None or memory.updated_at is None:
+        if memory.id is None or memory.created_at is None or memory.updated_at is None:
             raise InvalidInput("id", "an imported memory needs its id, created_at and updated_at")
+        v.identifier(memory.id, "id")
+        for name in ("created_at", "updated_at", "last_accessed_at"):
+            v.timestamp(getattr(memory, name), name)
+        v.positive_int(memory.version, "version", v.MAX_INT)
+        v.count(memory.access_count, "access_count")
         self._may("write", checked.namespace)
         return dataclasses.replace(memory, content_hash=content_hash(memory.content))
 
@@ -837,6 +851,8 @@ class Hive:
             NotFound: The memory or the group does not exist.
         """
 
+        v.identifier(group, "group")
+
         def write(tx: StoreTx) -> None:
             now = self.clock.now()
             self._require(tx, memory_id, now, "write")
@@ -852,6 +868,8 @@ class Hive:
         Raises:
             NotFound: No such group.
         """
+
+        v.identifier(group, "group")
 
         def read(tx: StoreTx) -> builtins.list[Memory]:
             if tx.get_group(group) is None:
@@ -985,8 +1003,7 @@ class Hive:
 
     def _require(self, tx: StoreTx, memory_id: str, now: float, level: str = "read") -> Memory:
         """The live memory ``memory_id``, if the principal may see it (and act on it at ``level``)."""
-        if not isinstance(memory_id, str) or not memory_id:
-            raise InvalidInput("id", "must be a memory id")
+        v.identifier(memory_id, "id")
         found = tx.get(memory_id, now)
         if found is None or not self.principal.allows("read", found.namespace):
             raise NotFound(f"no memory with id {memory_id}", id=memory_id)

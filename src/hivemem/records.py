@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, TypedDict
@@ -158,9 +158,7 @@ def draft(namespace: object, content: object, config: HiveConfig, **options: Any
     if ttl is not None and expires_at is not None:
         raise InvalidInput("ttl", "give ttl or expires_at, not both")
     key = v.optional_id(options.get("key"), "key")
-    sensitive = options.get("sensitive", False)
-    if not isinstance(sensitive, bool):
-        raise InvalidInput("sensitive", "must be true or false")
+    sensitive = v.boolean(options.get("sensitive", False), "sensitive")
     return Draft(
         namespace=v.namespace(namespace),
         content=v.content(content, config.max_content_bytes),
@@ -186,7 +184,7 @@ def text_field(value: object, name: str, *, optional: bool = False) -> str | Non
         return None
     if not isinstance(value, str) or not value.strip():
         raise InvalidInput(name, "must be non-empty text")
-    return value.strip()
+    return v.encodable(value.strip(), name)
 
 
 def episode_fields(
@@ -199,8 +197,7 @@ def episode_fields(
     metrics: object,
 ) -> tuple[str, dict[str, Any]]:
     """Searchable content and the data of an experience record."""
-    if not isinstance(success, bool):
-        raise InvalidInput("success", "must be true or false")
+    v.boolean(success, "success")
     ctx = text_field(context, "context")
     act = text_field(action, "action")
     out = text_field(outcome, "outcome")
@@ -266,6 +263,8 @@ def names(values: Sequence[str] | str | None, field_name: str, check: Any) -> tu
     """A filter list (kinds, tiers): one value or several, each checked; None means no filter."""
     if values is None:
         return None
+    if isinstance(values, Mapping) or not isinstance(values, str | Iterable):
+        raise InvalidInput(field_name, "must be a name or a list of names")
     items = [values] if isinstance(values, str) else list(values)
     if not items:
         raise InvalidInput(field_name, "must not be empty (leave it out to allow all)")
