@@ -310,7 +310,7 @@ def problem_responses(errors: Iterable[type[HiveError]]) -> dict[int | str, Any]
     return out
 
 
-def document(spec: dict[str, Any], operations: Iterable[Operation], *, auth: bool) -> dict[str, Any]:
+def document(spec: dict[str, Any], operations: Sequence[Operation], *, auth: bool) -> dict[str, Any]:
     """Complete FastAPI's ``spec`` with the record and problem schemas, and the API key schemes if ``auth``."""
     schemas = spec.setdefault("components", {}).setdefault("schemas", {})
     records: dict[str, type[Any]] = {}
