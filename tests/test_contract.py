@@ -12,7 +12,7 @@ import hashlib
 import json
 import math
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -291,6 +291,15 @@ def test_forget_cascade_is_recursive(hive: Hive) -> None:
         with pytest.raises(NotFound):
             hive.get(gone.id)
     assert ids(everything(hive)) == [bystander.id]
+
+
+def test_forget_cascade_must_be_true_or_false(hive: Hive) -> None:
+    parent = hive.remember("ns", "parent")
+    hive.remember("ns", "child", parent_id=parent.id)
+    with pytest.raises(InvalidInput) as info:
+        hive.forget(parent.id, cascade="yes")  # type: ignore[arg-type]
+    assert info.value.field == "cascade"
+    assert len(everything(hive)) == 2
 
 
 def test_forget_cascade_survives_a_parent_cycle(hive: Hive) -> None:
@@ -839,6 +848,42 @@ def test_group_errors(hive: Hive) -> None:
     assert hive.group_members("g") == []
 
 
+@pytest.mark.parametrize("bad", ["lone \ud800 surrogate", "nul\x00byte", "x" * 256])
+def test_lookups_refuse_ids_no_record_can_have(hive: Hive, bad: str) -> None:
+    m = hive.remember("ns", "a", key="k")
+    hive.create_group("g")
+    calls: dict[str, Any] = {
+        "id": [
+            lambda: hive.get(bad),
+            lambda: hive.history(bad),
+            lambda: hive.forget(bad),
+            lambda: hive.reinforce(bad),
+            lambda: hive.children(bad),
+            lambda: hive.related(bad),
+            lambda: hive.relate(m.id, bad, "sees"),
+            lambda: hive.add_to_group(bad, "g"),
+        ],
+        "key": [lambda: hive.get_by_key("ns", bad)],
+        "group": [lambda: hive.add_to_group(m.id, bad), lambda: hive.group_members(bad)],
+    }
+    for field, lookups in calls.items():
+        for lookup in lookups:
+            with pytest.raises(InvalidInput) as info:
+                lookup()
+            assert info.value.field == field
+    assert [x.id for x in everything(hive)] == [m.id]
+
+
+def test_helper_text_must_be_valid_unicode(hive: Hive) -> None:
+    with pytest.raises(InvalidInput) as info:
+        hive.create_group("g", "lone \ud800 surrogate")
+    assert info.value.field == "description"
+    with pytest.raises(InvalidInput) as info:
+        hive.upsert_entity("ns", "service", "lone \ud800 surrogate")
+    assert info.value.field == "name"
+    assert everything(hive) == []
+
+
 # --------------------------------------------------------------------------- reinforce, stats
 
 
@@ -1164,6 +1209,9 @@ def test_list_pages_with_writes_in_between_never_repeat(hive: Hive, clock: hivem
         base64.urlsafe_b64encode(json.dumps(["created_at:False", 1.0]).encode()).decode(),
         base64.urlsafe_b64encode(json.dumps(["created_at:False", {"x": 1}, "id"]).encode()).decode(),
         base64.urlsafe_b64encode(json.dumps(["created_at:False", 1.0, 7]).encode()).decode(),
+        base64.urlsafe_b64encode(json.dumps(["created_at:False", 2**70, "id"]).encode()).decode(),
+        base64.urlsafe_b64encode(json.dumps(["created_at:False", "\ud800", "id"]).encode()).decode(),
+        base64.urlsafe_b64encode(json.dumps(["created_at:False", 1.0, "\ud800"]).encode()).decode(),
     ],
 )
 def test_list_bad_cursor(hive: Hive, cursor: str) -> None:
@@ -1194,7 +1242,14 @@ def test_list_cursor_from_another_listing_is_refused(hive: Hive) -> None:
         ({"limit": "10"}, "limit"),
         ({"namespace": "/a"}, "namespace"),
         ({"kinds": "BAD"}, "kinds"),
+        ({"kinds": 5}, "kinds"),
+        ({"tiers": False}, "tiers"),
+        ({"tags": {"a": 1}}, "tags"),  # a mapping is not a list of tags
+        ({"descending": {}}, "descending"),
+        ({"descending": "yes"}, "descending"),
         ({"where": {"x": {"$nin": [1]}}}, "where"),
+        ({"where": {"x": 2**70}}, "where"),  # beyond what a store can compare with
+        ({"where": {"x": {"$in": ["ok", "\ud800"]}}}, "where"),
     ],
 )
 def test_list_bad_input(hive: Hive, kwargs: dict[str, Any], field: str) -> None:
@@ -1241,6 +1296,8 @@ BAD_REMEMBER = [
     ({"occurred_at": NAIVE}, "occurred_at"),
     ({"occurred_at": "2024-01-01T00:00:00Z"}, "occurred_at"),
     ({"expires_at": NAIVE}, "expires_at"),
+    ({"occurred_at": datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=14)))}, "occurred_at"),  # before year 1 in UTC
+    ({"expires_at": datetime(9999, 12, 31, 23, tzinfo=timezone(timedelta(hours=-14)))}, "expires_at"),  # after 9999
     ({"ttl": 0}, "ttl"),
     ({"ttl": -5}, "ttl"),
     ({"ttl": "60"}, "ttl"),
@@ -1252,6 +1309,7 @@ BAD_REMEMBER = [
     ({"tags": [""]}, "tags"),
     ({"tags": [1]}, "tags"),
     ({"tags": [f"t{i}" for i in range(33)]}, "tags"),
+    ({"tags": {"a": 1}}, "tags"),
     ({"data": [1, 2]}, "data"),
     ({"data": "text"}, "data"),
     ({"data": {1: "int key"}}, "data"),
@@ -1398,6 +1456,14 @@ def test_remember_many_with_one_bad_item_writes_nothing(
     assert len(embedder.texts_embedded) == embedded
 
 
+@pytest.mark.parametrize("items", [5, None, "ab", {"namespace": "ns", "content": "x"}])
+def test_remember_many_needs_a_list_of_items(hive: Hive, items: Any) -> None:
+    with pytest.raises(InvalidInput) as info:
+        hive.remember_many(items)
+    assert info.value.field == "items"
+    assert everything(hive) == []
+
+
 def test_remember_many_oversized_item_names_the_item(open_hive: OpenHive) -> None:
     hive = open_hive("small", max_content_bytes=100)
     items = [{"namespace": "ns", "content": "fine"}, {"namespace": "ns", "content": "x" * 101}]
@@ -1428,6 +1494,53 @@ def test_errors_render_to_one_shape(hive: Hive) -> None:
     with pytest.raises(NotFound) as missing:
         hive.get(str(uuid.uuid4()))
     assert missing.value.to_dict()["status"] == 404
+
+
+# --------------------------------------------------------------------------- export and import
+
+
+def exported(**changes: Any) -> Memory:
+    """A record as an export gives it, with ``changes``."""
+    record = {"id": "imported-1", "namespace": "ns", "content": "imported", "created_at": T0, "updated_at": T0}
+    return Memory(**{**record, **changes})
+
+
+def test_import_stores_the_record_as_it_was(hive: Hive) -> None:
+    record = exported(version=3, access_count=2, sensitive=True, last_accessed_at=T0, tags=("a",))
+    assert hive.import_memories([record]) == 1
+    stored = hive.get("imported-1")
+    assert stored.to_dict() == {**record.to_dict(), "content_hash": stored.content_hash}
+    assert stored.content_hash == hashlib.sha256(b"imported").hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"version": "2"}, "version"),
+        ({"version": 0}, "version"),
+        ({"version": 2**70}, "version"),  # more than a store's integer holds
+        ({"access_count": -1}, "access_count"),
+        ({"access_count": True}, "access_count"),
+        ({"sensitive": "yes"}, "sensitive"),
+        ({"created_at": NAIVE}, "created_at"),
+        ({"last_accessed_at": NAIVE}, "last_accessed_at"),
+        ({"updated_at": None}, "id"),
+        ({"id": ""}, "id"),
+        ({"id": "nul\x00byte"}, "id"),
+    ],
+)
+def test_import_refuses_a_malformed_record_and_writes_nothing(hive: Hive, changes: dict[str, Any], field: str) -> None:
+    with pytest.raises(InvalidInput) as info:
+        hive.import_memories([exported(id="fine-1"), exported(**changes)])
+    assert info.value.field == field
+    assert everything(hive) == []
+
+
+def test_export_refuses_a_bad_namespace_when_called(hive: Hive) -> None:
+    hive.remember("ns", "a")
+    with pytest.raises(InvalidInput) as info:
+        hive.export("a//b")  # not iterated: the call itself checks
+    assert info.value.field == "namespace"
 
 
 # --------------------------------------------------------------------------- durability and configuration

@@ -293,3 +293,24 @@ def test_sweep_prunes_lapsed_leases(hive: Hive) -> None:
     assert hive.sweep()["leases_pruned"] == 1
     assert hive.sweep()["leases_pruned"] == 0
     assert hive.locks() == [kept]
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        {"mode": "exclusive"},
+        {"ttl": -1.0},
+        {"token": "1"},
+        {"lease_id": ""},
+        {"acquired_at": "yesterday"},
+        {"resource": ""},
+    ],
+)
+def test_a_malformed_lease_is_refused_by_renew_and_release(hive: Hive, broken: dict[str, Any]) -> None:
+    lease = hive.lock("team-a/job")
+    forged = {**lease.to_dict(), **broken}
+    with pytest.raises(InvalidInput):
+        hive.renew_lease(forged)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput):
+        hive.release_lease(forged)  # type: ignore[arg-type]
+    assert [held.lease_id for held in hive.locks()] == [lease.lease_id]

@@ -165,6 +165,8 @@ def test_errors_and_limits_answer_in_the_error_shape_and_write_nothing(
         ("POST", "/v1/memories/list", {"cursor": "garbage"}, 422, "invalid_input"),
         ("GET", "/v1/memories/no-such-id", None, 404, "not_found"),
         ("GET", "/v1/no/such/route", None, 404, "not_found"),
+        ("GET", "/v1/export?namespace=a//b", None, 422, "invalid_input"),  # refused before the stream starts
+        ("POST", "/v1/memories/list", {"tiers": False}, 422, "invalid_input"),
     ]
     deep: Any = {}
     for _ in range(40):
@@ -174,8 +176,9 @@ def test_errors_and_limits_answer_in_the_error_shape_and_write_nothing(
         response = httpx.request(method, f"{server.url}{path}", json=body, headers=headers)
         assert (response.status_code, response.json()["code"]) == (status, code), (path, body, response.text)
         assert response.headers["content-type"] == "application/problem+json"
-    raw = httpx.post(f"{server.url}/v1/memories", content=b"{not json", headers=headers)
-    assert (raw.status_code, raw.json()["code"]) == (422, "invalid_input")
+    for raw_body in (b"{not json", b"[" * 100_000):  # the second nests deeper than the JSON parser recurses
+        raw = httpx.post(f"{server.url}/v1/memories", content=raw_body, headers=headers)
+        assert (raw.status_code, raw.json()["code"]) == (422, "invalid_input")
     huge = httpx.post(f"{server.url}/v1/memories", content=b"x" * (9 * 1024 * 1024), headers=headers)
     assert (huge.status_code, huge.json()["code"]) == (413, "payload_too_large")
     with hivemem.open(server.url, api_key=keys["admin"]) as admin:

@@ -31,6 +31,7 @@ from hivemem.errors import (
 from hivemem.hive import Hive
 from hivemem.leases import Fence, Lease, LeaseSet
 from hivemem.models import Group, Hit, Memory, Page, Related, Relation
+from hivemem.records import KeyedOptions, MemoryOptions, RememberOptions
 from hivemem.retrieval.embedders import Embedder, MiniLMEmbedder, OpenAIEmbedder, make_embedder
 
 __version__ = "0.1.0"
@@ -49,12 +50,14 @@ __all__ = [
     "HiveConfig",
     "HiveError",
     "InvalidInput",
+    "KeyedOptions",
     "Lease",
     "LeaseExpired",
     "LeaseSet",
     "LockHeld",
     "ManualClock",
     "Memory",
+    "MemoryOptions",
     "MiniLMEmbedder",
     "NotFound",
     "OpenAIEmbedder",
@@ -64,6 +67,7 @@ __all__ = [
     "RankingWeights",
     "Related",
     "Relation",
+    "RememberOptions",
     "StaleFencingToken",
     "StorageUnavailable",
     "SystemClock",

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, Unpack
 
 from hivemem import leases
 from hivemem import validation as v
@@ -30,6 +30,9 @@ from hivemem.leases import Fence, Lease, LeaseRequest, LeaseSet
 from hivemem.models import Group, Hit, Memory, Page, Related, Relation, decode_cursor, encode_cursor
 from hivemem.records import (
     Draft,
+    KeyedOptions,
+    MemoryOptions,
+    RememberOptions,
     content_hash,
     draft,
     entity_content,
@@ -134,17 +137,17 @@ class Hive:
 
     # Methods taking **options make self positional-only: an option called "self" is then refused
     # like any unknown one, and typed wrappers (the async client's methods) can carry the signature.
-    def remember(self, /, namespace: str, content: str, **options: Any) -> Memory:
+    def remember(self, /, namespace: str, content: str, **options: Unpack[RememberOptions]) -> Memory:
         """Store a memory; with a ``key``, create or update the one memory under that key.
 
         Args:
             namespace: Where to write, e.g. ``"swarm-1/agent-a"``.
             content: The searchable text.
-            **options: ``kind`` ("note"), ``tier`` ("short"), ``key``, ``data`` (a JSON
-                object), ``tags``, ``importance`` (0..1, 0.5), ``agent_id``,
-                ``session_id``, ``parent_id``, ``occurred_at`` (aware datetime),
-                ``ttl`` (seconds or timedelta) or ``expires_at``, ``sensitive``;
-                ``fence`` (a :class:`Lease`): write only if no newer lease on its resource exists.
+            **options: :class:`~hivemem.records.RememberOptions`: ``kind`` ("note"), ``tier``
+                ("short"), ``key``, ``data`` (a JSON object), ``tags``, ``importance`` (0..1, 0.5),
+                ``agent_id``, ``session_id``, ``parent_id``, ``occurred_at`` (aware datetime),
+                ``ttl`` (seconds or timedelta) or ``expires_at``, ``sensitive``; ``fence`` (a
+                :class:`Lease`): write only if no newer lease on its resource exists.
 
         Returns:
             The stored memory (for a keyed update: the new version).
@@ -169,7 +172,10 @@ class Hive:
 
         Raises:
             InvalidInput: An item is bad (``field`` reads ``items[3].importance``); nothing was written.
+            PayloadTooLarge: More items than ``max_batch``, or an item over a size limit.
         """
+        if isinstance(items, str | Mapping) or not isinstance(items, Iterable):
+            raise InvalidInput("items", "must be a list of dicts of remember() arguments")
         drafts: builtins.list[Draft] = []
         for index, item in enumerate(items):
             if len(drafts) >= self.config.max_batch:
@@ -229,7 +235,7 @@ class Hive:
         memory_id: str,
         *,
         content: str = UNSET,
-        data: Mapping[str, Any] = UNSET,
+        data: Mapping[str, Any] | None = UNSET,
         tags: Sequence[str] = UNSET,
         importance: float = UNSET,
         tier: str = UNSET,
@@ -241,7 +247,7 @@ class Hive:
         Args:
             memory_id: The memory to change.
             content: New text.
-            data: New data (replaces the old object).
+            data: New data (replaces the old object; None empties it).
             tags: New tags.
             importance: New importance.
             tier: New tier.
@@ -305,6 +311,8 @@ class Hive:
         Raises:
             NotFound: No such memory.
         """
+
+        v.boolean(cascade, "cascade")
 
         def write(tx: StoreTx) -> int:
             self._require(tx, memory_id, self.clock.now(), "write")
@@ -568,7 +576,7 @@ class Hive:
         lesson: str | None = None,
         tools: Sequence[str] = (),
         metrics: Mapping[str, Any] | None = None,
-        **options: Any,
+        **options: Unpack[KeyedOptions],
     ) -> Memory:
         """Record an experience: what the situation was, what was done, what came of it.
 
@@ -594,7 +602,13 @@ class Hive:
         return self.remember(namespace, content, kind="episode", data=data, **options)
 
     def upsert_entity(
-        self, /, namespace: str, type: str, name: str, properties: Mapping[str, Any] | None = None, **options: Any
+        self,
+        /,
+        namespace: str,
+        type: str,
+        name: str,
+        properties: Mapping[str, Any] | None = None,
+        **options: Unpack[MemoryOptions],
     ) -> Memory:
         """Create or update the one record of an entity (by type and name).
 
@@ -653,7 +667,7 @@ class Hive:
         rule_type: str = "guideline",
         confidence: float = 0.5,
         source_memory_id: str | None = None,
-        **options: Any,
+        **options: Unpack[KeyedOptions],
     ) -> Memory:
         """Store a rule (a guideline, constraint or preference learned or given).
 
@@ -666,13 +680,14 @@ class Hive:
             **options: Other :meth:`remember` options; tier defaults to ``long``.
         """
         _refuse_options(options, ("kind", "data"), "add_rule")
+        certainty = v.unit_float(confidence, "confidence")
         data = {
             "rule_type": v.kind(rule_type, "rule_type"),
-            "confidence": v.unit_float(confidence, "confidence"),
+            "confidence": certainty,
             "source_memory_id": v.optional_id(source_memory_id, "source_memory_id"),
         }
         options.setdefault("tier", "long")
-        options.setdefault("importance", data["confidence"])
+        options.setdefault("importance", certainty)
         if source_memory_id is not None:
             options.setdefault("parent_id", source_memory_id)
         return self.remember(namespace, text, kind="rule", data=data, **options)
@@ -694,6 +709,7 @@ class Hive:
             NotFound: Nothing is stored under that key.
         """
         ns = v.namespace(namespace)
+        key = v.identifier(key, "key")
         found = self._try_get_by_key(ns, key) if self.principal.allows("read", ns) else None
         if found is None:
             raise NotFound(f"no memory with key {key!r} in {namespace}", namespace=namespace, key=key)
@@ -754,14 +770,16 @@ class Hive:
         if order_by not in ORDER_COLUMNS:
             raise InvalidInput("order_by", f"must be one of {', '.join(ORDER_COLUMNS)}")
         limit = v.positive_int(limit, "limit", _MAX_PAGE)
+        v.boolean(descending, "descending")
         after: tuple[Any, str] | None = None
         if cursor is not None:
             try:
                 order, value, last_id = decode_cursor(cursor)
-                valid_value = value is None or (isinstance(value, str | int | float) and not isinstance(value, bool))
+                valid_value = not isinstance(value, bool) and v.storable_scalar(value, "cursor")
                 if order != f"{order_by}:{descending}" or not isinstance(last_id, str) or not valid_value:
                     raise ValueError("cursor from another listing")
-            except (ValueError, TypeError):
+                v.identifier(last_id, "cursor")
+            except (ValueError, TypeError, InvalidInput):
                 raise InvalidInput("cursor", "not a cursor of this listing") from None
             after = (value, last_id)
         flt = self._filter(namespace, kinds, tiers, tags, agent_id, session_id, None, None, where)
@@ -873,14 +891,22 @@ class Hive:
     # -- moving data ---------------------------------------------------------------------------
 
     def export(self, namespace: str | None = None, *, batch_size: int = 500) -> Iterator[Memory]:
-        """Every live memory under a prefix, oldest first, streamed page by page."""
-        cursor: str | None = None
+        """Every live memory under a prefix, oldest first, streamed page by page.
+
+        The first page is read by the call itself, so a bad argument is refused
+        here and not at the first item (over HTTP: before the answer starts).
+
+        Raises:
+            InvalidInput: A bad namespace or batch size.
+        """
+        return self._pages(self.list(namespace, limit=batch_size), namespace, batch_size)
+
+    def _pages(self, page: Page, namespace: str | None, batch_size: int) -> Iterator[Memory]:
         while True:
-            page = self.list(namespace, limit=batch_size, cursor=cursor)
             yield from page.items
             if page.next_cursor is None:
                 return
-            cursor = page.next_cursor
+            page = self.list(namespace, limit=batch_size, cursor=page.next_cursor)
 
     def import_memories(self, memories: Iterable[Memory], *, batch_size: int = 500) -> int:
         """Store exported memories exactly as they were (ids, versions, times, every field).
@@ -924,9 +950,15 @@ class Hive:
             parent_id=memory.parent_id,
             occurred_at=memory.occurred_at,
             expires_at=memory.expires_at,
+            sensitive=memory.sensitive,
         )
-        if not isinstance(memory.id, str) or not memory.id or memory.created_at is None or memory.updated_at is None:
+        if memory.id is None or memory.created_at is None or memory.updated_at is None:
             raise InvalidInput("id", "an imported memory needs its id, created_at and updated_at")
+        v.identifier(memory.id, "id")
+        for name in ("created_at", "updated_at", "last_accessed_at"):
+            v.timestamp(getattr(memory, name), name)
+        v.positive_int(memory.version, "version", v.MAX_INT)
+        v.count(memory.access_count, "access_count")
         self._may("write", checked.namespace)
         return dataclasses.replace(memory, content_hash=content_hash(memory.content))
 
@@ -1034,6 +1066,8 @@ class Hive:
             NotFound: The memory or the group does not exist.
         """
 
+        v.identifier(group, "group")
+
         def write(tx: StoreTx) -> None:
             now = self.clock.now()
             self._require(tx, memory_id, now, "write")
@@ -1049,6 +1083,8 @@ class Hive:
         Raises:
             NotFound: No such group.
         """
+
+        v.identifier(group, "group")
 
         def read(tx: StoreTx) -> builtins.list[Memory]:
             if tx.get_group(group) is None:
@@ -1182,8 +1218,7 @@ class Hive:
 
     def _require(self, tx: StoreTx, memory_id: str, now: float, level: str = "read") -> Memory:
         """The live memory ``memory_id``, if the principal may see it (and act on it at ``level``)."""
-        if not isinstance(memory_id, str) or not memory_id:
-            raise InvalidInput("id", "must be a memory id")
+        v.identifier(memory_id, "id")
         found = tx.get(memory_id, now)
         if found is None or not self.principal.allows("read", found.namespace):
             raise NotFound(f"no memory with id {memory_id}", id=memory_id)

@@ -95,7 +95,7 @@ class Lease:
     ttl: float
     acquired_at: datetime
     expires_at: datetime
-    hive: Hive | None = field(default=None, compare=False, repr=False)
+    hive: Hive | None = field(default=None, compare=False, repr=False, metadata={"local": True})
 
     @property
     def fence(self) -> Fence:
@@ -130,17 +130,35 @@ class Lease:
         """Rebuild a lease from :meth:`to_dict` output (not bound to a Hive).
 
         Raises:
-            InvalidInput: ``payload`` is not a lease's fields.
+            InvalidInput: ``payload`` is not a lease's fields, each of its type.
         """
-        try:
-            values = {name: payload[name] for name in _FIELDS}  # type: ignore[index]
-            values["acquired_at"] = datetime.fromisoformat(values["acquired_at"])
-            values["expires_at"] = datetime.fromisoformat(values["expires_at"])
-            lease = cls(**values)
-        except (TypeError, KeyError, ValueError):
-            raise InvalidInput(field, "must be a lease as hive.lock returned it") from None
-        v.namespace(lease.resource, f"{field}.resource")
-        return lease
+        if not isinstance(payload, Mapping) or not set(_FIELDS) <= payload.keys():
+            raise InvalidInput(field, "must be a lease as hive.lock returned it")
+        lease_id, holder, mode = payload["lease_id"], payload["holder"], payload["mode"]
+        for name, text in (("lease_id", lease_id), ("holder", holder)):
+            if not isinstance(text, str) or not text or len(text) > 300:
+                raise InvalidInput(f"{field}.{name}", "must be a non-empty string")
+        if mode not in MODES:
+            raise InvalidInput(f"{field}.mode", "must be 'read' or 'write'")
+        ttl = v.positive_float(payload["ttl"], f"{field}.ttl")
+        if ttl > MAX_TTL:
+            raise InvalidInput(f"{field}.ttl", f"must be at most {MAX_TTL:.0f} seconds")
+        times = []
+        for name in ("acquired_at", "expires_at"):
+            try:
+                times.append(datetime.fromisoformat(payload[name]))
+            except (TypeError, ValueError):
+                raise InvalidInput(f"{field}.{name}", "must be an ISO 8601 time") from None
+        return cls(
+            v.namespace(payload["resource"], f"{field}.resource"),
+            lease_id,
+            mode,
+            v.positive_int(payload["token"], f"{field}.token"),
+            holder,
+            ttl,
+            times[0],
+            times[1],
+        )
 
     @classmethod
     def of(cls, value: object, field: str = "lease") -> Lease:

@@ -29,7 +29,7 @@ from hivemem.errors import ConfigError, HiveError, InvalidInput, StorageUnavaila
 from hivemem.events import Event
 from hivemem.hive import Hive
 from hivemem.models import Memory
-from hivemem.validation import positive_int
+from hivemem.validation import encodable, identifier, positive_int
 from hivemem.wire import Route, arguments_to_wire
 
 _SCHEMES = ("http://", "https://")
@@ -158,20 +158,26 @@ def request_for(route: Route, arguments: dict[str, Any]) -> WireRequest:
     path = route.path
     rest = dict(arguments)
     for name in route.path_params:
-        value = rest.pop(name)
-        if not isinstance(value, str) or not value:
-            raise InvalidInput("id" if name == "memory_id" else name, "must be a non-empty string")
+        # Checked as the Hive checks it: only then can it be written into a URL.
+        value = identifier(rest.pop(name), "id" if name == "memory_id" else name)
         path = path.replace(f"{{{name}}}", quote(value, safe=""))
     wire = arguments_to_wire(rest)
     wait = wire.get("wait")
     held = float(wait) if isinstance(wait, int | float) and not isinstance(wait, bool) else 0.0
     if route.in_query:
-        params = {k: (str(v).lower() if isinstance(v, bool) else v) for k, v in wire.items() if v is not None}
+        params = {k: _query_value(k, v) for k, v in wire.items() if v is not None}
         return WireRequest(route.method, path, params, None, {}, held)
     # ASCII escapes carry any str (even a lone surrogate) for the server to judge.
     content = json.dumps(wire, separators=(",", ":")).encode()
     headers = {**_JSON, "Idempotency-Key": uuid.uuid4().hex} if route.once else _JSON
     return WireRequest(route.method, path, None, content, headers, held)
+
+
+def _query_value(name: str, value: Any) -> Any:
+    """``value`` as query text; text a URL cannot carry (a lone surrogate) is refused as the Hive refuses it."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return encodable(value, name) if isinstance(value, str) else value
 
 
 def import_batches(memories: Iterable[Memory], batch_size: int) -> Iterator[dict[str, Any]]:

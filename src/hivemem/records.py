@@ -10,35 +10,70 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, TypedDict
 
 from hivemem import validation as v
 from hivemem.clock import to_datetime
 from hivemem.config import HiveConfig
 from hivemem.errors import InvalidInput
+from hivemem.leases import Fence, Lease
 from hivemem.models import Memory
 
+
+class MemoryOptions(TypedDict, total=False):
+    """The :class:`RememberOptions` every write that makes a memory takes (all but ``key``, ``kind`` and ``data``).
+
+    :meth:`hivemem.Hive.upsert_entity` takes these: it sets the other three itself.
+    """
+
+    tier: str
+    tags: Sequence[str]
+    importance: float
+    agent_id: str | None
+    session_id: str | None
+    parent_id: str | None
+    occurred_at: datetime | None
+    ttl: float | timedelta | None
+    expires_at: datetime | None
+    sensitive: bool
+
+
+class KeyedOptions(MemoryOptions, total=False):
+    """The :class:`RememberOptions` of the episode and rule helpers (all but ``kind`` and ``data``, which they set)."""
+
+    key: str | None
+
+
+class RememberOptions(KeyedOptions, total=False):
+    """Everything :meth:`hivemem.Hive.remember` takes besides ``namespace`` and ``content``.
+
+    Attributes:
+        kind: ``note`` (the default), ``episode``, ``fact``... or a lowercase name of one's own.
+        tier: ``short`` (the default), ``mid`` or ``long``.
+        key: Unique in its namespace: a write under a taken key makes the next version of that memory.
+        data: A JSON object kept with the memory (``where`` filters search it).
+        tags: Labels (at most 32 of at most 64 characters), order kept.
+        importance: 0..1 (default 0.5).
+        agent_id: The agent that wrote it.
+        session_id: The session it belongs to.
+        parent_id: The memory it derives from (``children`` lists it under that one).
+        occurred_at: When the event happened (an aware datetime; ISO 8601 text over HTTP).
+        ttl: Time to live in seconds (or a timedelta); give this or ``expires_at``.
+        expires_at: When it expires (an aware datetime; ISO 8601 text over HTTP).
+        sensitive: Whether it holds sensitive data.
+        fence: A lease (from ``lock``): the write happens only if no newer lease on its resource exists.
+    """
+
+    kind: str
+    data: Mapping[str, Any] | None
+    fence: Lease | Fence | None
+
+
 #: Arguments ``remember`` takes besides ``namespace`` and ``content``.
-REMEMBER_OPTIONS = frozenset(
-    {
-        "kind",
-        "tier",
-        "key",
-        "data",
-        "tags",
-        "importance",
-        "agent_id",
-        "session_id",
-        "parent_id",
-        "occurred_at",
-        "ttl",
-        "expires_at",
-        "sensitive",
-    }
-)
+REMEMBER_OPTIONS = RememberOptions.__optional_keys__
 
 
 def content_hash(text: str) -> str:
@@ -126,9 +161,7 @@ def draft(namespace: object, content: object, config: HiveConfig, **options: Any
     if ttl is not None and expires_at is not None:
         raise InvalidInput("ttl", "give ttl or expires_at, not both")
     key = v.optional_id(options.get("key"), "key")
-    sensitive = options.get("sensitive", False)
-    if not isinstance(sensitive, bool):
-        raise InvalidInput("sensitive", "must be true or false")
+    sensitive = v.boolean(options.get("sensitive", False), "sensitive")
     return Draft(
         namespace=v.namespace(namespace),
         content=v.content(content, config.max_content_bytes),
@@ -154,7 +187,7 @@ def text_field(value: object, name: str, *, optional: bool = False) -> str | Non
         return None
     if not isinstance(value, str) or not value.strip():
         raise InvalidInput(name, "must be non-empty text")
-    return value.strip()
+    return v.encodable(value.strip(), name)
 
 
 def episode_fields(
@@ -167,8 +200,7 @@ def episode_fields(
     metrics: object,
 ) -> tuple[str, dict[str, Any]]:
     """Searchable content and the data of an experience record."""
-    if not isinstance(success, bool):
-        raise InvalidInput("success", "must be true or false")
+    v.boolean(success, "success")
     ctx = text_field(context, "context")
     act = text_field(action, "action")
     out = text_field(outcome, "outcome")
@@ -234,6 +266,8 @@ def names(values: Sequence[str] | str | None, field_name: str, check: Any) -> tu
     """A filter list (kinds, tiers): one value or several, each checked; None means no filter."""
     if values is None:
         return None
+    if isinstance(values, Mapping) or not isinstance(values, str | Iterable):
+        raise InvalidInput(field_name, "must be a name or a list of names")
     items = [values] if isinstance(values, str) else list(values)
     if not items:
         raise InvalidInput(field_name, "must not be empty (leave it out to allow all)")

@@ -15,7 +15,6 @@ an embedded caller uses. Every failure is ``application/problem+json``:
 
 from __future__ import annotations
 
-import inspect
 import ipaddress
 import json
 import logging
@@ -23,7 +22,6 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
-from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -39,13 +37,22 @@ import hivemem
 from hivemem import __version__
 from hivemem.access import Principal
 from hivemem.config import HiveConfig
-from hivemem.errors import ConfigError, Forbidden, HiveError, InvalidInput, NotFound, PayloadTooLarge, Unauthenticated
+from hivemem.errors import (
+    ConfigError,
+    Forbidden,
+    HiveError,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    StorageUnavailable,
+    Unauthenticated,
+)
 from hivemem.hive import Hive
 from hivemem.models import Memory
-from hivemem.wire import EVENT_STREAM, ROUTES, Route, from_wire, to_json
+from hivemem.openapi import PROBLEM, Operation, document, problem_responses
+from hivemem.wire import EVENT_STREAM, ROUTES, from_wire, to_json
 
 log = logging.getLogger("hivemem.server")
-PROBLEM = "application/problem+json"
 #: Bodies larger than this are refused before they are read whole.
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 _TITLES = {401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 409: "Conflict", 413: "Payload Too Large"}
@@ -145,7 +152,10 @@ def create_app(
             if opened:
                 state["hive"].close()
 
-    app = FastAPI(
+    operations = [Operation.of(route) for route in ROUTES]
+    app = _HiveApp(
+        operations,
+        auth,
         title="HiveMem",
         version=__version__,
         summary="Shared, durable memory for teams of AI agents",
@@ -195,14 +205,16 @@ def create_app(
             raise Forbidden("metrics need admin on every namespace (admin:*)")
         return Response(metrics.render(hive.stats()), media_type=CONTENT_TYPE_LATEST)
 
-    for route in ROUTES:
-        _add_route(app, route, caller)
+    for operation in operations:
+        _add_route(app, operation, caller)
     if mcp is not None:
         app.router.routes.append(
             StarletteRoute("/mcp", mcp, methods=["GET", "POST", "DELETE"], include_in_schema=False)
         )
 
-    @app.get(EVENT_STREAM, summary="Events as they commit, as server-sent events (resume with Last-Event-ID)")
+    # Left out of the OpenAPI document: a stream that never ends is no request/response
+    # operation (see the README); the events route pages the same events.
+    @app.get(EVENT_STREAM, include_in_schema=False)
     def event_stream(
         request: Request, namespace: str, since: int = 0, types: str | None = None, idle: float = 5.0
     ) -> Response:
@@ -216,10 +228,15 @@ def create_app(
         hive.events(namespace, since=since, limit=1, types=wanted)  # bad arguments fail here, not mid-stream
         return StreamingResponse(_sse(hive, namespace, since, wanted, idle), media_type="text/event-stream")
 
-    @app.get("/v1/export", summary="Every visible memory under a prefix, as JSON lines")
+    @app.get(
+        "/v1/export",
+        summary="Every visible memory under a prefix, as JSON lines",
+        response_class=StreamingResponse,
+        responses=_EXPORT_RESPONSES,
+    )
     def export(request: Request, namespace: str | None = None) -> Response:
-        hive = caller(request)
-        lines = (f"{_dumps(m.to_dict())}\n" for m in hive.export(namespace))
+        memories = caller(request).export(namespace)  # reads the first page: a bad namespace is a 422, not a cut stream
+        lines = (f"{_dumps(m.to_dict())}\n" for m in memories)
         return StreamingResponse(lines, media_type="application/x-ndjson")
 
     return app
@@ -367,21 +384,44 @@ class _BodyLimit:
         await self.app(scope, counted, send)
 
 
-def _add_route(app: FastAPI, route: Route, caller: Callable[[Request], Hive]) -> None:
-    method = getattr(Hive, route.name)
-    parameters = _Parameters.of(method)
+class _HiveApp(FastAPI):
+    """FastAPI whose OpenAPI document also holds the record and problem schemas the routes refer to."""
+
+    def __init__(self, operations: list[Operation], auth: bool, **options: Any) -> None:
+        super().__init__(**options)
+        self._operations = operations
+        self._auth = auth
+
+    def openapi(self) -> dict[str, Any]:
+        """The OpenAPI document, made on first use."""
+        if self.openapi_schema is None:
+            self.openapi_schema = document(super().openapi(), self._operations, auth=self._auth)
+        return self.openapi_schema
+
+
+_EXPORT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "One memory (Memory.to_dict()) per line, oldest first",
+        "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+    },
+    **problem_responses([InvalidInput, Forbidden, StorageUnavailable]),
+}
+
+
+def _add_route(app: FastAPI, operation: Operation, caller: Callable[[Request], Hive]) -> None:
+    route = operation.route
 
     async def endpoint(request: Request) -> JSONResponse:
         arguments: dict[str, Any] = dict(request.path_params)
         if route.in_query:
-            arguments |= _query_arguments(request, parameters)
+            arguments |= _query_arguments(request, operation)
         else:
             body = await _json_object(request)
             for name in route.path_params:
                 body.pop(name, None)  # the path names the target, not the body
             arguments |= body
         hive = caller(request)
-        call = _bind(getattr(hive, route.name), parameters, from_wire(arguments), route)
+        call = _bind(getattr(hive, route.name), operation, from_wire(arguments))
         key = request.headers.get("idempotency-key")
         if key is not None and route.once:
             # A retried write gets the first answer back and is not applied again.
@@ -394,32 +434,12 @@ def _add_route(app: FastAPI, route: Route, caller: Callable[[Request], Hive]) ->
         route.path,
         endpoint,
         methods=[route.method],
-        summary=(method.__doc__ or route.name).strip().splitlines()[0],
-        description=inspect.cleandoc(method.__doc__ or ""),
+        summary=operation.summary,
+        description=operation.description,
         status_code=route.status,
         name=route.name,
+        openapi_extra=operation.openapi(),
     )
-
-
-@dataclass(frozen=True, slots=True)
-class _Parameters:
-    """What binding needs to know of a Hive method's signature, worked out once per route."""
-
-    required: tuple[str, ...]
-    known: frozenset[str]
-    takes_options: bool
-    flags: frozenset[str]  # parameters whose default is a bool (true/false in a query string)
-
-    @classmethod
-    def of(cls, method: Callable[..., Any]) -> _Parameters:
-        named = [p for p in inspect.signature(method).parameters.values() if p.name != "self"]
-        plain = [p for p in named if p.kind is not inspect.Parameter.VAR_KEYWORD]
-        return cls(
-            required=tuple(p.name for p in plain if p.default is inspect.Parameter.empty),
-            known=frozenset(p.name for p in plain),
-            takes_options=len(plain) < len(named),
-            flags=frozenset(p.name for p in plain if isinstance(p.default, bool)),
-        )
 
 
 async def _json_object(request: Request) -> dict[str, Any]:
@@ -428,17 +448,17 @@ async def _json_object(request: Request) -> dict[str, Any]:
         return {}
     try:
         body = json.loads(raw)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: arrays nested thousands deep
         raise InvalidInput("body", f"is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise InvalidInput("body", "must be a JSON object of the method's arguments")
     return body
 
 
-def _query_arguments(request: Request, parameters: _Parameters) -> dict[str, Any]:
+def _query_arguments(request: Request, operation: Operation) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, value in request.query_params.items():
-        if name in parameters.flags:
+        if name in operation.flags:
             if value.lower() not in ("true", "false"):
                 raise InvalidInput(name, "must be true or false")
             out[name] = value.lower() == "true"
@@ -447,16 +467,16 @@ def _query_arguments(request: Request, parameters: _Parameters) -> dict[str, Any
     return out
 
 
-def _bind(method: Callable[..., Any], parameters: _Parameters, arguments: dict[str, Any], route: Route) -> Any:
+def _bind(method: Callable[..., Any], operation: Operation, arguments: dict[str, Any]) -> Any:
     """``method`` with ``arguments`` bound by name, or InvalidInput naming the bad one."""
-    for name in parameters.required:
+    for name in operation.required:
         if name not in arguments:
             raise InvalidInput(name, "is required")
-    if not parameters.takes_options:
-        unknown = sorted(arguments.keys() - parameters.known)
+    if not operation.takes_options:
+        unknown = sorted(arguments.keys() - operation.known)
         if unknown:
             raise InvalidInput(unknown[0], "unknown argument")
-    if route.name == "import_memories":
+    if operation.route.name == "import_memories":
         arguments["memories"] = _memories(arguments.get("memories"))
     return lambda: method(**arguments)
 

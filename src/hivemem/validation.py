@@ -12,7 +12,7 @@ import json
 import math
 import re
 from collections.abc import Iterable, Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from hivemem.errors import InvalidInput, PayloadTooLarge
@@ -31,6 +31,8 @@ WHERE_OPERATORS = ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in")
 
 
 MAX_TTL_SECONDS = 100 * 366 * 86_400
+#: The largest integer a store's column (SQLite INTEGER, PostgreSQL bigint) holds.
+MAX_INT = 2**63 - 1
 
 
 def _utf8(value: str, field: str) -> bytes:
@@ -41,7 +43,7 @@ def _utf8(value: str, field: str) -> bytes:
         raise InvalidInput(field, "must be valid Unicode text (it holds a lone surrogate)") from None
 
 
-def _encodable(value: str, field: str) -> str:
+def encodable(value: str, field: str) -> str:
     """``value`` itself, once it is known to be storable as UTF-8."""
     _utf8(value, field)
     return value
@@ -108,6 +110,13 @@ def unit_float(value: object, field: str) -> float:
     return float(value)
 
 
+def boolean(value: object, field: str) -> bool:
+    """True or false, nothing else (not 0, 1, "yes" or an empty list)."""
+    if not isinstance(value, bool):
+        raise InvalidInput(field, "must be true or false", value=repr(value))
+    return value
+
+
 def positive_float(value: object, field: str) -> float:
     """A finite number above 0."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
@@ -117,8 +126,14 @@ def positive_float(value: object, field: str) -> float:
 
 def positive_int(value: object, field: str, maximum: int | None = None) -> int:
     """A whole number from 1 to ``maximum``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidInput(field, "must be a positive whole number", value=repr(value))
+    return count(value, field, maximum, minimum=1)
+
+
+def count(value: object, field: str, maximum: int | None = MAX_INT, *, minimum: int = 0) -> int:
+    """A whole number from ``minimum`` (0) to ``maximum`` (what a store's integer column holds)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        noun = "positive whole number" if minimum == 1 else f"whole number of at least {minimum}"
+        raise InvalidInput(field, f"must be a {noun}", value=repr(value))
     if maximum is not None and value > maximum:
         raise InvalidInput(field, f"must be at most {maximum}", value=value)
     return value
@@ -142,18 +157,30 @@ def optional_id(value: object, field: str) -> str | None:
         return None
     if not isinstance(value, str) or not value or len(value) > MAX_KEY_LEN or "\x00" in value:
         raise InvalidInput(field, f"must be a non-empty string of at most {MAX_KEY_LEN} characters", value=repr(value))
-    return _encodable(value, field)
+    return encodable(value, field)
+
+
+def identifier(value: object, field: str) -> str:
+    """A required identifier (a memory id, key or group name): what :func:`optional_id` accepts, but not None.
+
+    Everything stored under one passed this check, so a lookup by anything
+    else is refused as malformed rather than sent to the store.
+    """
+    checked = optional_id(value, field)
+    if checked is None:
+        raise InvalidInput(field, "is required")
+    return checked
 
 
 def tags(value: object, field: str = "tags") -> tuple[str, ...]:
     """Up to 32 distinct non-empty labels of at most 64 characters, order kept."""
-    if isinstance(value, str) or not isinstance(value, Iterable):
+    if isinstance(value, str | Mapping) or not isinstance(value, Iterable):
         raise InvalidInput(field, "must be a list of strings")
     out: list[str] = []
     for tag in value:
         if not isinstance(tag, str) or not tag.strip() or len(tag) > MAX_TAG_LEN or "\x00" in tag:
             raise InvalidInput(field, f"each tag must be non-empty text of at most {MAX_TAG_LEN} characters")
-        _encodable(tag, field)
+        encodable(tag, field)
         if tag not in out:
             out.append(tag)
     if len(out) > MAX_TAGS:
@@ -199,7 +226,11 @@ def timestamp(value: object, field: str) -> float | None:
         raise InvalidInput(field, "must be a datetime with a timezone")
     if value.tzinfo is None or value.utcoffset() is None:
         raise InvalidInput(field, "must carry a timezone (e.g. datetime.now(UTC))")
-    return value.timestamp()
+    try:
+        # Stored times are UTC: 0001-01-01 at +14:00 is a time UTC cannot write.
+        return value.astimezone(UTC).timestamp()
+    except (OverflowError, ValueError):
+        raise InvalidInput(field, "must lie within years 1 to 9999 in UTC") from None
 
 
 def ttl_seconds(value: object, field: str = "ttl") -> float | None:
@@ -239,10 +270,23 @@ def where(value: object, field: str = "where") -> dict[str, dict[str, Any]]:
             if op == "$in" and (not isinstance(operand, list | tuple) or not operand):
                 raise InvalidInput(field, f"$in for {path!r} needs a non-empty list")
             for item in operands:
-                if item is not None and not isinstance(item, str | int | float | bool):
+                if not storable_scalar(item, field):
                     raise InvalidInput(field, f"operand for {path!r} must be a JSON scalar")
                 if op in ("$gt", "$gte", "$lt", "$lte") and (item is None or isinstance(item, bool)):
                     raise InvalidInput(field, f"{op} for {path!r} needs a number or a string")
             ops[op] = list(operand) if op == "$in" else operand
         out[path] = ops
     return out
+
+
+def storable_scalar(value: object, field: str) -> bool:
+    """Whether ``value`` is a JSON scalar a store can compare with.
+
+    Raises:
+        InvalidInput: Text that is not valid Unicode, or an integer beyond 64 bits.
+    """
+    if isinstance(value, str):
+        encodable(value, field)
+    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+        raise InvalidInput(field, f"integers must lie within ±{MAX_INT}")
+    return value is None or isinstance(value, str | int | float | bool)
