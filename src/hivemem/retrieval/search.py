@@ -29,6 +29,8 @@ from hivemem.storage.base import MemoryFilter, RankFacts, ScoredId, Store, Store
 _WIDEN = 4
 MAX_CANDIDATES = 20_000
 _QUERY_CACHE_SIZE = 1024
+#: Recalls whose vector search (and query embedding) can run at once, beside their keyword searches.
+_VECTOR_HELPERS = 8
 
 
 def _facts(tx: StoreTx, ids: Sequence[str], flt: MemoryFilter) -> dict[str, RankFacts]:
@@ -56,8 +58,15 @@ class Retriever:
         self._cache_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
 
+    def _helpers(self) -> ThreadPoolExecutor:
+        with self._cache_lock:
+            if self._pool is None:
+                # A server's request threads share one Hive: one helper per concurrent recall, up to a bound.
+                self._pool = ThreadPoolExecutor(max_workers=_VECTOR_HELPERS, thread_name_prefix="hivemem-vector")
+            return self._pool
+
     def close(self) -> None:
-        """Stop the helper thread."""
+        """Stop the helper threads."""
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
@@ -118,9 +127,7 @@ class Retriever:
         while True:
             pending: Future[list[ScoredId]] | None = None
             if self.embedder is not None:
-                if self._pool is None:
-                    self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hivemem-vector")
-                pending = self._pool.submit(self._vector_candidates, query, flt, limit)
+                pending = self._helpers().submit(self._vector_candidates, query, flt, limit)
             keyword = self.store.keyword_search(terms, flt, limit)
             vector = pending.result() if pending is not None else []
             ids = list({s.id: None for s in [*keyword, *vector]})
