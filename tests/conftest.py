@@ -125,3 +125,20 @@ def open_hive(
 def hive(open_hive: OpenHive) -> hivemem.Hive:
     """A fresh, empty hive of the deployment under test, with the manual clock and HashEmbedder."""
     return open_hive()
+
+
+@pytest.fixture(params=["sqlite-file", "postgres", "http"])
+def shared(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A target that other processes can open: a SQLite file, a PostgreSQL schema, or a server's URL."""
+    if request.param == "sqlite-file":
+        yield str(tmp_path / "shared.db")
+    elif request.param == "postgres":
+        from pg_server import schema_url
+
+        yield schema_url(tmp_path)
+    else:
+        from http_server import ServedHive
+
+        served = ServedHive(hivemem.open(str(tmp_path / "served.db"), embedder=None), auth=False)
+        yield served.url
+        served.close()

@@ -16,7 +16,6 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -155,23 +154,6 @@ def test_subscribe_sees_each_new_event_once_in_order(hive: Hive) -> None:
 
 
 # -- a subscriber killed and restarted, on a shared store -----------------------------------------
-
-
-@pytest.fixture(params=["sqlite-file", "postgres", "http"])
-def shared(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A target that other processes can open: a SQLite file, a PostgreSQL schema, or a server's URL."""
-    if request.param == "sqlite-file":
-        yield str(tmp_path / "shared.db")
-    elif request.param == "postgres":
-        from pg_server import schema_url
-
-        yield schema_url(tmp_path)
-    else:
-        from http_server import ServedHive
-
-        served = ServedHive(hivemem.open(str(tmp_path / "served.db"), embedder=None), auth=False)
-        yield served.url
-        served.close()
 
 
 def _subscriber(target: str, log_path: str) -> None:

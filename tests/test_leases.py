@@ -14,7 +14,6 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -146,23 +145,6 @@ def test_a_bad_fence_is_refused_and_writes_nothing(hive: Hive) -> None:
 
 
 # -- many processes and threads on one store ----------------------------------------------------
-
-
-@pytest.fixture(params=["sqlite-file", "postgres", "http"])
-def shared(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A target that other processes can open: a SQLite file, a PostgreSQL schema, or a server's URL."""
-    if request.param == "sqlite-file":
-        yield str(tmp_path / "shared.db")
-    elif request.param == "postgres":
-        from pg_server import schema_url
-
-        yield schema_url(tmp_path)
-    else:
-        from http_server import ServedHive
-
-        served = ServedHive(hivemem.open(str(tmp_path / "served.db"), embedder=None), auth=False)
-        yield served.url
-        served.close()
 
 
 def _holder(target: str, worker: int, mode: str, rounds: int, log: Any, start: Any) -> None:
