@@ -39,10 +39,12 @@ def test_a_file_at_schema_version_1_is_migrated_on_open_and_keeps_its_data(tmp_p
     with hivemem.open(str(path), embedder=None) as hive:
         kept = hive.remember("ns", "written under the old schema")
     conn = apsw.Connection(str(path))
-    # Turn the file back into what HiveMem's first schema left: version 1, its insert trigger, no api_keys.
+    # Turn the file back into what HiveMem's first schema left: version 1, its insert trigger, none of the later tables.
     conn.execute("DELETE FROM schema_migrations WHERE version > 1")
     conn.execute("DROP TABLE api_keys")
     conn.execute("DROP TABLE idempotency")
+    conn.execute("DROP TABLE settings")
+    conn.execute("DROP TABLE conflicts")
     conn.execute(next(s for s in MIGRATIONS[0] if "TRIGGER memories_inserted" in s))
     conn.close()
 

@@ -127,6 +127,18 @@ MIGRATIONS: builtins.list[builtins.list[str]] = [
             result text NOT NULL, created_at double precision NOT NULL, PRIMARY KEY (principal, idempotency_key))""",
         "CREATE INDEX idempotency_created ON idempotency (created_at)",
     ],
+    # Settings on namespace prefixes (a namespace's default conflict strategy) and the
+    # record of every conflict a versioned update resolved (hivemem.conflicts).
+    [
+        f"""CREATE TABLE settings (root text {_C} NOT NULL, prefix text {_C} NOT NULL, name text {_C} NOT NULL,
+            value text NOT NULL, updated_at double precision NOT NULL, PRIMARY KEY (root, prefix, name))""",
+        f"""CREATE TABLE conflicts (
+            root text {_C} NOT NULL, id text {_C} NOT NULL, memory_id text {_C} NOT NULL,
+            created_at double precision NOT NULL, principal text NOT NULL, strategy text NOT NULL,
+            result_version integer NOT NULL, sides text NOT NULL, PRIMARY KEY (root, id))""",
+        "CREATE INDEX conflicts_memory ON conflicts (memory_id)",
+        "CREATE INDEX conflicts_created ON conflicts (root, created_at)",
+    ],
 ]
 
 _MIGRATION_LOCK = 0x48495645  # pg_advisory_xact_lock key: one migrator at a time
@@ -223,6 +235,14 @@ class _PgTx(SqlTx):
         )
         new_vector = self.vectors and memory.content_hash != previous.content_hash
         self._execute(_UPDATE_WITH_VECTOR if new_vector else _UPDATE, _row_params(memory))
+
+    def past_version(self, memory: Memory, version: int) -> Memory | None:
+        # The root too: the primary key finds the one row, however long the history.
+        rows = self._rows(
+            "SELECT snapshot FROM memory_versions WHERE root = %s AND memory_id = %s AND version = %s",
+            (root_of(memory.namespace), memory.id, version),
+        )
+        return Memory.from_dict(json.loads(rows[0][0])) if rows else None
 
     def expired_ids(self, now: float, limit: int) -> builtins.list[str]:
         # SKIP LOCKED: sweeps running in several processes take disjoint rows.
