@@ -10,6 +10,7 @@ from typing import Any
 
 from hivemem.clock import Clock, ManualClock, SystemClock
 from hivemem.config import HiveConfig, RankingWeights
+from hivemem.conflicts import ConflictResolver
 from hivemem.errors import (
     ConfigError,
     EmbedderUnavailable,
@@ -26,7 +27,7 @@ from hivemem.errors import (
     VersionConflict,
 )
 from hivemem.hive import Hive
-from hivemem.models import Group, Hit, Memory, Page, Related, Relation
+from hivemem.models import Conflict, Group, Hit, Memory, Page, Related, Relation
 from hivemem.retrieval.embedders import Embedder, MiniLMEmbedder, OpenAIEmbedder, make_embedder
 
 __version__ = "0.1.0"
@@ -34,6 +35,8 @@ __version__ = "0.1.0"
 __all__ = [
     "Clock",
     "ConfigError",
+    "Conflict",
+    "ConflictResolver",
     "Embedder",
     "EmbedderUnavailable",
     "Forbidden",
