@@ -28,6 +28,7 @@ bench-quick: $(STAMP)
 	$(PY) bench/locomo.py --quick
 	$(PY) bench/writers.py --quick
 	$(PY) bench/http_overhead.py --quick
+	$(PY) bench/versioned.py --quick
 
 bench: $(STAMP)
 	$(PY) bench/ingest.py
@@ -35,3 +36,4 @@ bench: $(STAMP)
 	$(PY) bench/locomo.py
 	$(PY) bench/writers.py
 	$(PY) bench/http_overhead.py
+	$(PY) bench/versioned.py

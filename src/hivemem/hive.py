@@ -248,9 +248,9 @@ class Hive:
         * a function ``(base, ours, theirs)`` returning the resolved Memory, or
           a dict of the fields (content, data, tags, importance, tier) that
           differ from theirs. It runs inside the write transaction, perhaps more
-          than once (a busy store retries it), so it must be quick and have no
-          other effects; new text it writes is embedded there. Functions work
-          only in this process (not over HTTP).
+          than once (a busy store retries it), so it must be quick, must not
+          call the Hive and must have no other effects; new text it writes is
+          embedded there. Functions work only in this process (not over HTTP).
 
         A resolved conflict is written as version ``theirs + 1`` (so
         :meth:`history` shows theirs, then the resolution) and recorded with
