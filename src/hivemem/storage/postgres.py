@@ -457,8 +457,12 @@ class PostgresStore(Store):
                     result = fn(tx)
                     committing = True
                     tx.commit()
-            except psycopg.OperationalError as exc:
-                if committing:
+            except psycopg.Error as exc:
+                # psycopg takes a statement for prepared once it sent the PREPARE, even when an error
+                # earlier in the pipeline made the server skip it, so this connection's next run of it
+                # would fail. Closed, it is replaced by the pool.
+                conn.close()
+                if committing and isinstance(exc, psycopg.OperationalError):
                     raise StorageUnavailable(
                         f"the connection was lost while committing; the write may or may not be applied: {exc}",
                         reason="CommitOutcomeUnknown",
