@@ -31,6 +31,7 @@ bench-quick: $(STAMP)
 	$(PY) bench/leases.py --quick
 	$(PY) bench/events.py --quick
 	$(PY) bench/load.py --quick
+	$(PY) bench/versioned.py --quick
 
 bench: $(STAMP)
 	$(PY) bench/ingest.py
@@ -41,3 +42,4 @@ bench: $(STAMP)
 	$(PY) bench/leases.py
 	$(PY) bench/events.py
 	$(PY) bench/load.py
+	$(PY) bench/versioned.py

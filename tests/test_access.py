@@ -59,6 +59,36 @@ def test_reads_see_only_granted_prefixes_on_every_search_path(hive: hivemem.Hive
     assert hive.get(theirs.id) == theirs  # the full Hive still sees everything
 
 
+def test_conflicts_and_strategies_follow_the_grants(hive: hivemem.Hive) -> None:
+    secret = hive.remember("team-b/secret", "their plan")
+    hive.update(secret.id, content="their plan v2")
+    hive.update(secret.id, tags=["x"], expected_version=1, on_conflict="merge")
+    mine = hive.remember("team-a/notes", "my plan")
+    hive.update(mine.id, content="my plan v2")
+    hive.update(mine.id, tags=["y"], expected_version=1, on_conflict="merge")
+    hive.set_conflict_strategy("team-b", "merge")
+    view = hive.as_principal(_principal("a", "write:team-a", "read:shared"))
+    assert [c.memory_id for c in view.conflicts()] == [mine.id]
+    assert view.conflicts(namespace="team-b") == []
+    assert view.stats()["conflicts"] == 1 and hive.stats()["conflicts"] == 2
+    with pytest.raises(hivemem.NotFound):
+        view.conflicts(secret.id)
+    with pytest.raises(hivemem.NotFound):  # the memory is invisible, whatever the strategy
+        view.update(secret.id, content="mine now", expected_version=1, on_conflict="last_writer_wins")
+    view.set_conflict_strategy("team-a", "last_writer_wins")
+    assert view.get_conflict_strategy("team-a/notes") == "last_writer_wins"
+    for call in (
+        lambda: view.set_conflict_strategy("team-b", "reject"),
+        lambda: view.set_conflict_strategy("shared", "merge"),  # read is not write
+        lambda: view.get_conflict_strategy("team-b/secret"),
+    ):
+        with pytest.raises(hivemem.Forbidden):
+            call()
+    assert view.get_conflict_strategy("shared/docs") == "reject"
+    assert hive.get_conflict_strategy("team-b/secret") == "merge"
+    assert hive.get(secret.id).version == 3
+
+
 def test_a_principal_without_grants_sees_nothing_and_writes_nothing(hive: hivemem.Hive) -> None:
     hive.remember("team-a", "anything")
     nobody = hive.as_principal(Principal("nobody", ()))

@@ -71,7 +71,8 @@ def test_errors_have_exit_codes_and_write_nothing(db: str) -> None:
     assert json.loads(missing.stderr)["error"]["code"] == "not_found"
     bad_json = run(db, "remember", "s", "x", "--data", "{oops", ok=False)
     assert bad_json.exit_code == 2
-    assert as_json(run(db, "stats", "--json")) == {"memories": 0, "bytes": 0, "by_kind": {}, "by_tier": {}}
+    empty = {"memories": 0, "bytes": 0, "conflicts": 0, "by_kind": {}, "by_tier": {}}
+    assert as_json(run(db, "stats", "--json")) == empty
 
 
 def test_forget_stats_and_sweep(db: str) -> None:

@@ -84,9 +84,18 @@ def _process_worker(target: str, worker: int, counter_id: str, barrier: Any, res
 
 
 def _run_processes(target: Any, args_for: list[tuple[Any, ...]], results: Any) -> list[tuple[int, str, Any]]:
+    return _collect(_start_processes(target, args_for), results)
+
+
+def _start_processes(target: Any, args_for: list[tuple[Any, ...]]) -> list[Any]:
     procs = [SPAWN.Process(target=target, args=args) for args in args_for]
     for p in procs:
         p.start()
+    return procs
+
+
+def _collect(procs: list[Any], results: Any) -> list[tuple[int, str, Any]]:
+    """Every process's report from ``results``; fail with their tracebacks if any failed."""
     reports: list[tuple[int, str, Any]] = []
     try:
         for _ in procs:
@@ -356,3 +365,109 @@ def test_vector_search_sees_a_memory_whose_content_was_embedded_later(tmp_path: 
         hive.remember("other", text)  # embeds the text now
         found = hive.store.vector_search(embedder.vector(text), MemoryFilter(now=hive.clock.now(), namespace="ns"), 10)
         assert [s.id for s in found] == [plain.id]
+
+
+# --------------------------------------------------------------------------- versioned updates, every strategy
+
+VERSIONED_THREADS = 16  # in the test's own process, on one Hive
+VERSIONED_PROCESSES = 4  # each with its own Hive
+VERSIONED_EACH = 5  # successful updates per writer and strategy
+
+
+def _count_merge(base: hivemem.Memory, ours: hivemem.Memory, theirs: hivemem.Memory) -> dict[str, Any]:
+    """A counter's merge: what ours added to the base, added to theirs."""
+    return {"data": {"n": theirs.data["n"] + ours.data["n"] - base.data["n"]}}
+
+
+def _versioned_workload(hive: Hive, worker: int, ids: dict[str, str], barrier: Any) -> dict[str, int]:
+    """Read-modify-write on one record per strategy, all writers at once; counts what happened.
+
+    ``reject``: increment ``n`` with the version read, retry on VersionConflict.
+    ``merge``: set this writer's own key to its count; a merge must keep every writer's key.
+    ``function``: increment ``n`` resolving conflicts with :func:`_count_merge`, no retry.
+    """
+    done = {"retries": 0}
+    rng = random.Random(worker)
+    for strategy, record in ids.items():
+        barrier.wait(timeout=120)
+        resolved = 0
+        for count in range(1, VERSIONED_EACH + 1):
+            while True:
+                read = hive.get(record)
+                if strategy == "merge":
+                    changes: dict[str, Any] = {"data": {**read.data, f"w{worker}": count}}
+                else:
+                    changes = {"data": {"n": read.data["n"] + 1}}
+                on_conflict = _count_merge if strategy == "function" else strategy
+                try:
+                    written = hive.update(record, expected_version=read.version, on_conflict=on_conflict, **changes)
+                except VersionConflict as exc:
+                    assert strategy == "reject" and exc.current_version > read.version
+                    done["retries"] += 1
+                    time.sleep(rng.uniform(0, 0.002))  # back off a little, as a real agent would
+                    continue
+                resolved += written.version > read.version + 1
+                break
+        done[strategy] = resolved
+    return done
+
+
+def _versioned_process(target: str, worker: int, ids: dict[str, str], barrier: Any, results: Any) -> None:
+    try:
+        with hivemem.open(target, embedder=None) as hive:
+            done = _versioned_workload(hive, worker, ids, barrier)
+        results.put((worker, "ok", done))
+    except BaseException:
+        results.put((worker, "error", traceback.format_exc()))
+        raise SystemExit(1) from None
+
+
+@pytest.mark.parametrize("kind", [*SHARED_TARGETS, "http"])
+def test_versioned_increments_from_threads_and_processes_lose_nothing(tmp_path: Path, kind: str) -> None:
+    if kind == "http":
+        from http_server import ServedHive
+
+        served = ServedHive(hivemem.open(str(tmp_path / "served.db"), embedder=None), auth=False)
+        hive, target = served, served.url
+        strategies = ["reject", "merge"]  # a function cannot travel over HTTP
+    else:
+        target = _shared_target(kind, tmp_path)
+        hive = hivemem.open(target, embedder=None)
+        strategies = ["reject", "merge", "function"]
+    with hive:
+        ids = {s: hive.remember("versioned", s, data={} if s == "merge" else {"n": 0}).id for s in strategies}
+        writers = VERSIONED_THREADS + VERSIONED_PROCESSES
+        barrier = SPAWN.Barrier(writers)  # threads and processes start each strategy together
+        results = SPAWN.Queue()
+        procs = _start_processes(
+            _versioned_process, [(target, w, ids, barrier, results) for w in range(VERSIONED_PROCESSES)]
+        )
+        done: list[dict[str, int]] = []
+
+        def in_thread(worker: int) -> None:
+            done.append(_versioned_workload(hive, VERSIONED_PROCESSES + worker, ids, barrier))
+
+        _run_threads(in_thread, VERSIONED_THREADS)
+        done += [report[2] for report in _collect(procs, results)]
+        assert len(done) == writers
+        successes = writers * VERSIONED_EACH
+
+        counter = hive.get(ids["reject"])
+        assert counter.data["n"] == successes  # no lost update
+        assert counter.version == successes + 1
+        assert sum(d["retries"] for d in done) > 0, "no conflict: the retry path was not exercised"
+        assert hive.conflicts(ids["reject"], limit=1000) == []  # a rejected update records nothing
+
+        merged = hive.get(ids["merge"])
+        assert merged.data == {f"w{w}": VERSIONED_EACH for w in range(writers)}  # every writer's last write kept
+        assert merged.version == successes + 1
+        merge_conflicts = hive.conflicts(ids["merge"], limit=1000)
+        assert len(merge_conflicts) == sum(d["merge"] for d in done) > 0
+        assert {c.result_version for c in merge_conflicts} <= set(range(2, successes + 2))
+
+        if "function" in ids:
+            counted = hive.get(ids["function"])
+            assert counted.data["n"] == successes
+            assert counted.version == successes + 1
+            assert len(hive.conflicts(ids["function"], limit=1000)) == sum(d["function"] for d in done) > 0
+        assert hive.stats("versioned")["conflicts"] == sum(d.get("merge", 0) + d.get("function", 0) for d in done)

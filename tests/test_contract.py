@@ -922,7 +922,7 @@ def test_reinforce_errors(hive: Hive) -> None:
 
 
 def test_stats_by_kind_and_tier(hive: Hive) -> None:
-    assert hive.stats() == {"memories": 0, "bytes": 0, "by_kind": {}, "by_tier": {}}
+    assert hive.stats() == {"memories": 0, "bytes": 0, "conflicts": 0, "by_kind": {}, "by_tier": {}}
     hive.remember("a", "note one")
     hive.remember("a/b", "note two", tier="long")
     hive.remember("a", "fact one", kind="fact", tier="long")

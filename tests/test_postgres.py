@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import uuid
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -16,7 +17,7 @@ from click.testing import CliRunner, Result
 
 import hivemem
 from fakes import HashEmbedder
-from hivemem import ConfigError
+from hivemem import ConfigError, StorageUnavailable
 from hivemem.cli import main
 from hivemem.storage.postgres import MIGRATIONS
 from pg_server import schema_url, with_options
@@ -104,3 +105,30 @@ def test_export_and_import_round_trip_every_field_between_sqlite_and_postgres(tm
     assert cli(again, "import", str(back)).exit_code == 0
     with hivemem.open(again, embedder=None) as hive:
         assert [m.to_dict() for m in hive.export()] == original
+
+
+def test_a_write_that_fails_in_its_pipeline_leaves_no_broken_connection_behind(tmp_path: Path) -> None:
+    # psycopg prepares a statement on its 5th run and counts it prepared once sent, even if an
+    # error earlier in the pipeline made the server skip it. Racing keyed inserts (a unique
+    # violation, retried) did that under load, and the connection's next write then failed.
+    with hivemem.open(schema_url(tmp_path), embedder=None, pool_size=1) as hive:
+        store = hive.store
+
+        def fails_first(tx: Any) -> None:
+            tx._rows("SELECT 1 / 0")
+
+        def runs_a_statement(tx: Any, fail: bool = False) -> None:
+            tx._rows("SELECT 1")
+            if fail:
+                tx._execute("SELECT 1 / 0")
+            tx._execute("SELECT 2")
+
+        # A first rollback clears psycopg's prepared statements; the trap needs a later one.
+        with pytest.raises(StorageUnavailable, match="division by zero"):
+            store.write(fails_first)
+        for _ in range(5):
+            store.write(runs_a_statement)
+        with pytest.raises(StorageUnavailable, match="division by zero"):
+            store.write(lambda tx: runs_a_statement(tx, fail=True))
+        store.write(runs_a_statement)
+        assert hive.remember("ns", "still writable").version == 1

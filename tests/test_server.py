@@ -86,8 +86,12 @@ def test_a_foreign_namespace_is_invisible_through_every_route(server: ServeProce
         child = admin.remember("team-b/vault", "tomato child", parent_id=secret.id)
         admin.create_group("shared")
         admin.add_to_group(secret.id, "shared")
+        admin.update(secret.id, data={"level": 10})
+        admin.update(secret.id, tags=["merged"], expected_version=1, on_conflict="merge")
     with hivemem.open(server.url, api_key=keys["team_a"]) as a:
         mine = a.remember("team-a/notes", "my tomato plan", tags=["plan"])
+        a.update(mine.id, importance=0.9)
+        a.update(mine.id, tags=["plan", "mine"], expected_version=1, on_conflict="last_writer_wins")
         a.add_to_group(mine.id, "shared")
         a.relate(mine.id, mine.id, "self")
         # Reads: the foreign memory is as absent as one that never existed.
@@ -97,8 +101,18 @@ def test_a_foreign_namespace_is_invisible_through_every_route(server: ServeProce
             lambda: a.related(secret.id),
             lambda: a.children(secret.id),
             lambda: a.get_by_key("team-b/vault", "code"),
+            lambda: a.conflicts(secret.id),
         ):
             with pytest.raises(hivemem.NotFound):
+                call()
+        assert [c.memory_id for c in a.conflicts()] == [mine.id]
+        assert a.conflicts(namespace="team-b") == []
+        assert a.stats()["conflicts"] == 1
+        for call in (
+            lambda: a.set_conflict_strategy("team-b", "last_writer_wins"),
+            lambda: a.get_conflict_strategy("team-b/vault"),
+        ):
+            with pytest.raises(hivemem.Forbidden):
                 call()
         assert [h.memory.id for h in a.recall("tomato launch code", k=50)] == [mine.id]
         assert a.recall("tomato", namespace="team-b", k=50) == []
@@ -116,6 +130,7 @@ def test_a_foreign_namespace_is_invisible_through_every_route(server: ServeProce
                 a.remember(namespace, "overwrite")
         for call in (
             lambda: a.update(secret.id, content="changed"),
+            lambda: a.update(secret.id, content="changed", expected_version=1, on_conflict="last_writer_wins"),
             lambda: a.forget(secret.id),
             lambda: a.reinforce(secret.id),
             lambda: a.add_to_group(child.id, "shared"),
@@ -129,6 +144,9 @@ def test_a_foreign_namespace_is_invisible_through_every_route(server: ServeProce
     with hivemem.open(server.url, api_key=keys["reader_b"]) as b:
         assert b.get(secret.id).content == secret.content  # nothing was changed or deleted
         assert b.stats()["memories"] == 2
+        assert b.stats()["conflicts"] == 1
+        assert [c.memory_id for c in b.conflicts()] == [secret.id]
+        assert b.get_conflict_strategy("team-b/vault") == "reject"
         with pytest.raises(hivemem.Forbidden):
             b.update(secret.id, content="readers cannot write")
         with pytest.raises(hivemem.NotFound):

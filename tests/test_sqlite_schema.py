@@ -41,7 +41,18 @@ def test_a_file_at_schema_version_1_is_migrated_on_open_and_keeps_its_data(tmp_p
     conn = apsw.Connection(str(path))
     # Turn the file back into what HiveMem's first schema left: version 1, its insert trigger, no later tables.
     conn.execute("DELETE FROM schema_migrations WHERE version > 1")
-    later = ("api_keys", "idempotency", "fences", "leases", "lease_waiters", "event_seqs", "events", "inbox_cursors")
+    later = (
+        "api_keys",
+        "idempotency",
+        "fences",
+        "leases",
+        "lease_waiters",
+        "event_seqs",
+        "events",
+        "inbox_cursors",
+        "settings",
+        "conflicts",
+    )
     for table in later:
         conn.execute(f"DROP TABLE {table}")
     conn.execute(next(s for s in MIGRATIONS[0] if "TRIGGER memories_inserted" in s))

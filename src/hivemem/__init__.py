@@ -12,6 +12,7 @@ from typing import Any
 from hivemem.aclient import AsyncRemoteHive
 from hivemem.clock import Clock, ManualClock, SystemClock
 from hivemem.config import HiveConfig, RankingWeights
+from hivemem.conflicts import ConflictResolver
 from hivemem.errors import (
     ConfigError,
     EmbedderUnavailable,
@@ -30,7 +31,7 @@ from hivemem.errors import (
 )
 from hivemem.hive import Hive
 from hivemem.leases import Fence, Lease, LeaseSet
-from hivemem.models import Group, Hit, Memory, Page, Related, Relation
+from hivemem.models import Conflict, Group, Hit, Memory, Page, Related, Relation
 from hivemem.records import KeyedOptions, MemoryOptions, RememberOptions
 from hivemem.retrieval.embedders import Embedder, MiniLMEmbedder, OpenAIEmbedder, make_embedder
 
@@ -40,6 +41,8 @@ __all__ = [
     "AsyncRemoteHive",
     "Clock",
     "ConfigError",
+    "Conflict",
+    "ConflictResolver",
     "Embedder",
     "EmbedderUnavailable",
     "Fence",

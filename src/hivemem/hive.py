@@ -24,11 +24,14 @@ from hivemem import validation as v
 from hivemem.access import ApiKey, Grant, Principal, hash_key, key_id_of, new_key
 from hivemem.clock import Clock, SystemClock, new_id, to_datetime, utc
 from hivemem.config import HiveConfig
-from hivemem.errors import Forbidden, InvalidInput, NotFound, PayloadTooLarge, Unauthenticated, VersionConflict
+from hivemem.conflicts import SETTING as CONFLICT_SETTING
+from hivemem.conflicts import ConflictPolicy, ConflictResolver, checked_strategy
+from hivemem.errors import Forbidden, InvalidInput, NotFound, PayloadTooLarge, Unauthenticated
 from hivemem.events import Event, Inbox, sequence_number, types_of
 from hivemem.leases import Fence, Lease, LeaseRequest, LeaseSet
-from hivemem.models import Group, Hit, Memory, Page, Related, Relation, decode_cursor, encode_cursor
+from hivemem.models import Conflict, Group, Hit, Memory, Page, Related, Relation, decode_cursor, encode_cursor
 from hivemem.records import (
+    UPDATE_FIELDS,
     Draft,
     KeyedOptions,
     MemoryOptions,
@@ -41,6 +44,7 @@ from hivemem.records import (
     merged_entity_data,
     names,
     text_field,
+    update_changes,
 )
 from hivemem.retrieval.embedders import Embedder
 from hivemem.retrieval.search import Retriever
@@ -107,6 +111,7 @@ class Hive:
         self.principal = Principal.everything()
         self._owns_store = True
         self._retriever = Retriever(store, embedder, config.ranking)
+        self._conflicts = ConflictPolicy(config)
         if embedder is not None:
             store.bind_embedder(embedder.name, embedder.dim)
 
@@ -241,8 +246,34 @@ class Hive:
         tier: str = UNSET,
         expected_version: int | None = None,
         fence: Lease | Fence | None = None,
+        on_conflict: str | ConflictResolver | None = None,
     ) -> Memory:
         """Change a memory: version + 1, the previous version kept in :meth:`history`.
+
+        With ``expected_version`` (the version the caller read) the update is a
+        compare-and-swap: if the stored version is newer, ``on_conflict`` (else
+        the namespace's default, see :meth:`set_conflict_strategy`, else
+        ``reject``) decides, in the write's own transaction:
+
+        * ``reject``: raise VersionConflict; nothing is written.
+        * ``last_writer_wins``: the given fields are written over the stored
+          version; fields not given keep their stored values.
+        * ``merge``: a three-way merge of base (the version read), ours (base
+          with these changes) and theirs (the stored version): a field one side
+          changed takes that side; a field both changed takes, for ``data``, a
+          key-by-key deep merge (ours where both changed a key); for ``tags``,
+          what either side added minus what either removed; for ``importance``,
+          the higher; for ``content`` and ``tier``, ours.
+        * a function ``(base, ours, theirs)`` returning the resolved Memory, or
+          a dict of the fields (content, data, tags, importance, tier) that
+          differ from theirs. It runs inside the write transaction, perhaps more
+          than once (a busy store retries it), so it must be quick, must not
+          call the Hive and must have no other effects; new text it writes is
+          embedded there. Functions work only in this process (not over HTTP).
+
+        A resolved conflict is written as version ``theirs + 1`` (so
+        :meth:`history` shows theirs, then the resolution) and recorded with
+        base, ours and theirs, readable through :meth:`conflicts`.
 
         Args:
             memory_id: The memory to change.
@@ -251,31 +282,25 @@ class Hive:
             tags: New tags.
             importance: New importance.
             tier: New tier.
-            expected_version: If given, the write happens only if this is the stored version.
+            expected_version: If given, the version the caller read: a newer stored version is a conflict.
+            on_conflict: ``reject``, ``last_writer_wins``, ``merge`` or a function; None for the namespace's default.
             fence: A lease (from :meth:`lock`): the write happens only if no newer lease on its resource exists.
 
         Raises:
             NotFound: No such memory.
-            VersionConflict: ``expected_version`` is stale; ``current_version`` says the stored one.
+            VersionConflict: ``expected_version`` is stale and the strategy is ``reject``
+                (or that version is not in history to merge from); ``current_version``
+                and ``current`` say what is stored.
             StaleFencingToken: ``fence`` was superseded by a newer lease; nothing was written.
-            InvalidInput: An argument is bad; nothing was written.
+            InvalidInput: An argument is bad, or a merge or function produced a bad
+                value (``field`` reads ``on_conflict.tags``...); nothing was written.
         """
-        changes: dict[str, Any] = {}
-        if content is not UNSET:
-            changes["content"] = v.content(content, self.config.max_content_bytes)
-        if data is not UNSET:
-            changes["data"] = v.data(data, self.config.max_data_bytes)
-        if tags is not UNSET:
-            changes["tags"] = v.tags(tags)
-        if importance is not UNSET:
-            changes["importance"] = v.unit_float(importance, "importance")
-        if tier is not UNSET:
-            changes["tier"] = v.tier(tier)
-        if "content" in changes:
-            changes["content_hash"] = content_hash(changes["content"])
+        given = dict(zip(UPDATE_FIELDS, (content, data, tags, importance, tier), strict=True))
+        changes = update_changes({name: value for name, value in given.items() if value is not UNSET}, self.config)
         if expected_version is not None:
             v.positive_int(expected_version, "expected_version")
         fenced = None if fence is None else Fence.of(fence)
+        chosen = None if on_conflict is None else checked_strategy(on_conflict)
         vectors = self._retriever.vectors_for([changes["content"]] if "content" in changes else [])
 
         def write(tx: StoreTx) -> Memory:
@@ -283,16 +308,16 @@ class Hive:
                 leases.check_fence(tx, fenced)
             now = self.clock.now()
             current = self._require(tx, memory_id, now, "write")
-            if expected_version is not None and current.version != expected_version:
-                raise VersionConflict(
-                    f"memory {memory_id} is at version {current.version}, not {expected_version}",
-                    id=memory_id,
-                    current_version=current.version,
-                    expected_version=expected_version,
-                    current=current.to_dict(),
-                )
             Retriever.store_vectors(tx, vectors)
-            memory = dataclasses.replace(current, **changes, version=current.version + 1, updated_at=to_datetime(now))
+            applied = changes
+            if expected_version is not None and current.version != expected_version:
+                applied, conflict = self._conflicts.resolve(
+                    tx, current, changes, expected_version, chosen, now, self.principal.name
+                )
+                tx.put_conflict(conflict)
+            memory = dataclasses.replace(current, **applied, version=current.version + 1, updated_at=to_datetime(now))
+            if memory.content_hash not in (current.content_hash, changes.get("content_hash")):
+                self._retriever.store_vector_now(tx, memory.content)
             tx.replace(memory, current)
             return memory
 
@@ -871,14 +896,15 @@ class Hive:
         )
 
     def stats(self, namespace: str | None = None) -> dict[str, Any]:
-        """Counts and bytes of live memories under a prefix, by kind and by tier.
+        """Counts and bytes of live memories under a prefix, by kind and by tier, and their conflicts.
 
         Returns:
-            ``{"memories": n, "bytes": b, "by_kind": {kind: {"memories", "bytes"}}, "by_tier": {...}}``.
+            ``{"memories": n, "bytes": b, "conflicts": c, "by_kind": {kind: {"memories", "bytes"}},
+            "by_tier": {...}}``; ``conflicts`` counts the resolved ones (see :meth:`conflicts`).
         """
         flt = MemoryFilter(now=self.clock.now(), namespace=v.namespace_prefix(namespace), within=self._readable())
-        rows = self.store.read(lambda tx: tx.stats(flt))
-        out: dict[str, Any] = {"memories": 0, "bytes": 0, "by_kind": {}, "by_tier": {}}
+        rows, conflicts = self.store.read(lambda tx: (tx.stats(flt), tx.count_conflicts(flt)))
+        out: dict[str, Any] = {"memories": 0, "bytes": 0, "conflicts": conflicts, "by_kind": {}, "by_tier": {}}
         for kind, tier, count, size in rows:
             out["memories"] += count
             out["bytes"] += size
@@ -887,6 +913,74 @@ class Hive:
                 slot["memories"] += count
                 slot["bytes"] += size
         return out
+
+    # -- conflicts -----------------------------------------------------------------------------
+
+    def set_conflict_strategy(self, namespace: str, strategy: str | ConflictResolver | None) -> None:
+        """Set the strategy :meth:`update` uses on a conflict under a namespace prefix, when the call names none.
+
+        The longest prefix with a strategy applies; with none, ``reject``. A
+        named strategy is stored, so every process and server on this store
+        uses it. A function is kept in this Hive object only (its views share
+        it): other processes and servers do not see it, and it cannot be sent
+        over HTTP. On one prefix a function of this process wins over a stored
+        name; setting a name (or None) there removes the function.
+
+        Args:
+            namespace: The prefix, e.g. ``"swarm-1"`` or ``"swarm-1/agent-a"``.
+            strategy: ``reject``, ``last_writer_wins``, ``merge``, a function
+                ``(base, ours, theirs)`` (see :meth:`update`), or None to remove
+                the prefix's own default.
+
+        Raises:
+            InvalidInput: A bad prefix or strategy.
+            Forbidden: The caller may not write under the prefix.
+        """
+        prefix = v.namespace_prefix(namespace)
+        if prefix is None:
+            raise InvalidInput("namespace", "is required: a prefix such as 'swarm-1'")
+        checked = None if strategy is None else checked_strategy(strategy, "strategy")
+        self._may("write", prefix)
+        if not callable(checked):
+            self._write(lambda tx: tx.put_setting(prefix, CONFLICT_SETTING, checked, self.clock.now()))
+        self._conflicts.set_function(prefix, checked if callable(checked) else None)
+
+    def get_conflict_strategy(self, namespace: str) -> str | ConflictResolver:
+        """The strategy an update of a memory in ``namespace`` uses when the call names none.
+
+        Raises:
+            InvalidInput: A bad namespace.
+            Forbidden: The caller may not read the namespace.
+        """
+        ns = v.namespace(namespace)
+        self._may("read", ns)
+        return self.store.read(lambda tx: self._conflicts.strategy_for(tx, ns), primary=True)
+
+    def conflicts(
+        self, memory_id: str | None = None, *, namespace: str | None = None, limit: int = 100
+    ) -> builtins.list[Conflict]:
+        """Conflicts that versioned updates resolved, newest first, with base, ours and theirs.
+
+        A rejected update records none. A memory's conflicts go when it does.
+
+        Args:
+            memory_id: Only this memory's conflicts.
+            namespace: Only conflicts of memories under this prefix.
+            limit: At most this many, 1..1000.
+
+        Raises:
+            NotFound: ``memory_id`` names no memory the caller can see.
+            InvalidInput: A bad namespace or limit.
+        """
+        limit = v.positive_int(limit, "limit", _MAX_PAGE)
+        flt = MemoryFilter(now=self.clock.now(), namespace=v.namespace_prefix(namespace), within=self._readable())
+
+        def read(tx: StoreTx) -> builtins.list[Conflict]:
+            if memory_id is not None:
+                self._require(tx, memory_id, flt.now)
+            return tx.conflicts(flt, memory_id, limit)
+
+        return self.store.read(read)
 
     # -- moving data ---------------------------------------------------------------------------
 

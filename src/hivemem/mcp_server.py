@@ -175,6 +175,7 @@ def build_server(resolve: Callable[[Context], Agent]) -> MCPServer[Any]:
         tags: list[str] | None = None,
         importance: float | None = None,
         expected_version: int | None = None,
+        on_conflict: str | None = None,
     ) -> dict[str, Any]:
         """Change a memory; the previous version is kept in its history.
 
@@ -184,12 +185,15 @@ def build_server(resolve: Callable[[Context], Agent]) -> MCPServer[Any]:
             data: New structured details (replace the old ones), if they change.
             tags: New tags, if they change.
             importance: New importance, if it changes.
-            expected_version: The version you read; the update fails if someone changed it since.
+            expected_version: The version you read; if someone changed the memory since, on_conflict decides.
+            on_conflict: What to do then: "reject" (fail and tell you the current version: read it again
+                and retry), "merge" (keep both changes: your fields win where you both changed the same one)
+                or "last_writer_wins" (write your fields over theirs). Leave it out for the namespace's default.
         """
         me = resolve(ctx)
         changes: dict[str, Any] = {"content": content, "data": data, "tags": tags, "importance": importance}
         given = {k: v for k, v in changes.items() if v is not None}
-        return _memory(me.hive.update(memory_id, expected_version=expected_version, **given))
+        return _memory(me.hive.update(memory_id, expected_version=expected_version, on_conflict=on_conflict, **given))
 
     @register
     def forget(ctx: Context, memory_id: str) -> dict[str, int]:

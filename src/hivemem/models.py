@@ -146,6 +146,61 @@ class Group:
 
 
 @dataclass(frozen=True, slots=True)
+class Conflict:
+    """A versioned update that met a newer version and was resolved by a strategy.
+
+    ``Hive.update`` with a stale ``expected_version`` and any strategy but
+    ``reject`` writes the resolution as the memory's next version and, in the
+    same transaction, this record of what met. A rejected update writes nothing,
+    so it has no record (the caller holds the VersionConflict).
+
+    Attributes:
+        id: Time-ordered unique id.
+        memory_id: The memory written.
+        namespace: Its namespace.
+        created_at: When the conflict was resolved.
+        principal: Who wrote.
+        strategy: ``last_writer_wins``, ``merge`` or ``custom`` (a function).
+        base: The version the writer read (its ``expected_version``).
+        ours: ``base`` with the writer's changes: what it meant to write.
+        theirs: The version stored when the write arrived.
+        result_version: The version the resolution was written as
+            (``theirs.version + 1``); ``Hive.history`` holds it.
+    """
+
+    id: str
+    memory_id: str
+    namespace: str
+    created_at: datetime
+    principal: str
+    strategy: str
+    base: Memory
+    ours: Memory
+    theirs: Memory
+    result_version: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict; :meth:`from_dict` reverses it exactly."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["created_at"] = self.created_at.isoformat()
+        for side in _SIDES:
+            out[side] = out[side].to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, payload: Mapping[str, Any]) -> Conflict:
+        """Rebuild a record from :meth:`to_dict` output."""
+        values = dict(payload)
+        values["created_at"] = datetime.fromisoformat(values["created_at"])
+        for side in _SIDES:
+            values[side] = Memory.from_dict(values[side])
+        return cls(**values)
+
+
+_SIDES = ("base", "ours", "theirs")
+
+
+@dataclass(frozen=True, slots=True)
 class Page:
     """One page of a listing.
 

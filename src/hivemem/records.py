@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, TypedDict
@@ -179,6 +179,41 @@ def draft(namespace: object, content: object, config: HiveConfig, **options: Any
         ttl=ttl,
         sensitive=sensitive,
     )
+
+
+#: The fields of a memory that ``Hive.update`` changes, in the order they are checked.
+UPDATE_FIELDS = ("content", "data", "tags", "importance", "tier")
+
+
+def update_changes(given: Mapping[str, Any], config: HiveConfig, where: str = "") -> dict[str, Any]:
+    """Validate new values of a memory's :data:`UPDATE_FIELDS`; a new content brings its hash.
+
+    Args:
+        given: Field name to new value, for the fields that change.
+        config: Size limits.
+        where: Put before field names in errors (``"on_conflict."`` for a resolver's result).
+
+    Returns:
+        The checked values, normalised as they are stored.
+
+    Raises:
+        InvalidInput: A value is bad, or a name is not an updatable field.
+        PayloadTooLarge: Content or data is over its limit.
+    """
+    unknown = sorted(set(given) - set(UPDATE_FIELDS))
+    if unknown:
+        raise InvalidInput(f"{where}{unknown[0]}", f"not a field update changes ({', '.join(UPDATE_FIELDS)})")
+    checks: dict[str, Callable[[Any, str], Any]] = {
+        "content": lambda value, field: v.content(value, config.max_content_bytes, field),
+        "data": lambda value, field: v.data(value, config.max_data_bytes, field),
+        "tags": v.tags,
+        "importance": v.unit_float,
+        "tier": v.tier,
+    }
+    changes = {name: checks[name](given[name], f"{where}{name}") for name in UPDATE_FIELDS if name in given}
+    if "content" in changes:
+        changes["content_hash"] = content_hash(changes["content"])
+    return changes
 
 
 def text_field(value: object, name: str, *, optional: bool = False) -> str | None:

@@ -12,7 +12,8 @@ Values that JSON lacks travel as: time arguments (``occurred_at``, ``since``...)
 in ISO 8601, a ``ttl`` timedelta as seconds, imported memories as
 :meth:`Memory.to_dict`, a lease as :meth:`Lease.to_dict` and a fence as
 ``{"resource", "token"}``. Anything else that is not JSON is refused, as the Hive
-refuses it.
+refuses it; a conflict strategy travels by name, and a function given as one is
+refused before anything is sent.
 """
 
 from __future__ import annotations
@@ -26,13 +27,15 @@ from typing import Any
 from hivemem.errors import InvalidInput
 from hivemem.events import Event
 from hivemem.leases import Fence, Lease
-from hivemem.models import Group, Hit, Memory, Page, Related, Relation
+from hivemem.models import Conflict, Group, Hit, Memory, Page, Related, Relation
 from hivemem.validation import timestamp
 
 #: Arguments that are datetimes in Python and ISO 8601 text on the wire.
 TIME_ARGUMENTS = frozenset({"occurred_at", "expires_at", "since", "until"})
 _PATH_PARAM = re.compile(r"{(\w+)}")
-_NO_KEY = frozenset({"list", "recall", "sweep", "events", "inbox_messages"})
+_NO_KEY = frozenset({"list", "recall", "sweep", "events", "inbox_messages", "conflicts"})
+#: Arguments that take a conflict strategy: a name travels, a function cannot.
+STRATEGY_ARGUMENTS = frozenset({"on_conflict", "strategy"})
 
 
 def _memory(payload: Any) -> Memory:
@@ -59,6 +62,10 @@ def _related(payload: Any) -> Related:
 
 def _group(payload: Any) -> Group:
     return Group(payload["name"], payload["description"], datetime.fromisoformat(payload["created_at"]))
+
+
+def _conflict(payload: Any) -> Conflict:
+    return Conflict.from_dict(payload)
 
 
 def _page(payload: Any) -> Page:
@@ -139,6 +146,9 @@ ROUTES: tuple[Route, ...] = (
     Route("send", "POST", "/v1/messages", Event.from_dict, 201),
     Route("inbox_messages", "POST", "/v1/inbox/messages", _each(Event.from_dict)),
     Route("ack", "POST", "/v1/inbox/ack"),
+    Route("set_conflict_strategy", "POST", "/v1/conflict-strategies"),
+    Route("get_conflict_strategy", "GET", "/v1/conflict-strategies"),
+    Route("conflicts", "POST", "/v1/conflicts/list", _each(_conflict)),
 )
 #: Server-sent events: :meth:`hivemem.Hive.follow` over HTTP (resume with ``Last-Event-ID``).
 EVENT_STREAM = "/v1/events/stream"
@@ -178,6 +188,10 @@ def _argument_to_wire(name: Any, value: Any, field: str) -> Any:
         return value.isoformat()
     if name == "ttl" and isinstance(value, timedelta):
         return value.total_seconds()
+    if name in STRATEGY_ARGUMENTS and callable(value):
+        raise InvalidInput(
+            field, "a function runs only in its own process; over HTTP name one: reject, last_writer_wins or merge"
+        )
     return to_wire(value, field, top=True)
 
 
@@ -221,7 +235,7 @@ def _datetime(value: Any, name: str) -> Any:
 
 def to_json(result: Any) -> Any:
     """A Hive method's result as JSON-ready data (reversed by the route's ``decode``)."""
-    if isinstance(result, Memory | Hit | Related | Relation | Group | Lease | Event):
+    if isinstance(result, Memory | Hit | Related | Relation | Group | Lease | Event | Conflict):
         return result.to_dict()
     if isinstance(result, Page):
         return {"items": [m.to_dict() for m in result.items], "next_cursor": result.next_cursor}

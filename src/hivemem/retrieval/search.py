@@ -93,6 +93,18 @@ class Retriever:
         if vectors:
             tx.put_embeddings(vectors)
 
+    def store_vector_now(self, tx: StoreTx, text: str) -> None:
+        """Embed ``text`` inside the caller's transaction, unless its vector is stored.
+
+        Only for text that first exists inside a transaction (what a conflict
+        resolver wrote): the model then runs while the write waits.
+        """
+        if self.embedder is None:
+            return
+        digest = content_hash(text)
+        if not tx.known_hashes([digest]):
+            tx.put_embeddings({digest: self.embedder.embed([text])[0]})
+
     # -- recall --------------------------------------------------------------------------------
 
     def query_vector(self, query: str) -> NDArray[np.float32]:

@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 
 from hivemem.access import ApiKey
 from hivemem.clock import to_datetime
-from hivemem.models import Group, Memory, Relation
+from hivemem.models import Conflict, Group, Memory, Relation
 from hivemem.validation import in_prefix
 
 T = TypeVar("T")
@@ -193,8 +193,12 @@ class StoreTx(ABC):
         """Earlier versions of a memory, oldest first."""
 
     @abstractmethod
+    def past_version(self, memory: Memory, version: int) -> Memory | None:
+        """The earlier version ``version`` of ``memory`` from its history, or None."""
+
+    @abstractmethod
     def delete(self, ids: Sequence[str]) -> int:
-        """Delete memories with their history, relations and group memberships; returns how many."""
+        """Delete memories with their history, conflicts, relations and group memberships; returns how many."""
 
     @abstractmethod
     def child_ids(self, parent_ids: Sequence[str]) -> builtins.list[str]:
@@ -241,6 +245,26 @@ class StoreTx(ABC):
     @abstractmethod
     def stats(self, flt: MemoryFilter) -> builtins.list[tuple[str, str, int, int]]:
         """``(kind, tier, count, bytes)`` rows for the memories ``flt`` passes."""
+
+    @abstractmethod
+    def put_conflict(self, conflict: Conflict) -> None:
+        """Record a resolved conflict."""
+
+    @abstractmethod
+    def conflicts(self, flt: MemoryFilter, memory_id: str | None, limit: int) -> builtins.list[Conflict]:
+        """Up to ``limit`` conflicts of the memories ``flt`` passes (or of ``memory_id`` only), newest first."""
+
+    @abstractmethod
+    def count_conflicts(self, flt: MemoryFilter) -> int:
+        """How many conflicts the memories ``flt`` passes have had."""
+
+    @abstractmethod
+    def put_setting(self, prefix: str, name: str, value: str | None, now: float) -> None:
+        """Set (or with None, remove) setting ``name`` on a namespace prefix."""
+
+    @abstractmethod
+    def settings(self, prefixes: Sequence[str], name: str) -> dict[str, str]:
+        """Setting ``name`` on each of ``prefixes`` (prefixes of one namespace) that has it, by prefix."""
 
     @abstractmethod
     def known_hashes(self, hashes: Sequence[str]) -> set[str]:

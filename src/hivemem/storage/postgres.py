@@ -152,6 +152,18 @@ MIGRATIONS: builtins.list[builtins.list[str]] = [
         f"""CREATE TABLE inbox_cursors (root text {_C} NOT NULL, namespace text {_C} NOT NULL,
             agent text {_C} NOT NULL, seq bigint NOT NULL, PRIMARY KEY (root, namespace, agent))""",
     ],
+    # Settings on namespace prefixes (a namespace's default conflict strategy) and the
+    # record of every conflict a versioned update resolved (hivemem.conflicts).
+    [
+        f"""CREATE TABLE settings (root text {_C} NOT NULL, prefix text {_C} NOT NULL, name text {_C} NOT NULL,
+            value text NOT NULL, updated_at double precision NOT NULL, PRIMARY KEY (root, prefix, name))""",
+        f"""CREATE TABLE conflicts (
+            root text {_C} NOT NULL, id text {_C} NOT NULL, memory_id text {_C} NOT NULL,
+            created_at double precision NOT NULL, principal text NOT NULL, strategy text NOT NULL,
+            result_version integer NOT NULL, sides text NOT NULL, PRIMARY KEY (root, id))""",
+        "CREATE INDEX conflicts_memory ON conflicts (memory_id)",
+        "CREATE INDEX conflicts_created ON conflicts (root, created_at)",
+    ],
 ]
 
 _MIGRATION_LOCK = 0x48495645  # pg_advisory_xact_lock key: one migrator at a time
@@ -251,6 +263,14 @@ class _PgTx(SqlTx):
         new_vector = self.vectors and memory.content_hash != previous.content_hash
         self._execute(_UPDATE_WITH_VECTOR if new_vector else _UPDATE, _row_params(memory))
         self.memory_event("memory.updated", memory)
+
+    def past_version(self, memory: Memory, version: int) -> Memory | None:
+        # The root too: the primary key finds the one row, however long the history.
+        rows = self._rows(
+            "SELECT snapshot FROM memory_versions WHERE root = %s AND memory_id = %s AND version = %s",
+            (root_of(memory.namespace), memory.id, version),
+        )
+        return Memory.from_dict(json.loads(rows[0][0])) if rows else None
 
     def expired_ids(self, now: float, limit: int) -> builtins.list[str]:
         # SKIP LOCKED: sweeps running in several processes take disjoint rows.
@@ -507,8 +527,11 @@ class PostgresStore(Store):
                         tx.record_notify(roots)
                     committing = True
                     tx.commit()
-            except psycopg.OperationalError as exc:
-                if committing:
+            except psycopg.Error as exc:
+                # Whatever state a failed pipeline left this connection in, it is not
+                # trusted with the next write: closed, the pool replaces it.
+                conn.close()
+                if committing and isinstance(exc, psycopg.OperationalError):
                     raise StorageUnavailable(
                         f"the connection was lost while committing; the write may or may not be applied: {exc}",
                         reason="CommitOutcomeUnknown",

@@ -17,13 +17,15 @@ from typing import Any
 
 from hivemem.access import ApiKey, Grant, Principal
 from hivemem.clock import utc
-from hivemem.models import Group, Memory, Relation
+from hivemem.models import Conflict, Group, Memory, Relation
 from hivemem.storage.base import MEMORY_COLUMNS, MemoryFilter, RankFacts, StoreTx, memory_from_row
 from hivemem.validation import root_of
 
 #: Comparison operators of ``where`` filters.
 SQL_OPS = {"$eq": "=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
 COLUMNS = ", ".join(f"m.{c}" for c in MEMORY_COLUMNS)
+#: Conflicts (alias ``c``) see what their memory (alias ``m``) passes: a filter, grants, expiry.
+_MEMORY_OF_CONFLICT = "memories m ON m.root = c.root AND m.id = c.memory_id"
 
 
 class Dialect(ABC):
@@ -183,9 +185,9 @@ class SqlTx(StoreTx):
         if not ids:
             return 0
         d = self.dialect
-        for table, column in (("memory_versions", "memory_id"), ("group_members", "memory_id")):
+        for table in ("memory_versions", "conflicts", "group_members"):
             params: builtins.list[Any] = []
-            self._execute(f"DELETE FROM {table} WHERE {d.one_of(column, ids, params)}", params)
+            self._execute(f"DELETE FROM {table} WHERE {d.one_of('memory_id', ids, params)}", params)
         params = []
         edges = f"{d.one_of('src_id', ids, params)} OR {d.one_of('dst_id', ids, params)}"
         self._execute(f"DELETE FROM relations WHERE {edges}", params)
@@ -243,6 +245,70 @@ class SqlTx(StoreTx):
             params,
         )
         return [(r[0], r[1], int(r[2]), int(r[3])) for r in rows]
+
+    def put_conflict(self, conflict: Conflict) -> None:
+        p = self.dialect.p
+        sides = {side: getattr(conflict, side).to_dict() for side in ("base", "ours", "theirs")}
+        self._execute(
+            f"INSERT INTO conflicts (root, id, memory_id, created_at, principal, strategy, result_version, sides) "
+            f"VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})",
+            (
+                root_of(conflict.namespace),
+                conflict.id,
+                conflict.memory_id,
+                conflict.created_at.timestamp(),
+                conflict.principal,
+                conflict.strategy,
+                conflict.result_version,
+                json.dumps(sides, separators=(",", ":")),
+            ),
+        )
+
+    def conflicts(self, flt: MemoryFilter, memory_id: str | None, limit: int) -> builtins.list[Conflict]:
+        p = self.dialect.p
+        params: builtins.list[Any] = []
+        where = compile_filter(flt, params, self.dialect)
+        if memory_id is not None:
+            where += f" AND c.memory_id = {p}"
+            params.append(memory_id)
+        params.append(limit)
+        rows = self._rows(
+            "SELECT c.id, c.memory_id, m.namespace, c.created_at, c.principal, c.strategy, c.result_version, c.sides "
+            f"FROM conflicts c JOIN {_MEMORY_OF_CONFLICT} WHERE {where} "
+            f"ORDER BY c.created_at DESC, c.id DESC LIMIT {p}",
+            params,
+        )
+        out = []
+        for r in rows:
+            sides = {side: Memory.from_dict(value) for side, value in json.loads(r[7]).items()}
+            out.append(Conflict(r[0], r[1], r[2], utc(r[3]), r[4], r[5], result_version=r[6], **sides))
+        return out
+
+    def count_conflicts(self, flt: MemoryFilter) -> int:
+        params: builtins.list[Any] = []
+        where = compile_filter(flt, params, self.dialect)
+        rows = self._rows(f"SELECT count(*) FROM conflicts c JOIN {_MEMORY_OF_CONFLICT} WHERE {where}", params)
+        return int(rows[0][0])
+
+    def put_setting(self, prefix: str, name: str, value: str | None, now: float) -> None:
+        p = self.dialect.p
+        key = (root_of(prefix), prefix, name)
+        if value is None:
+            self._execute(f"DELETE FROM settings WHERE root = {p} AND prefix = {p} AND name = {p}", key)
+        else:
+            self._execute(
+                f"INSERT INTO settings VALUES ({p}, {p}, {p}, {p}, {p}) ON CONFLICT (root, prefix, name) "
+                "DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                (*key, value, now),
+            )
+
+    def settings(self, prefixes: Sequence[str], name: str) -> dict[str, str]:
+        if not prefixes:
+            return {}
+        p = self.dialect.p
+        params: builtins.list[Any] = [root_of(prefixes[0]), name]
+        where = f"root = {p} AND name = {p} AND " + self.dialect.one_of("prefix", prefixes, params)
+        return {r[0]: r[1] for r in self._rows(f"SELECT prefix, value FROM settings WHERE {where}", params)}
 
     def put_api_key(self, key: ApiKey) -> None:
         p = self.dialect.p

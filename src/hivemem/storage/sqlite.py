@@ -148,6 +148,18 @@ MIGRATIONS: builtins.list[list[str]] = [
         "CREATE TABLE inbox_cursors (root TEXT NOT NULL, namespace TEXT NOT NULL, agent TEXT NOT NULL, "
         "seq INTEGER NOT NULL, PRIMARY KEY (root, namespace, agent)) WITHOUT ROWID",
     ],
+    # Settings on namespace prefixes (a namespace's default conflict strategy) and the
+    # record of every conflict a versioned update resolved (hivemem.conflicts).
+    [
+        "CREATE TABLE settings (root TEXT NOT NULL, prefix TEXT NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL, "
+        "updated_at REAL NOT NULL, PRIMARY KEY (root, prefix, name)) WITHOUT ROWID",
+        """CREATE TABLE conflicts (
+            root TEXT NOT NULL, id TEXT NOT NULL, memory_id TEXT NOT NULL, created_at REAL NOT NULL,
+            principal TEXT NOT NULL, strategy TEXT NOT NULL, result_version INTEGER NOT NULL, sides TEXT NOT NULL,
+            PRIMARY KEY (root, id)) WITHOUT ROWID""",
+        "CREATE INDEX conflicts_memory ON conflicts (memory_id)",
+        "CREATE INDEX conflicts_created ON conflicts (root, created_at)",
+    ],
 ]
 
 _INSERT = (
@@ -260,6 +272,14 @@ class _SqliteTx(SqlTx):
         )
         self.conn.execute(_UPDATE, {**memory_to_row(memory), "seq": self.seq})
         self.memory_event("memory.updated", memory)
+
+    def past_version(self, memory: Memory, version: int) -> Memory | None:
+        row = _one(
+            self.conn.execute(
+                "SELECT snapshot FROM memory_versions WHERE memory_id = ? AND version = ?", (memory.id, version)
+            )
+        )
+        return Memory.from_dict(json.loads(row[0])) if row else None
 
     def delete(self, ids: Sequence[str]) -> int:
         self.index_new_rows()
