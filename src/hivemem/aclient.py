@@ -148,3 +148,6 @@ class AsyncRemoteHive(RemoteBase):
     send = _routed(Hive.send)
     inbox_messages = _routed(Hive.inbox_messages)
     ack = _routed(Hive.ack)
+    set_conflict_strategy = _routed(Hive.set_conflict_strategy)
+    get_conflict_strategy = _routed(Hive.get_conflict_strategy)
+    conflicts = _routed(Hive.conflicts)

@@ -261,7 +261,8 @@ def json_schema(tp: Any) -> dict[str, Any]:
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if isinstance(tp, types.UnionType) or origin is typing.Union:
         choices: list[dict[str, Any]] = []
-        for schema in map(json_schema, args):
+        # A function (a conflict resolver) cannot travel: over HTTP only the other choices exist.
+        for schema in map(json_schema, [a for a in args if typing.get_origin(a) is not Callable]):
             if schema not in choices:  # float | timedelta are both numbers on the wire
                 choices.append(schema)
         return {"anyOf": choices}
