@@ -242,8 +242,17 @@ def test_a_repeated_idempotency_key_applies_the_write_once(server: ServeProcess,
     assert refused.status_code == 422  # a failed call records nothing: a fixed retry goes through
     fixed = httpx.post(f"{server.url}/v1/memories", json=body, headers={**headers, "Idempotency-Key": "c3"})
     assert fixed.status_code == 201
+    # The same key on another request is that request's own: applied, never answered with the first's result.
+    group = httpx.post(f"{server.url}/v1/groups", json={"name": "g1"}, headers={**headers, "Idempotency-Key": "k"})
+    added = httpx.post(
+        f"{server.url}/v1/groups/g1/members",
+        json={"memory_id": first.json()["id"]},
+        headers={**headers, "Idempotency-Key": "k"},
+    )
+    assert group.status_code == 201 and (added.status_code, added.json()) == (200, None)
     with hivemem.open(server.url, api_key=keys["admin"]) as admin:
         assert admin.stats()["memories"] == 3
+        assert [m.id for m in admin.group_members("g1")] == [first.json()["id"]]
 
 
 def test_writes_retried_through_a_kill_9_restart_land_exactly_once(

@@ -15,6 +15,7 @@ an embedded caller uses. Every failure is ``application/problem+json``:
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 import logging
@@ -34,7 +35,7 @@ from starlette.routing import Route as StarletteRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import hivemem
-from hivemem import __version__
+from hivemem import __version__, validation
 from hivemem.access import Principal
 from hivemem.config import HiveConfig
 from hivemem.errors import (
@@ -424,8 +425,10 @@ def _add_route(app: FastAPI, operation: Operation, caller: Callable[[Request], H
         call = _bind(getattr(hive, route.name), operation, from_wire(arguments))
         key = request.headers.get("idempotency-key")
         if key is not None and route.once:
-            # A retried write gets the first answer back and is not applied again.
-            replayable = await run_in_threadpool(lambda: hive.run_once(key, lambda _: call(), to_json))
+            # A retried write gets the first answer back and is not applied again. The key
+            # counts only with the same request: reused for another one, it applies that one.
+            scoped = _request_key(validation.optional_id(key, "Idempotency-Key") or "", request, await request.body())
+            replayable = await run_in_threadpool(lambda: hive.run_once(scoped, lambda _: call(), to_json))
             return JSONResponse(replayable, route.status)
         return JSONResponse(to_json(await run_in_threadpool(call)), status_code=route.status)
 
@@ -497,6 +500,15 @@ def _sse(hive: Hive, namespace: str, since: int, types: list[str] | None, idle: 
             yield ": idle\n\n"
         else:
             yield f"id: {event.seq}\nevent: {event.type}\ndata: {_dumps(event.to_dict())}\n\n"
+
+
+def _request_key(key: str, request: Request, body: bytes) -> str:
+    """The idempotency key of this request: the client's key bound to its method, path, query and body."""
+    digest = hashlib.sha256()
+    for part in (request.method, request.url.path, request.url.query, key):
+        digest.update(part.encode("utf-8", "surrogatepass") + b"\0")
+    digest.update(body)
+    return digest.hexdigest()
 
 
 def _dumps(value: Any) -> str:
