@@ -1,5 +1,5 @@
 """PostgreSQL-only behaviour: migrations and the verify-only mode, a server without pgvector,
-and moving data between SQLite and PostgreSQL with the CLI.
+moving data between SQLite and PostgreSQL with the CLI, and how reads and searches use transactions.
 
 The contract suite (test_contract.py) already runs every Hive method on PostgreSQL.
 """
@@ -18,6 +18,7 @@ import hivemem
 from fakes import HashEmbedder
 from hivemem import ConfigError
 from hivemem.cli import main
+from hivemem.storage.base import MemoryFilter, StoreTx
 from hivemem.storage.postgres import MIGRATIONS
 from pg_server import schema_url, with_options
 
@@ -104,3 +105,19 @@ def test_export_and_import_round_trip_every_field_between_sqlite_and_postgres(tm
     assert cli(again, "import", str(back)).exit_code == 0
     with hivemem.open(again, embedder=None) as hive:
         assert [m.to_dict() for m in hive.export()] == original
+
+
+def test_a_read_sees_one_snapshot_though_it_begins_with_its_first_statement(tmp_path: Path) -> None:
+    url = schema_url(tmp_path)
+    with hivemem.open(url, embedder=None) as hive, hivemem.open(url, embedder=None) as other:
+        first = hive.remember("ns", "written before the read")
+        flt = MemoryFilter(now=hive.clock.now(), namespace="ns")
+
+        def read(tx: StoreTx) -> tuple[list[str], list[str]]:
+            before = [m.content for m in tx.list(flt, "created_at", False, None, 10)]
+            other.remember("ns", "written while the read runs")
+            other.forget(first.id)
+            return before, [m.content for m in tx.list(flt, "created_at", False, None, 10)]
+
+        assert hive.store.read(read) == (["written before the read"], ["written before the read"])
+        assert [m.content for m in hive.list("ns")] == ["written while the read runs"]
