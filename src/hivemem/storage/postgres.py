@@ -520,22 +520,23 @@ class PostgresStore(Store):
     def vector_search(self, vector: NDArray[np.float32], flt: MemoryFilter, limit: int) -> builtins.list[ScoredId]:
         if self._dim is None:
             return []
-        literal = _vector_literal(vector)
-        params: builtins.list[Any] = [literal]
+        params: builtins.list[Any] = [_vector_literal(vector)]
         where = compile_filter(flt, params, DIALECT)
-        params += [literal, limit]
+        params.append(limit)
 
         def search(tx: StoreTx) -> builtins.list[ScoredId]:
             assert isinstance(tx, _PgTx)
             # The HNSW scan yields at most ef_search rows before the filter; ask for enough.
             # It waits for the transaction to begin, then travels with the search.
             tx._execute(f"SET LOCAL hnsw.ef_search = {min(max(limit, 40), _MAX_EF_SEARCH)}")
+            # Ordered by the selected distance itself, not by a second copy of the expression:
+            # the vector is sent and parsed once, and each row's distance computed once.
             rows = tx._rows(
-                "SELECT m.id, 1 - (m.embedding <=> %s::vector) FROM memories m "
-                f"WHERE m.embedding IS NOT NULL AND {where} ORDER BY m.embedding <=> %s::vector LIMIT %s",
+                "SELECT m.id, m.embedding <=> %s::vector AS distance FROM memories m "
+                f"WHERE m.embedding IS NOT NULL AND {where} ORDER BY distance LIMIT %s",
                 params,
             )
-            return [ScoredId(r[0], float(r[1])) for r in rows]
+            return [ScoredId(r[0], 1.0 - float(r[1])) for r in rows]
 
         return self.read(search)
 
