@@ -10,7 +10,7 @@ import random
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,8 @@ import pytest
 import hivemem
 from fakes import HashEmbedder
 from hivemem import Hive, VersionConflict
-from hivemem.storage.base import MemoryFilter
+from hivemem.storage.base import MemoryFilter, RankFacts
+from hivemem.storage.sql import SqlTx
 
 PROCESSES = 4
 N = 200  # plain memories per process
@@ -471,3 +472,33 @@ def test_versioned_increments_from_threads_and_processes_lose_nothing(tmp_path: 
             assert counted.version == successes + 1
             assert len(hive.conflicts(ids["function"], limit=1000)) == sum(d["function"] for d in done) > 0
         assert hive.stats("versioned")["conflicts"] == sum(d.get("merge", 0) + d.get("function", 0) for d in done)
+
+
+@pytest.mark.parametrize("kind", SHARED_TARGETS)
+def test_a_memory_forgotten_while_recall_ranks_is_returned_whole_or_not_at_all(
+    tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another connection forgets a candidate right after recall read the ranking facts.
+    # Recall ranks and fetches in one snapshot, taken before that forget committed: the
+    # memory is ranked and returned whole, and no ranked hit goes missing.
+    target = _shared_target(kind, tmp_path)
+    embedder = HashEmbedder()
+    with hivemem.open(target, embedder=embedder) as hive, hivemem.open(target, embedder=embedder) as other:
+        made = hive.remember_many([{"namespace": "ns", "content": f"tomato harvest note {i}"} for i in range(5)])
+        victim = made[0].id
+        forgotten: list[int] = []
+        rank_facts = SqlTx.rank_facts
+
+        def rank_then_forget(tx: SqlTx, ids: Sequence[str], flt: MemoryFilter) -> dict[str, RankFacts]:
+            facts = rank_facts(tx, ids, flt)
+            if not forgotten:
+                forgotten.append(other.forget(victim))
+            return facts
+
+        monkeypatch.setattr(SqlTx, "rank_facts", rank_then_forget)
+        hits = hive.recall("tomato harvest", namespace="ns", k=5)
+        assert forgotten == [1]
+        assert sorted(h.memory.id for h in hits) == sorted(m.id for m in made)
+        monkeypatch.undo()
+        after = hive.recall("tomato harvest", namespace="ns", k=5)
+        assert sorted(h.memory.id for h in after) == sorted(m.id for m in made[1:])

@@ -1,5 +1,5 @@
 """PostgreSQL-only behaviour: migrations and the verify-only mode, a server without pgvector,
-and moving data between SQLite and PostgreSQL with the CLI.
+moving data between SQLite and PostgreSQL with the CLI, and how reads and searches use transactions.
 
 The contract suite (test_contract.py) already runs every Hive method on PostgreSQL.
 """
@@ -19,6 +19,7 @@ import hivemem
 from fakes import HashEmbedder
 from hivemem import ConfigError, StorageUnavailable
 from hivemem.cli import main
+from hivemem.storage.base import MemoryFilter, StoreTx
 from hivemem.storage.postgres import MIGRATIONS
 from pg_server import schema_url, with_options
 
@@ -132,3 +133,19 @@ def test_a_write_that_fails_in_its_pipeline_leaves_no_broken_connection_behind(t
             store.write(lambda tx: runs_a_statement(tx, fail=True))
         store.write(runs_a_statement)
         assert hive.remember("ns", "still writable").version == 1
+
+
+def test_a_read_sees_one_snapshot_though_it_begins_with_its_first_statement(tmp_path: Path) -> None:
+    url = schema_url(tmp_path)
+    with hivemem.open(url, embedder=None) as hive, hivemem.open(url, embedder=None) as other:
+        first = hive.remember("ns", "written before the read")
+        flt = MemoryFilter(now=hive.clock.now(), namespace="ns")
+
+        def read(tx: StoreTx) -> tuple[list[str], list[str]]:
+            before = [m.content for m in tx.list(flt, "created_at", False, None, 10)]
+            other.remember("ns", "written while the read runs")
+            other.forget(first.id)
+            return before, [m.content for m in tx.list(flt, "created_at", False, None, 10)]
+
+        assert hive.store.read(read) == (["written before the read"], ["written before the read"])
+        assert [m.content for m in hive.list("ns")] == ["written while the read runs"]

@@ -18,12 +18,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from hivemem.config import RankingWeights
-from hivemem.models import Hit, Memory
+from hivemem.models import Hit
 from hivemem.records import content_hash
 from hivemem.retrieval.embedders import Embedder
 from hivemem.retrieval.ranking import fuse, score
 from hivemem.retrieval.text import keyword_terms
-from hivemem.storage.base import MemoryFilter, RankFacts, ScoredId, Store, StoreTx
+from hivemem.storage.base import MemoryFilter, ScoredId, Store, StoreTx
 
 #: When filters leave too few hits, candidate lists grow by this factor, up to MAX_CANDIDATES.
 _WIDEN = 4
@@ -31,14 +31,6 @@ MAX_CANDIDATES = 20_000
 _QUERY_CACHE_SIZE = 1024
 #: Recalls whose vector search (and query embedding) can run at once, beside their keyword searches.
 _VECTOR_HELPERS = 8
-
-
-def _facts(tx: StoreTx, ids: Sequence[str], flt: MemoryFilter) -> dict[str, RankFacts]:
-    return tx.rank_facts(ids, flt)
-
-
-def _memories(tx: StoreTx, ids: Sequence[str], flt: MemoryFilter) -> dict[str, Memory]:
-    return tx.get_many(ids, flt)
 
 
 class Retriever:
@@ -142,18 +134,44 @@ class Retriever:
                 pending = self._helpers().submit(self._vector_candidates, query, flt, limit)
             keyword = self.store.keyword_search(terms, flt, limit)
             vector = pending.result() if pending is not None else []
-            ids = list({s.id: None for s in [*keyword, *vector]})
-            facts = self.store.read(functools.partial(_facts, ids=ids, flt=flt))
-            # Filter before fusing: a memory the caller cannot see must not push
-            # visible ones down the ranks (nor reveal itself through their scores).
-            visible_keyword = [s for s in keyword if s.id in facts]
-            visible_vector = [s for s in vector if s.id in facts]
-            scored = score(fuse(visible_keyword, visible_vector, self.weights), facts, flt.now, self.weights)
             exhausted = len(keyword) < limit and len(vector) < limit
-            if len(scored) >= k or exhausted or limit >= MAX_CANDIDATES:
-                break
+            last = exhausted or limit >= MAX_CANDIDATES
+            # One read ranks and fetches, so both see the same memories.
+            best = functools.partial(
+                self._best, keyword=keyword, vector=vector, flt=flt, k=k, min_score=min_score, last=last
+            )
+            hits = self.store.read(best)
+            if hits is not None:
+                return hits
             limit = min(limit * _WIDEN, MAX_CANDIDATES)
+
+    def _best(
+        self,
+        tx: StoreTx,
+        keyword: Sequence[ScoredId],
+        vector: Sequence[ScoredId],
+        flt: MemoryFilter,
+        k: int,
+        min_score: float | None,
+        *,
+        last: bool,
+    ) -> list[Hit] | None:
+        """The hits among the candidates; None if fewer than ``k`` are visible and a wider search follows.
+
+        Only the ``last`` search returns fewer hits than ``k``. Ranking and
+        fetching share ``tx``'s snapshot, so every ranked memory is there to
+        fetch: one forgotten meanwhile is either ranked and returned (the
+        recall happened first) or neither.
+        """
+        facts = tx.rank_facts(list({s.id: None for s in [*keyword, *vector]}), flt)
+        # Filter before fusing: a memory the caller cannot see must not push
+        # visible ones down the ranks (nor reveal itself through their scores).
+        visible_keyword = [s for s in keyword if s.id in facts]
+        visible_vector = [s for s in vector if s.id in facts]
+        scored = score(fuse(visible_keyword, visible_vector, self.weights), facts, flt.now, self.weights)
+        if len(scored) < k and not last:
+            return None
         top = [s for s in scored if min_score is None or s.score >= min_score][:k]
-        # Whole memories only for the hits. One deleted since the facts were read is left out.
-        memories = self.store.read(functools.partial(_memories, ids=[s.id for s in top], flt=flt))
-        return [Hit(memories[s.id], s.score, s.parts) for s in top if s.id in memories]
+        # Whole memories only for the hits.
+        memories = tx.get_many([s.id for s in top], flt)
+        return [Hit(memories[s.id], s.score, s.parts) for s in top]

@@ -242,14 +242,50 @@ def _vector_literal(vector: NDArray[np.float32]) -> str:
 
 
 class _PgTx(SqlTx):
-    """Primitive operations on one connection inside a transaction (a read one; see :class:`_PgWriteTx`)."""
+    """Primitive operations on one connection inside a transaction, begun only when it has to be.
+
+    This one reads from one snapshot (see :class:`_PgWriteTx` for writes).
+    Statements whose results nobody reads wait in order. The first read begins
+    the transaction in pipeline mode: ``BEGIN`` and the waiting statements travel
+    with the read in one round trip, and :meth:`finish` ends the transaction with
+    the pipeline's last round trip. A read that runs no statement costs none.
+    """
 
     dialect = DIALECT
     conn: psycopg.Connection[Any]
+    #: How the transaction begins. Repeatable read: every statement sees the first one's snapshot.
+    begin_sql = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
 
-    def __init__(self, conn: psycopg.Connection[Any], *, vectors: bool) -> None:
+    def __init__(self, conn: psycopg.Connection[Any], *, vectors: bool, pipeline: ExitStack) -> None:
         super().__init__(conn)
         self.vectors = vectors
+        self._pipeline = pipeline
+        self._waiting: builtins.list[tuple[str, Any]] | None = []
+
+    def _execute(self, sql: str, params: Any = ()) -> None:
+        if self._waiting is None:
+            self.conn.execute(sql, params)
+        else:
+            self._waiting.append((sql, params))
+
+    def _rows(self, sql: str, params: Any = ()) -> builtins.list[Any]:
+        self.begin()
+        return super()._rows(sql, params)
+
+    def begin(self) -> psycopg.Connection[Any]:
+        """Begin the transaction (once), sending what waits; the connection, for statements of its own."""
+        if self._waiting is not None:
+            waiting, self._waiting = self._waiting, None
+            self._pipeline.enter_context(self.conn.pipeline())
+            self.conn.execute(self.begin_sql)
+            for sql, params in waiting:
+                self.conn.execute(sql, params)
+        return self.conn
+
+    def finish(self) -> None:
+        """End a read: roll back what began (a read-only transaction has nothing to keep)."""
+        if self._waiting is None:
+            self.conn.execute("ROLLBACK")
 
     def insert(self, memory: Memory) -> None:
         self._execute(_INSERT_WITH_VECTOR if self.vectors else _INSERT, _row_params(memory))
@@ -347,54 +383,29 @@ class _PgTx(SqlTx):
 
 
 class _PgWriteTx(_PgTx):
-    """A write transaction, begun only when it has to be.
+    """A write transaction, begun only when it has to be (see :class:`_PgTx`).
 
     Reads of single memories lock them (``FOR UPDATE``): every read-modify-write
     in the Hive reads through :meth:`get` or :meth:`get_by_key`, so two writers of
     one memory take turns.
 
-    Statements whose results nobody reads wait in order. The first read begins
-    the transaction in pipeline mode: ``BEGIN`` and the waiting statements travel
-    with the read in one round trip. :meth:`commit` runs a transaction that read
-    nothing and holds one statement as that statement alone, which PostgreSQL
-    commits by itself (a plain remember: one statement, no ``BEGIN``/``COMMIT``);
-    anything else ends with ``COMMIT`` in the same pipeline.
+    :meth:`commit` runs a transaction that read nothing and holds one statement
+    as that statement alone, which PostgreSQL commits by itself (a plain
+    remember: one statement, no ``BEGIN``/``COMMIT``); anything else ends with
+    ``COMMIT`` in the same pipeline.
     """
 
     lock = " FOR UPDATE OF m"
     claim_lock = " FOR UPDATE"
     share_lock = " FOR SHARE"
-
-    def __init__(self, conn: psycopg.Connection[Any], *, vectors: bool, pipeline: ExitStack) -> None:
-        super().__init__(conn, vectors=vectors)
-        self._pipeline = pipeline
-        self._waiting: builtins.list[tuple[str, Any]] | None = []
-
-    def _execute(self, sql: str, params: Any = ()) -> None:
-        if self._waiting is None:
-            self.conn.execute(sql, params)
-        else:
-            self._waiting.append((sql, params))
-
-    def _rows(self, sql: str, params: Any = ()) -> builtins.list[Any]:
-        self.begin()
-        return super()._rows(sql, params)
-
-    def begin(self) -> psycopg.Connection[Any]:
-        """Begin the transaction (once), sending what waits; the connection, for statements of its own."""
-        if self._waiting is not None:
-            waiting, self._waiting = self._waiting, None
-            self._pipeline.enter_context(self.conn.pipeline())
-            self.conn.execute("BEGIN")
-            for sql, params in waiting:
-                self.conn.execute(sql, params)
-        return self.conn
+    begin_sql = "BEGIN"
 
     def record_notify(self, roots: Sequence[str]) -> None:
         """Wake event subscribers when this transaction commits."""
         self._execute("SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, ",".join(roots)))
 
     def commit(self) -> None:
+        """Make the transaction's writes durable."""
         if self._waiting is not None and len(self._waiting) <= 1:
             for sql, params in self._waiting:
                 self.conn.execute(sql, params)
@@ -547,11 +558,16 @@ class PostgresStore(Store):
 
         def once() -> T:
             with self._connection(pool) as conn:
-                conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                 try:
-                    return fn(_PgTx(conn, vectors=self._dim is not None))
-                finally:
+                    # The pipeline, if the read began one, ends (and syncs) with this block.
+                    with ExitStack() as pipeline:
+                        tx = _PgTx(conn, vectors=self._dim is not None, pipeline=pipeline)
+                        result = fn(tx)
+                        tx.finish()
+                except BaseException:
                     _rollback(conn)
+                    raise
+                return result
 
         return self._retrying(once)
 
@@ -597,21 +613,23 @@ class PostgresStore(Store):
     def vector_search(self, vector: NDArray[np.float32], flt: MemoryFilter, limit: int) -> builtins.list[ScoredId]:
         if self._dim is None:
             return []
-        literal = _vector_literal(vector)
-        params: builtins.list[Any] = [literal]
+        params: builtins.list[Any] = [_vector_literal(vector)]
         where = compile_filter(flt, params, DIALECT)
-        params += [literal, limit]
+        params.append(limit)
 
         def search(tx: StoreTx) -> builtins.list[ScoredId]:
             assert isinstance(tx, _PgTx)
             # The HNSW scan yields at most ef_search rows before the filter; ask for enough.
-            tx.conn.execute(f"SET LOCAL hnsw.ef_search = {min(max(limit, 40), _MAX_EF_SEARCH)}")
+            # It waits for the transaction to begin, then travels with the search.
+            tx._execute(f"SET LOCAL hnsw.ef_search = {min(max(limit, 40), _MAX_EF_SEARCH)}")
+            # Ordered by the selected distance itself, not by a second copy of the expression:
+            # the vector is sent and parsed once, and each row's distance computed once.
             rows = tx._rows(
-                "SELECT m.id, 1 - (m.embedding <=> %s::vector) FROM memories m "
-                f"WHERE m.embedding IS NOT NULL AND {where} ORDER BY m.embedding <=> %s::vector LIMIT %s",
+                "SELECT m.id, m.embedding <=> %s::vector AS distance FROM memories m "
+                f"WHERE m.embedding IS NOT NULL AND {where} ORDER BY distance LIMIT %s",
                 params,
             )
-            return [ScoredId(r[0], float(r[1])) for r in rows]
+            return [ScoredId(r[0], 1.0 - float(r[1])) for r in rows]
 
         return self.read(search)
 

@@ -151,11 +151,15 @@ class SqlTx(StoreTx):
         return found[0] if found else None
 
     def get_many(self, ids: Sequence[str], flt: MemoryFilter) -> dict[str, Memory]:
+        if not ids:
+            return {}
         params: builtins.list[Any] = []
         where = self.dialect.one_of("m.id", ids, params) + " AND " + compile_filter(flt, params, self.dialect)
         return {m.id: m for m in self._memories(where, params)}
 
     def rank_facts(self, ids: Sequence[str], flt: MemoryFilter) -> dict[str, RankFacts]:
+        if not ids:
+            return {}
         params: builtins.list[Any] = []
         where = self.dialect.one_of("m.id", ids, params) + " AND " + compile_filter(flt, params, self.dialect)
         rows = self._rows(
