@@ -94,6 +94,7 @@ def test_events_page_and_filter(hive: Hive) -> None:
         ({"namespace": None}, "namespace"),
         ({"since": -1}, "since"),
         ({"since": "3"}, "since"),
+        ({"since": 2**64}, "since"),
         ({"limit": 0}, "limit"),
         ({"limit": 5000}, "limit"),
         ({"types": ["memory.exploded"]}, "types"),
@@ -121,6 +122,8 @@ def test_an_inbox_delivers_in_order_until_acknowledged(open_hive: Any) -> None:
     assert [m.seq for m in inbox.pending()] == [second.seq]
     with pytest.raises(InvalidInput):
         inbox.ack(first.seq + 1)  # not a message to agent-b
+    with pytest.raises(InvalidInput):
+        inbox.ack(2**70)  # beyond any stored number
     inbox.ack(first.seq)  # acknowledging again changes nothing
     assert [m.data["body"] for m in inbox.pending()] == ["and then the tests"]
     if hive.store.durable:

@@ -296,3 +296,10 @@ def test_a_malformed_lease_is_refused_by_renew_and_release(hive: Hive, broken: d
     with pytest.raises(InvalidInput):
         hive.release_lease(forged)  # type: ignore[arg-type]
     assert [held.lease_id for held in hive.locks()] == [lease.lease_id]
+
+
+def test_a_fence_beyond_64_bits_is_refused(hive: Hive) -> None:
+    record = hive.remember("team-a", "x")
+    with pytest.raises(InvalidInput):
+        hive.update(record.id, content="y", fence={"resource": "team-a/x", "token": 2**64})  # type: ignore[arg-type]
+    assert hive.get(record.id).version == 1

@@ -26,9 +26,13 @@ from typing import TYPE_CHECKING, Any
 
 from hivemem.clock import utc
 from hivemem.errors import InvalidInput
+from hivemem.validation import MAX_INT
 
 if TYPE_CHECKING:
     from hivemem.hive import Hive
+
+#: The largest sequence number a store holds (a signed 64-bit integer).
+MAX_SEQ = MAX_INT
 
 #: What happened, by event type.
 TYPES = (
@@ -118,8 +122,8 @@ def sequence_number(value: object, field: str = "since") -> int:
     Raises:
         InvalidInput: Anything else.
     """
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise InvalidInput(field, "must be a whole number, 0 or more", value=repr(value))
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEQ:
+        raise InvalidInput(field, f"must be a whole number from 0 to {MAX_SEQ}", value=repr(value))
     return value
 
 

@@ -27,7 +27,7 @@ from hivemem.config import HiveConfig
 from hivemem.conflicts import SETTING as CONFLICT_SETTING
 from hivemem.conflicts import ConflictPolicy, ConflictResolver, checked_strategy
 from hivemem.errors import Forbidden, InvalidInput, NotFound, PayloadTooLarge, Unauthenticated
-from hivemem.events import Event, Inbox, sequence_number, types_of
+from hivemem.events import MAX_SEQ, Event, Inbox, sequence_number, types_of
 from hivemem.leases import Fence, Lease, LeaseRequest, LeaseSet
 from hivemem.models import Conflict, Group, Hit, Memory, Page, Related, Relation, decode_cursor, encode_cursor
 from hivemem.records import (
@@ -568,7 +568,7 @@ class Hive:
         """
         agent = _agent_id(agent, "agent")
         ns = v.namespace(namespace)
-        seq = v.positive_int(seq, "seq")
+        seq = v.positive_int(seq, "seq", MAX_SEQ)
         self._may("write", ns)
 
         def write(tx: StoreTx) -> None:

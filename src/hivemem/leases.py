@@ -64,7 +64,9 @@ class Fence:
         if isinstance(value, Fence):
             return value
         if isinstance(value, Mapping) and set(value) == {"resource", "token"}:
-            return cls(v.namespace(value["resource"], f"{field}.resource"), v.positive_int(value["token"], field))
+            return cls(
+                v.namespace(value["resource"], f"{field}.resource"), v.positive_int(value["token"], field, v.MAX_INT)
+            )
         raise InvalidInput(field, "must be a Lease (from hive.lock) or {'resource': ..., 'token': ...}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -153,7 +155,7 @@ class Lease:
             v.namespace(payload["resource"], f"{field}.resource"),
             lease_id,
             mode,
-            v.positive_int(payload["token"], f"{field}.token"),
+            v.positive_int(payload["token"], f"{field}.token", v.MAX_INT),
             holder,
             ttl,
             times[0],
