@@ -81,7 +81,9 @@ def test_the_served_document_is_the_one_tested(served: tuple[ServedHive, str]) -
 
 
 @schema.parametrize()
-@settings(deadline=None, suppress_health_check=list(HealthCheck), max_examples=EXAMPLES)
+# Derandomized: CI runs the same requests every time, so a red run is a change's doing,
+# not a new draw; turning derandomize off explores further (and found the bugs fixed so far).
+@settings(deadline=None, suppress_health_check=list(HealthCheck), max_examples=EXAMPLES, derandomize=True)
 def test_no_request_gets_a_server_error_or_an_undocumented_answer(
     case: Case, served: tuple[ServedHive, str], calls: Counter[str]
 ) -> None:
