@@ -453,7 +453,7 @@ class Hive:
             LeaseExpired: It lapsed or was released first; the resource may have a new holder.
         """
         lease = Lease.of(lease)
-        ttl = lease.ttl if ttl is None else LeaseRequest.of(lease.resource, lease.mode, ttl, 0, "-", None).ttl
+        ttl = lease.ttl if ttl is None else leases.lease_ttl(ttl)
         self._may(lease.mode, lease.resource)
         return leases.renew(self.store, lease, ttl, self.principal.name).bound_to(self)
 

@@ -45,6 +45,18 @@ WAITER_TTL = 2.0
 _FIRST_POLL, _LAST_POLL = 0.002, 0.05
 
 
+def lease_ttl(value: object, field: str = "ttl") -> float:
+    """A lease's time to live: seconds above 0, at most :data:`MAX_TTL`.
+
+    Raises:
+        InvalidInput: Anything else.
+    """
+    ttl = v.positive_float(value, field)
+    if ttl > MAX_TTL:
+        raise InvalidInput(field, f"must be at most {MAX_TTL:.0f} seconds", value=ttl)
+    return ttl
+
+
 @dataclass(frozen=True, slots=True)
 class Fence:
     """A resource and the fencing token a protected write presents for it."""
@@ -142,9 +154,7 @@ class Lease:
                 raise InvalidInput(f"{field}.{name}", "must be a non-empty string")
         if mode not in MODES:
             raise InvalidInput(f"{field}.mode", "must be 'read' or 'write'")
-        ttl = v.positive_float(payload["ttl"], f"{field}.ttl")
-        if ttl > MAX_TTL:
-            raise InvalidInput(f"{field}.ttl", f"must be at most {MAX_TTL:.0f} seconds")
+        ttl = lease_ttl(payload["ttl"], f"{field}.ttl")
         times = []
         for name in ("acquired_at", "expires_at"):
             try:
@@ -240,9 +250,7 @@ class LeaseRequest:
             raise InvalidInput("owner", "must be a non-empty string of at most 200 characters", value=repr(owner))
         if mode not in MODES:
             raise InvalidInput("mode", "must be 'read' or 'write'", value=mode)
-        ttl = v.positive_float(ttl, "ttl")
-        if ttl > MAX_TTL:
-            raise InvalidInput("ttl", f"must be at most {MAX_TTL:.0f} seconds", value=ttl)
+        ttl = lease_ttl(ttl)
         if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 <= wait <= MAX_WAIT:
             raise InvalidInput("wait", f"must be a number of seconds from 0 to {MAX_WAIT:.0f}", value=repr(wait))
         holder = principal if owner is None else f"{principal}:{owner}"
