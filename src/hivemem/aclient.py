@@ -19,7 +19,7 @@ import httpx
 
 from hivemem.hive import Hive
 from hivemem.models import Memory
-from hivemem.protocol import Call, CircuitBreaker, RemoteBase, binder, import_batches, result_of
+from hivemem.protocol import Call, RemoteBase, binder, import_batches, result_of
 from hivemem.wire import ROUTES_BY_NAME, Route
 
 P = ParamSpec("P")
@@ -65,18 +65,10 @@ class AsyncRemoteHive(RemoteBase):
         breaker: Shared with other clients to stop them all calling a failing server.
     """
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        api_key: str | None = None,
-        timeout: float = 30.0,
-        retries: int = 4,
-        backoff: float = 0.05,
-        breaker: CircuitBreaker | None = None,
-    ) -> None:
-        super().__init__(url, api_key=api_key, timeout=timeout, retries=retries, backoff=backoff, breaker=breaker)
-        self._http = httpx.AsyncClient(headers=self._headers, timeout=self._timeout)
+    _http: httpx.AsyncClient
+
+    def _connect(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(headers=self._headers, timeout=self._timeout)
 
     async def __aenter__(self) -> AsyncRemoteHive:
         return self

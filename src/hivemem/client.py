@@ -35,11 +35,14 @@ from hivemem.protocol import (
     error_from,
     import_batches,
     result_of,
+    retry_delay,
     sse_events,
     stream_params,
 )
 from hivemem.storage.base import T
 from hivemem.wire import EVENT_STREAM, ROUTES, ROUTES_BY_NAME, Route
+
+__all__ = ["CircuitBreaker", "RemoteHive"]
 
 _KEYS_ON_DATABASE = ConfigError("API keys are managed on the database itself: hivemem --db URL keys create|list|revoke")
 
@@ -62,18 +65,10 @@ class RemoteHive(RemoteBase, Hive):
         breaker: Shared with other clients to stop them all calling a failing server.
     """
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        api_key: str | None = None,
-        timeout: float = 30.0,
-        retries: int = 4,
-        backoff: float = 0.05,
-        breaker: CircuitBreaker | None = None,
-    ) -> None:
-        super().__init__(url, api_key=api_key, timeout=timeout, retries=retries, backoff=backoff, breaker=breaker)
-        self._http = httpx.Client(headers=self._headers, timeout=self._timeout)
+    _http: httpx.Client
+
+    def _connect(self) -> httpx.Client:
+        return httpx.Client(headers=self._headers, timeout=self._timeout)
 
     def close(self) -> None:
         """Close the HTTP connections."""
@@ -137,7 +132,7 @@ class RemoteHive(RemoteBase, Hive):
                 self.breaker.failed()
                 self._move_on_from(server)
                 failures += 1
-                time.sleep(min(2.0, self.backoff * 2.0 ** (failures - 1)))
+                time.sleep(retry_delay(self.backoff, failures))
 
     def _send(self, route: Route, arguments: dict[str, Any]) -> Any:
         call = Call(self, self._http, route, arguments)

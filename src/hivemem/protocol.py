@@ -287,6 +287,11 @@ class RemoteBase:
         self._timeout = timeout
         self.breaker = breaker or CircuitBreaker()
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = self._connect()
+
+    def _connect(self) -> Any:
+        """The HTTP client the calls go through (blocking or async: the one thing the two clients differ in)."""
+        raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({','.join(self.urls)!r})"
@@ -314,6 +319,11 @@ def client_options(options: Mapping[str, Any]) -> dict[str, Any]:
         known = ", ".join(sorted(CLIENT_OPTIONS))
         raise ConfigError(f"unknown option {unknown[0]!r} for a HiveMem server URL (it takes {known})")
     return dict(options)
+
+
+def retry_delay(backoff: float, failures: int) -> float:
+    """Seconds to wait after ``failures`` failures in a row: doubling from ``backoff``, capped, with jitter."""
+    return min(_MAX_DELAY, backoff * 2.0 ** (failures - 1)) * random.uniform(0.5, 1.5)
 
 
 class Call:
@@ -377,5 +387,4 @@ class Call:
         self._failures += 1
         if self._failures > self._remote.retries:
             raise StorageUnavailable(f"the HiveMem server did not answer after {self._failures} tries: {failure}")
-        delay = min(_MAX_DELAY, self._remote.backoff * 2.0 ** (self._failures - 1))
-        return delay * random.uniform(0.5, 1.5)
+        return retry_delay(self._remote.backoff, self._failures)
