@@ -106,7 +106,8 @@ def open(
         clock: Source of the current time (tests inject :class:`ManualClock`).
         config: A base configuration; ``options`` override its fields.
         **options: Any :class:`HiveConfig` field, e.g. ``synchronous="normal"``
-            or ``ranking={"recency": 0.1}``.
+            or ``ranking={"recency": 0.1}``; and ``resources``, a memory resources
+            file (YAML) for :meth:`Hive.working`.
 
     Returns:
         A Hive; close it or use it as a context manager.
@@ -120,9 +121,14 @@ def open(
     if is_server_url(target):
         from hivemem.client import RemoteHive
 
-        return RemoteHive(target, **client_options(options))
+        resources = options.pop("resources", None)
+        remote = RemoteHive(target, **client_options(options))
+        if resources is not None:
+            remote.load_resources(resources)
+        return remote
     from hivemem.storage import open_store
 
+    resources = options.pop("resources", None)
     base = config or HiveConfig()
     cfg = base.with_options(url=target, **options)
     if embedder is _DEFAULT:
@@ -131,7 +137,10 @@ def open(
         embedder = make_embedder(embedder, base_url=cfg.embedder_url, api_key=cfg.embedder_api_key)
     store = open_store(cfg)
     try:
-        return Hive(store, embedder, cfg, clock)
+        hive = Hive(store, embedder, cfg, clock)
+        if resources is not None:
+            hive.load_resources(resources)
+        return hive
     except BaseException:
         store.close()
         raise

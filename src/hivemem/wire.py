@@ -28,12 +28,14 @@ from hivemem.errors import InvalidInput
 from hivemem.events import Event
 from hivemem.leases import Fence, Lease
 from hivemem.models import Conflict, Group, Hit, Memory, Page, Related, Relation
+from hivemem.packing import Pack
 from hivemem.validation import timestamp
+from hivemem.working import WorkingMessage, WorkingStats
 
 #: Arguments that are datetimes in Python and ISO 8601 text on the wire.
 TIME_ARGUMENTS = frozenset({"occurred_at", "expires_at", "since", "until"})
 _PATH_PARAM = re.compile(r"{(\w+)}")
-_NO_KEY = frozenset({"list", "recall", "sweep", "events", "inbox_messages", "conflicts"})
+_NO_KEY = frozenset({"list", "recall", "sweep", "events", "inbox_messages", "conflicts", "working_messages", "pack"})
 #: Arguments that take a conflict strategy: a name travels, a function cannot.
 STRATEGY_ARGUMENTS = frozenset({"on_conflict", "strategy"})
 
@@ -149,6 +151,12 @@ ROUTES: tuple[Route, ...] = (
     Route("set_conflict_strategy", "POST", "/v1/conflict-strategies"),
     Route("get_conflict_strategy", "GET", "/v1/conflict-strategies"),
     Route("conflicts", "POST", "/v1/conflicts/list", _each(_conflict)),
+    Route("working_append", "POST", "/v1/working/append", WorkingStats.from_dict),
+    Route("working_messages", "POST", "/v1/working/messages", _each(WorkingMessage.from_dict)),
+    Route("working_clear", "POST", "/v1/working/clear"),
+    Route("working_flush", "POST", "/v1/working/flush"),
+    Route("working_stats", "GET", "/v1/working/stats", WorkingStats.from_dict),
+    Route("pack", "POST", "/v1/pack", Pack.from_dict),
 )
 #: Server-sent events: :meth:`hivemem.Hive.follow` over HTTP (resume with ``Last-Event-ID``).
 EVENT_STREAM = "/v1/events/stream"
@@ -233,9 +241,13 @@ def _datetime(value: Any, name: str) -> Any:
         raise InvalidInput(name, "must be a datetime with a timezone (ISO 8601 text)") from None
 
 
+#: Results that travel as their ``to_dict()``.
+_RECORDS = (Memory, Hit, Related, Relation, Group, Lease, Event, Conflict, WorkingStats, WorkingMessage, Pack)
+
+
 def to_json(result: Any) -> Any:
     """A Hive method's result as JSON-ready data (reversed by the route's ``decode``)."""
-    if isinstance(result, Memory | Hit | Related | Relation | Group | Lease | Event | Conflict):
+    if isinstance(result, _RECORDS):
         return result.to_dict()
     if isinstance(result, Page):
         return {"items": [m.to_dict() for m in result.items], "next_cursor": result.next_cursor}

@@ -1,0 +1,360 @@
+"""The working-memory operations behind the Hive's ``working_*`` methods, one store transaction each.
+
+An append reads the buffer's row with its claim lock, so appends to one
+buffer take turns on every backend; it redacts and counts the message with
+the buffer's own settings, drops expired messages, evicts what the strategy
+names until the limits hold (archiving it if the buffer archives), and stores
+the message and the counters, all in that one transaction: a buffer is never
+seen over its limits. A flush summarises outside any transaction (a model may
+be slow), then, in one transaction, checks that the messages it read are
+still there and replaces them with the summary; if another writer moved them
+first it reads again. Either the summary and the removal both commit or
+neither does.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from hivemem import validation as v
+from hivemem.clock import new_id, to_datetime, utc
+from hivemem.errors import InvalidInput
+from hivemem.records import draft
+from hivemem.storage.base import StoreTx
+from hivemem.summarize import clip
+from hivemem.working import (
+    PROTECTED_ROLES,
+    SUMMARY_ROLE,
+    BufferSettings,
+    Entry,
+    WorkingMessage,
+    WorkingStats,
+    above_threshold,
+    plan_evictions,
+    plan_flush,
+)
+
+if TYPE_CHECKING:
+    from hivemem.hive import Hive
+
+_MAX_PRIORITY = 2**31 - 1
+#: Reads before a flush gives up on a buffer other writers keep changing.
+_FLUSH_TRIES = 5
+
+
+def buffer_key(key: object) -> str:
+    """A checked buffer key (a namespace path)."""
+    return v.namespace(key, "key")
+
+
+def _settings_of(row: Mapping[str, Any] | None) -> BufferSettings:
+    stored = row["settings"] if row else None
+    return BufferSettings.of(stored, "stored settings") if stored else BufferSettings()
+
+
+def _entry(message: Mapping[str, Any]) -> Entry:
+    protected = message["pinned"] or message["role"] in PROTECTED_ROLES
+    return Entry(
+        message["seq"], message["tokens"], message["priority"], protected, message["last_used"], message["uses"]
+    )
+
+
+def _record(message: Mapping[str, Any]) -> WorkingMessage:
+    return WorkingMessage(
+        seq=int(message["seq"]),
+        role=message["role"],
+        content=message["content"],
+        tokens=int(message["tokens"]),
+        priority=int(message["priority"]),
+        pinned=bool(message["pinned"]),
+        metadata=message["metadata"],
+        created_at=utc(message["created_at"]),
+        uses=int(message["uses"]),
+    )
+
+
+def _stats(
+    key: str, row: Mapping[str, Any] | None, live: Sequence[Mapping[str, Any]], dropped: int = 0
+) -> WorkingStats:
+    if row is None:
+        return WorkingStats(key)
+    return WorkingStats(
+        key=key,
+        tokens=sum(int(m["tokens"]) for m in live),
+        messages=len(live),
+        evictions=row["evictions"],
+        flushes=row["flushes"],
+        summarized=row["summarized"],
+        archived=row["archived"],
+        dropped=dropped,
+        settings=row["settings"],
+    )
+
+
+def _live(tx: StoreTx, key: str, settings: BufferSettings, now: float, *, drop: bool) -> list[dict[str, Any]]:
+    """The buffer's messages that have not outlived the buffer's ttl; with ``drop``, the others are deleted."""
+    entries = tx.working_entries(key)
+    if settings.ttl is None:
+        return entries
+    cutoff = now - settings.ttl
+    expired = [m["seq"] for m in entries if m["created_at"] <= cutoff and not m["pinned"] and m["role"] != "system"]
+    if drop:
+        tx.drop_working_messages(key, expired)
+    gone = set(expired)
+    return [m for m in entries if m["seq"] not in gone]
+
+
+def _archive(hive: Hive, tx: StoreTx, key: str, messages: Sequence[Mapping[str, Any]], now: float) -> int:
+    """Keep messages as long-term memories (kind ``message``) in the buffer's namespace."""
+    for message in messages:
+        data = {
+            "role": message["role"],
+            "seq": int(message["seq"]),
+            "priority": int(message["priority"]),
+            "metadata": message["metadata"],
+            "buffer": key,
+        }
+        memory = draft(
+            key,
+            message["content"],
+            hive.config,
+            kind="message",
+            data=data,
+            occurred_at=to_datetime(message["created_at"]),
+        ).new_memory(new_id(), now)
+        hive._retriever.store_vector_now(tx, memory.content)
+        tx.insert(memory)
+    return len(messages)
+
+
+def append(
+    hive: Hive,
+    key: str,
+    role: str,
+    content: str,
+    *,
+    priority: int,
+    metadata: Mapping[str, Any] | None,
+    pinned: bool,
+    settings: Mapping[str, Any] | None,
+) -> WorkingStats:
+    """See :meth:`hivemem.Hive.working_append`."""
+    ns = buffer_key(key)
+    role = v.kind(role, "role")
+    text = v.content(content, hive.config.max_content_bytes)
+    if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > _MAX_PRIORITY:
+        raise InvalidInput("priority", f"must be a whole number from {-_MAX_PRIORITY} to {_MAX_PRIORITY}")
+    meta = v.data(metadata, hive.config.max_data_bytes, "metadata")
+    pin = v.boolean(pinned, "pinned") or meta.get("pinned") is True
+    given = None if settings is None else BufferSettings.of(settings)
+    hive._may("write", ns)
+
+    def write(tx: StoreTx) -> WorkingStats:
+        now = hive.clock.now()
+        row = tx.working_buffer(ns, create_at=now)
+        assert row is not None
+        chosen = given or _settings_of(row)
+        row["settings"] = chosen.to_dict()
+        live = _live(tx, ns, chosen, now, drop=True)
+        if role in chosen.never_persist_roles:
+            tx.put_working_buffer(ns, row, now)
+            return _stats(ns, row, live, dropped=1)
+        stored = chosen.redactor.redact(text)
+        row["tick"] += 1
+        message = {
+            "seq": row["next_seq"],
+            "role": role,
+            "content": stored,
+            "tokens": chosen.token_counter.count(stored),
+            "priority": priority,
+            "pinned": pin,
+            "metadata": meta,
+            "created_at": now,
+            "last_used": row["tick"],
+            "uses": 0,
+        }
+        row["next_seq"] += 1
+        evict = set(
+            plan_evictions(
+                [*map(_entry, live), _entry(message)],
+                max_tokens=chosen.max_tokens,
+                max_messages=chosen.max_messages,
+                strategy=chosen.strategy,
+                keep=frozenset({message["seq"]}),
+            )
+        )
+        evicted = [m for m in live if m["seq"] in evict]
+        if chosen.archive and evicted:
+            row["archived"] += _archive(hive, tx, ns, evicted, now)
+        tx.drop_working_messages(ns, sorted(evict))
+        tx.add_working_message(ns, message)
+        row["evictions"] += len(evicted)
+        tx.put_working_buffer(ns, row, now)
+        return _stats(ns, row, [*(m for m in live if m["seq"] not in evict), message])
+
+    result = hive._write(write)
+    if result.dropped == 0 and above_threshold(result.tokens, result.messages, BufferSettings.of(result.settings)):
+        return flush(hive, ns)[1]
+    return result
+
+
+def messages(hive: Hive, key: str, token_budget: int | None) -> list[WorkingMessage]:
+    """See :meth:`hivemem.Hive.working_messages`."""
+    ns = buffer_key(key)
+    budget = None if token_budget is None else v.count(token_budget, "token_budget", v.MAX_INT)
+    hive._may("read", ns)
+
+    def write(tx: StoreTx) -> list[WorkingMessage]:
+        now = hive.clock.now()
+        row = tx.working_buffer(ns)
+        if row is None:
+            return []
+        live = _live(tx, ns, _settings_of(row), now, drop=True)
+        chosen = select(live, budget)
+        row["tick"] += 1
+        tx.touch_working_messages(ns, [m["seq"] for m in chosen], row["tick"])
+        tx.put_working_buffer(ns, row, now)
+        return [_record({**m, "uses": m["uses"] + 1}) for m in chosen]
+
+    return hive.store.write(write)
+
+
+def select(live: Sequence[Mapping[str, Any]], budget: int | None) -> list[Mapping[str, Any]]:
+    """What a read returns: everything, or system and pinned messages and then the newest that fit ``budget``."""
+    if budget is None:
+        return list(live)
+    left = budget
+    keep: set[int] = set()
+    for m in live:
+        if (m["pinned"] or m["role"] in PROTECTED_ROLES) and m["tokens"] <= left:
+            keep.add(m["seq"])
+            left -= m["tokens"]
+    for m in reversed(live):
+        if m["seq"] in keep:
+            continue
+        if m["tokens"] > left:
+            break
+        keep.add(m["seq"])
+        left -= m["tokens"]
+    return [m for m in live if m["seq"] in keep]
+
+
+def clear(hive: Hive, key: str) -> int:
+    """See :meth:`hivemem.Hive.working_clear`."""
+    ns = buffer_key(key)
+    hive._may("write", ns)
+
+    def write(tx: StoreTx) -> int:
+        if tx.working_buffer(ns) is None:
+            return 0
+        count = len(tx.working_entries(ns))
+        tx.clear_working_messages(ns)
+        return count
+
+    return hive._write(write)
+
+
+def stats(hive: Hive, key: str) -> WorkingStats:
+    """See :meth:`hivemem.Hive.working_stats`."""
+    ns = buffer_key(key)
+    hive._may("read", ns)
+
+    def read(tx: StoreTx) -> WorkingStats:
+        row = tx.working_buffer(ns)
+        return _stats(ns, row, _live(tx, ns, _settings_of(row), hive.clock.now(), drop=False))
+
+    return hive.store.read(read, primary=True)
+
+
+class _Moved(Exception):
+    """The messages a flush summarised changed before it could commit: read again."""
+
+
+def flush(hive: Hive, key: str) -> tuple[int, WorkingStats]:
+    """See :meth:`hivemem.Hive.working_flush`; also returns the buffer's stats after it."""
+    ns = buffer_key(key)
+    hive._may("write", ns)
+    for _ in range(_FLUSH_TRIES):
+        row, entries = hive.store.read(lambda tx: _snapshot(hive, tx, ns), primary=True)
+        if row is None:
+            return 0, WorkingStats(ns)
+        settings = _settings_of(row)
+        by_seq = {m["seq"]: m for m in entries}
+        plan = plan_flush([_entry(m) for m in entries], settings)
+        if not plan or (len(plan) == 1 and by_seq[plan[0]]["role"] == SUMMARY_ROLE):
+            return 0, _stats(ns, row, entries)
+        chosen = [by_seq[s] for s in plan]
+        removed = sum(int(m["tokens"]) for m in chosen)
+        budget = _summary_budget(settings, removed)
+        counter = settings.token_counter
+        summary = clip(
+            hive.summarizer.summarize([(m["role"], m["content"]) for m in chosen], max_tokens=budget, counter=counter),
+            budget,
+            counter,
+        )
+        replace = functools.partial(
+            _replace, hive, ns=ns, chosen=chosen, summary=summary, tokens=counter.count(summary)
+        )
+        try:
+            return len(plan), hive._write(replace)
+        except _Moved:
+            continue
+    return 0, stats(hive, ns)
+
+
+def _snapshot(hive: Hive, tx: StoreTx, ns: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    row = tx.working_buffer(ns)
+    if row is None:
+        return None, []
+    return row, _live(tx, ns, _settings_of(row), hive.clock.now(), drop=False)
+
+
+def _summary_budget(settings: BufferSettings, removed: int) -> int:
+    """Tokens a summary may take: a quarter of the threshold budget, never more than half of what it replaces."""
+    cap = removed // 2
+    if settings.max_tokens is not None:
+        cap = min(cap, int(settings.max_tokens * settings.flush_threshold / 4))
+    return max(1, cap)
+
+
+def _replace(
+    hive: Hive, tx: StoreTx, *, ns: str, chosen: Sequence[Mapping[str, Any]], summary: str, tokens: int
+) -> WorkingStats:
+    now = hive.clock.now()
+    row = tx.working_buffer(ns)
+    if row is None:
+        raise _Moved()
+    current = {m["seq"]: m for m in tx.working_entries(ns)}
+    if any(current.get(m["seq"], {}).get("content") != m["content"] for m in chosen):
+        raise _Moved()
+    seqs = sorted(m["seq"] for m in chosen)
+    originals = [m for m in chosen if m["role"] != SUMMARY_ROLE]
+    replaced: set[int] = {m["seq"] for m in originals}
+    for m in chosen:
+        replaced.update(int(s) for s in m["metadata"].get("summary_of", ()) if m["role"] == SUMMARY_ROLE)
+    settings = _settings_of(row)
+    if settings.archive and originals:
+        row["archived"] += _archive(hive, tx, ns, originals, now)
+    tx.drop_working_messages(ns, seqs)
+    row["tick"] += 1
+    message = {
+        "seq": seqs[0],
+        "role": SUMMARY_ROLE,
+        "content": summary,
+        "tokens": tokens,
+        "priority": 0,
+        "pinned": False,
+        "metadata": {"summary_of": sorted(replaced)},
+        "created_at": now,
+        "last_used": row["tick"],
+        "uses": 0,
+    }
+    if summary:
+        tx.add_working_message(ns, message)
+    row["flushes"] += 1
+    row["summarized"] += len(originals)
+    tx.put_working_buffer(ns, row, now)
+    left = [m for s, m in current.items() if s not in set(seqs)]
+    return _stats(ns, row, sorted([*left, *([message] if summary else [])], key=lambda m: m["seq"]))
