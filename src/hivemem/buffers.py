@@ -172,7 +172,7 @@ def append(
             "pinned": pin,
             "metadata": meta,
             "created_at": now,
-            "last_used": row["tick"],
+            "last_used": 0,  # never read: the least recently read of all, for lru
             "uses": 0,
         }
         row["next_seq"] += 1

@@ -47,8 +47,9 @@ class BufferSettings:
         max_tokens: Most tokens the buffer holds (None: no token limit).
         max_messages: Most messages the buffer holds (None: no count limit).
         strategy: What an eviction takes first: ``fifo`` (oldest), ``lru`` (least
-            recently read), ``lfu`` (least often read), ``priority`` (lowest
-            priority, oldest among equals).
+            recently read by :meth:`WorkingMemory.messages`; never read counts as
+            least recent), ``lfu`` (least often read), ``priority`` (lowest
+            priority); ties go oldest first.
         flush_threshold: An append that leaves the buffer above this share of a
             limit (0 < x <= 1) flushes: the oldest part becomes one summary.
         archive: Evicted and summarised messages are kept as long-term memories
@@ -302,7 +303,7 @@ class Entry:
         tokens: Its length.
         priority: The ``priority`` strategy evicts the lowest first.
         protected: System or pinned: never evicted.
-        last_used: The buffer tick of its append or its last read (``lru``).
+        last_used: The buffer tick of its last read, 0 if never read (``lru``).
         uses: How often it was read (``lfu``).
     """
 
@@ -378,22 +379,25 @@ def above_threshold(tokens: int, messages: int, settings: BufferSettings) -> boo
 def plan_flush(entries: Sequence[Entry], settings: BufferSettings) -> list[int]:
     """The seqs a flush summarises: the oldest unprotected messages, until half the threshold is left.
 
-    Returns an empty list when there is nothing worth summarising (no
-    unprotected message, or only one that is itself a summary is handled by the
-    caller: it passes summaries as entries like any other).
+    A buffer already that small (a flush asked for by hand) gives up its older
+    half of unprotected messages instead, if it has two or more. Protected
+    messages are never taken.
     """
     share = settings.flush_threshold / 2
     token_goal = None if settings.max_tokens is None else share * settings.max_tokens
     count_goal = None if settings.max_messages is None else max(1.0, share * settings.max_messages)
     tokens = sum(e.tokens for e in entries)
     count = len(entries)
+
+    def small(summary: int = 0) -> bool:  # summary: the one message a flush adds
+        return (token_goal is None or tokens <= token_goal) and (count_goal is None or count + summary <= count_goal)
+
+    candidates = sorted((e for e in entries if not e.protected), key=lambda e: e.seq)
+    if small():
+        return [e.seq for e in candidates[: max(2, len(candidates) // 2)]] if len(candidates) >= 2 else []
     out: list[int] = []
-    for e in sorted(entries, key=lambda e: e.seq):
-        if e.protected:
-            continue
-        fits_tokens = token_goal is None or tokens <= token_goal
-        fits_count = count_goal is None or count + 1 <= count_goal  # + 1: the summary itself
-        if fits_tokens and fits_count and out:
+    for e in candidates:
+        if out and small(1):
             break
         out.append(e.seq)
         tokens -= e.tokens
