@@ -23,7 +23,7 @@ from hivemem.clock import new_id, to_datetime, utc
 from hivemem.errors import InvalidInput
 from hivemem.records import draft
 from hivemem.storage.base import StoreTx
-from hivemem.summarize import clip
+from hivemem.summarize import ExtractiveSummarizer, clip
 from hivemem.working import (
     PROTECTED_ROLES,
     SUMMARY_ROLE,
@@ -191,13 +191,39 @@ def append(
         tx.drop_working_messages(ns, sorted(evict))
         tx.add_working_message(ns, message)
         row["evictions"] += len(evicted)
+        left = [*(m for m in live if m["seq"] not in evict), message]
+        if inline and above_threshold(sum(int(m["tokens"]) for m in left), len(left), chosen):
+            left = _flush_inline(hive, tx, ns, row, chosen, left, now)
         tx.put_working_buffer(ns, row, now)
-        return _stats(ns, row, [*(m for m in live if m["seq"] not in evict), message])
+        return _stats(ns, row, left)
 
+    # A summarizer that runs in this process in no time flushes inside the append's own
+    # transaction; one that calls a model flushes after it, holding no lock while it waits.
+    inline = isinstance(hive.summarizer, ExtractiveSummarizer)
     result = hive._write(write)
-    if result.dropped == 0 and above_threshold(result.tokens, result.messages, BufferSettings.of(result.settings)):
-        return flush(hive, ns)[1]
+    settings_after = BufferSettings.of(result.settings)
+    if not inline and result.dropped == 0 and above_threshold(result.tokens, result.messages, settings_after):
+        flush(hive, ns)
     return result
+
+
+def _flush_inline(
+    hive: Hive,
+    tx: StoreTx,
+    ns: str,
+    row: dict[str, Any],
+    settings: BufferSettings,
+    live: list[dict[str, Any]],
+    now: float,
+) -> list[dict[str, Any]]:
+    """Flush inside the caller's transaction; the messages left."""
+    chosen = _flush_plan(settings, live)
+    if not chosen:
+        return live
+    summary = _apply_flush(hive, tx, ns, row, chosen, _summary(hive, settings, chosen), now)
+    gone = {m["seq"] for m in chosen}
+    left = [m for m in live if m["seq"] not in gone]
+    return sorted([*left, *([summary] if summary else [])], key=lambda m: m["seq"])
 
 
 def messages(hive: Hive, key: str, token_budget: int | None) -> list[WorkingMessage]:
@@ -272,36 +298,25 @@ class _Moved(Exception):
     """The messages a flush summarised changed before it could commit: read again."""
 
 
-def flush(hive: Hive, key: str) -> tuple[int, WorkingStats]:
-    """See :meth:`hivemem.Hive.working_flush`; also returns the buffer's stats after it."""
+def flush(hive: Hive, key: str) -> int:
+    """See :meth:`hivemem.Hive.working_flush`."""
     ns = buffer_key(key)
     hive._may("write", ns)
     for _ in range(_FLUSH_TRIES):
         row, entries = hive.store.read(lambda tx: _snapshot(hive, tx, ns), primary=True)
         if row is None:
-            return 0, WorkingStats(ns)
+            return 0
         settings = _settings_of(row)
-        by_seq = {m["seq"]: m for m in entries}
-        plan = plan_flush([_entry(m) for m in entries], settings)
-        if not plan or (len(plan) == 1 and by_seq[plan[0]]["role"] == SUMMARY_ROLE):
-            return 0, _stats(ns, row, entries)
-        chosen = [by_seq[s] for s in plan]
-        removed = sum(int(m["tokens"]) for m in chosen)
-        budget = _summary_budget(settings, removed)
-        counter = settings.token_counter
-        summary = clip(
-            hive.summarizer.summarize([(m["role"], m["content"]) for m in chosen], max_tokens=budget, counter=counter),
-            budget,
-            counter,
-        )
-        replace = functools.partial(
-            _replace, hive, ns=ns, chosen=chosen, summary=summary, tokens=counter.count(summary)
-        )
+        chosen = _flush_plan(settings, entries)
+        if not chosen:
+            return 0
+        summary = _summary(hive, settings, chosen)
+        replace = functools.partial(_replace, hive, ns=ns, chosen=chosen, summary=summary)
         try:
-            return len(plan), hive._write(replace)
+            return hive._write(replace)
         except _Moved:
             continue
-    return 0, stats(hive, ns)
+    return 0
 
 
 def _snapshot(hive: Hive, tx: StoreTx, ns: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
@@ -309,6 +324,23 @@ def _snapshot(hive: Hive, tx: StoreTx, ns: str) -> tuple[dict[str, Any] | None, 
     if row is None:
         return None, []
     return row, _live(tx, ns, _settings_of(row), hive.clock.now(), drop=False)
+
+
+def _flush_plan(settings: BufferSettings, entries: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The messages a flush replaces (none if the only candidate is a summary already)."""
+    by_seq = {m["seq"]: m for m in entries}
+    plan = plan_flush([_entry(m) for m in entries], settings)
+    if not plan or (len(plan) == 1 and by_seq[plan[0]]["role"] == SUMMARY_ROLE):
+        return []
+    return [by_seq[s] for s in plan]
+
+
+def _summary(hive: Hive, settings: BufferSettings, chosen: Sequence[Mapping[str, Any]]) -> str:
+    """The summary of ``chosen``, clipped to its budget whatever the summarizer returned."""
+    budget = _summary_budget(settings, sum(int(m["tokens"]) for m in chosen))
+    counter = settings.token_counter
+    text = hive.summarizer.summarize([(m["role"], m["content"]) for m in chosen], max_tokens=budget, counter=counter)
+    return clip(text, budget, counter)
 
 
 def _summary_budget(settings: BufferSettings, removed: int) -> int:
@@ -319,42 +351,54 @@ def _summary_budget(settings: BufferSettings, removed: int) -> int:
     return max(1, cap)
 
 
-def _replace(
-    hive: Hive, tx: StoreTx, *, ns: str, chosen: Sequence[Mapping[str, Any]], summary: str, tokens: int
-) -> WorkingStats:
-    now = hive.clock.now()
+def _replace(hive: Hive, tx: StoreTx, *, ns: str, chosen: Sequence[Mapping[str, Any]], summary: str) -> int:
+    """Commit a summary made outside the transaction, if what it summarised is still there."""
     row = tx.working_buffer(ns)
     if row is None:
         raise _Moved()
     current = {m["seq"]: m for m in tx.working_entries(ns)}
     if any(current.get(m["seq"], {}).get("content") != m["content"] for m in chosen):
         raise _Moved()
+    _apply_flush(hive, tx, ns, row, chosen, summary, hive.clock.now())
+    tx.put_working_buffer(ns, row, hive.clock.now())
+    return len(chosen)
+
+
+def _apply_flush(
+    hive: Hive,
+    tx: StoreTx,
+    ns: str,
+    row: dict[str, Any],
+    chosen: Sequence[Mapping[str, Any]],
+    summary: str,
+    now: float,
+) -> dict[str, Any] | None:
+    """Replace ``chosen`` by the summary in this transaction; updates ``row``; returns the summary message."""
+    settings = _settings_of(row)
     seqs = sorted(m["seq"] for m in chosen)
     originals = [m for m in chosen if m["role"] != SUMMARY_ROLE]
     replaced: set[int] = {m["seq"] for m in originals}
     for m in chosen:
-        replaced.update(int(s) for s in m["metadata"].get("summary_of", ()) if m["role"] == SUMMARY_ROLE)
-    settings = _settings_of(row)
+        if m["role"] == SUMMARY_ROLE:
+            replaced.update(int(s) for s in m["metadata"].get("summary_of", ()))
     if settings.archive and originals:
         row["archived"] += _archive(hive, tx, ns, originals, now)
     tx.drop_working_messages(ns, seqs)
-    row["tick"] += 1
+    row["flushes"] += 1
+    row["summarized"] += len(originals)
+    if not summary:
+        return None
     message = {
         "seq": seqs[0],
         "role": SUMMARY_ROLE,
         "content": summary,
-        "tokens": tokens,
+        "tokens": settings.token_counter.count(summary),
         "priority": 0,
         "pinned": False,
         "metadata": {"summary_of": sorted(replaced)},
         "created_at": now,
-        "last_used": row["tick"],
+        "last_used": 0,
         "uses": 0,
     }
-    if summary:
-        tx.add_working_message(ns, message)
-    row["flushes"] += 1
-    row["summarized"] += len(originals)
-    tx.put_working_buffer(ns, row, now)
-    left = [m for s, m in current.items() if s not in set(seqs)]
-    return _stats(ns, row, sorted([*left, *([message] if summary else [])], key=lambda m: m["seq"]))
+    tx.add_working_message(ns, message)
+    return message

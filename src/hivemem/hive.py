@@ -1369,7 +1369,9 @@ class Hive:
         If the buffer is over a limit, the strategy's messages are evicted
         (archived as memories of kind ``message`` if the buffer archives); system
         and pinned messages and this message are never evicted. If the buffer is
-        then above its flush threshold, its oldest part is summarised.
+        then above its flush threshold, its oldest part is summarised: in the
+        same transaction with the extractive summarizer; with a model, after it
+        commits (then the stats returned are those before the flush).
 
         Args:
             key: The buffer, a namespace path (needs write access).
@@ -1381,7 +1383,7 @@ class Hive:
             settings: The buffer's settings (see BufferSettings); given, they replace the stored ones.
 
         Returns:
-            The buffer's stats after the append (and flush, if one ran).
+            The buffer's stats after the append.
 
         Raises:
             PayloadTooLarge: This message with the system and pinned ones exceeds a limit; nothing is stored.
@@ -1434,7 +1436,7 @@ class Hive:
         """
         from hivemem import buffers
 
-        return buffers.flush(self, key)[0]
+        return buffers.flush(self, key)
 
     def working_stats(self, key: str) -> WorkingStats:
         """A buffer's tokens, messages, evictions, flushes and settings (zeros for an unknown buffer).
