@@ -32,19 +32,25 @@ from hivemem.errors import (
 from hivemem.hive import Hive
 from hivemem.leases import Fence, Lease, LeaseSet
 from hivemem.models import Conflict, Group, Hit, Memory, Page, Related, Relation
+from hivemem.packing import Pack, PackItem
 from hivemem.records import KeyedOptions, MemoryOptions, RememberOptions
 from hivemem.retrieval.embedders import Embedder, MiniLMEmbedder, OpenAIEmbedder, make_embedder
+from hivemem.summarize import ChatSummarizer, ExtractiveSummarizer, Summarizer
+from hivemem.working import BufferSettings, WorkingMemory, WorkingMessage, WorkingStats
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AsyncRemoteHive",
+    "BufferSettings",
+    "ChatSummarizer",
     "Clock",
     "ConfigError",
     "Conflict",
     "ConflictResolver",
     "Embedder",
     "EmbedderUnavailable",
+    "ExtractiveSummarizer",
     "Fence",
     "Forbidden",
     "Group",
@@ -64,6 +70,8 @@ __all__ = [
     "MiniLMEmbedder",
     "NotFound",
     "OpenAIEmbedder",
+    "Pack",
+    "PackItem",
     "Page",
     "PayloadTooLarge",
     "QuotaExceeded",
@@ -73,9 +81,13 @@ __all__ = [
     "RememberOptions",
     "StaleFencingToken",
     "StorageUnavailable",
+    "Summarizer",
     "SystemClock",
     "Unauthenticated",
     "VersionConflict",
+    "WorkingMemory",
+    "WorkingMessage",
+    "WorkingStats",
     "__version__",
     "make_embedder",
     "open",
