@@ -212,11 +212,12 @@ def test_manual_flush_and_clear(hive: Hive) -> None:
     w = hive.working(KEY, max_tokens=10_000)
     for i in range(6):
         w.append("user", f"Sentence {i} about the rate limit.")
-    assert w.flush() == 3
+    assert w.flush() == 2  # the older half of the messages before the newest
     got = w.messages()
-    assert [m.role for m in got] == ["summary", "user", "user", "user"]
+    assert [m.role for m in got] == ["summary", "user", "user", "user", "user"]
+    assert got[0].metadata["summary_of"] == [1, 2] and "Sentence 0" in got[0].content
     assert w.stats().flushes == 1
-    assert w.clear() == 4
+    assert w.clear() == 5
     assert w.messages() == [] and w.stats().flushes == 1
 
 
@@ -489,6 +490,7 @@ def test_a_flush_takes_only_unprotected_messages_oldest_first(
     plan = plan_flush(entries, BufferSettings(max_tokens=max_tokens, flush_threshold=threshold))
     unprotected = sorted(e.seq for e in entries if not e.protected)
     assert plan == unprotected[: len(plan)]
+    assert max((e.seq for e in entries), default=None) not in plan  # never the turn in progress
 
 
 @settings(max_examples=100, deadline=None)
@@ -498,3 +500,22 @@ def test_the_extractive_summary_fits_its_budget(texts: list[str], budget: int) -
     summary = ExtractiveSummarizer().summarize([("user", t) for t in texts], max_tokens=budget, counter=counter)
     assert counter.count(summary) <= budget
     assert counter.count(clip("word " * 500, budget, counter)) <= budget
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_working_show_append_flush_clear(tmp_path: Path) -> None:
+    from http_server import cli_json
+
+    db = tmp_path / "cli.db"
+    first = cli_json(db, "working", "append", "t/s", "system", "be brief", "--max-messages", "10")
+    assert first["messages"] == 1 and first["settings"]["max_messages"] == 10
+    for i in range(4):
+        cli_json(db, "working", "append", "t/s", "user", f"question {i} about deploys.", "--priority", str(i))
+    shown = cli_json(db, "working", "show", "t/s")
+    assert [m["role"] for m in shown["messages"]][0] == "system"
+    assert shown["stats"]["messages"] == 5
+    assert cli_json(db, "working", "flush", "t/s")["summarized"] == 2  # the older half; never the newest
+    assert cli_json(db, "working", "clear", "t/s")["cleared"] == 4
+    assert cli_json(db, "working", "show", "t/s")["messages"] == []

@@ -339,13 +339,20 @@ def _summary(hive: Hive, settings: BufferSettings, chosen: Sequence[Mapping[str,
     """The summary of ``chosen``, clipped to its budget whatever the summarizer returned."""
     budget = _summary_budget(settings, sum(int(m["tokens"]) for m in chosen))
     counter = settings.token_counter
-    text = hive.summarizer.summarize([(m["role"], m["content"]) for m in chosen], max_tokens=budget, counter=counter)
+    parts = [(m["role"], _unsummary(m["content"]) if m["role"] == SUMMARY_ROLE else m["content"]) for m in chosen]
+    text = hive.summarizer.summarize(parts, max_tokens=budget, counter=counter)
     return clip(text, budget, counter)
 
 
+def _unsummary(text: str) -> str:
+    """A summary's text without its ``Summary:`` label, so summaries of summaries do not nest labels."""
+    return text.removeprefix("Summary:").strip()
+
+
 def _summary_budget(settings: BufferSettings, removed: int) -> int:
-    """Tokens a summary may take: a quarter of the threshold budget, never more than half of what it replaces."""
-    cap = removed // 2
+    """Tokens a summary may take: half of what it replaces (at least 32, never more than all of it),
+    and at most a quarter of the token threshold."""
+    cap = min(removed, max(removed // 2, 32))
     if settings.max_tokens is not None:
         cap = min(cap, int(settings.max_tokens * settings.flush_threshold / 4))
     return max(1, cap)

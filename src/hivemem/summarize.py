@@ -45,7 +45,8 @@ class ExtractiveSummarizer:
 
     Each sentence scores the mean corpus frequency of its content words (stop
     words left out); the best sentences that fit the budget are kept and
-    printed in their original order, each prefixed by its speaker's role.
+    printed in their original order, each prefixed by its speaker's role
+    (except sentences of an earlier summary, which carry theirs already).
     """
 
     name = "extractive"
@@ -76,7 +77,7 @@ class ExtractiveSummarizer:
         if not chosen:
             first = sentences[0]
             return clip(f"Summary: {first[1]}: {first[2]}", max_tokens, counter)
-        lines = [f"{role}: {text}" for _, role, text in sorted(chosen)]
+        lines = [text if role == "summary" else f"{role}: {text}" for _, role, text in sorted(chosen)]
         return clip("Summary: " + " ".join(lines), max_tokens, counter)
 
 

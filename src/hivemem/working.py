@@ -379,9 +379,11 @@ def above_threshold(tokens: int, messages: int, settings: BufferSettings) -> boo
 def plan_flush(entries: Sequence[Entry], settings: BufferSettings) -> list[int]:
     """The seqs a flush summarises: the oldest unprotected messages, until half the threshold is left.
 
-    A buffer already that small (a flush asked for by hand) gives up its older
-    half of unprotected messages instead, if it has two or more. Protected
-    messages are never taken.
+    The newest message is never taken (it is the turn in progress), nor are
+    protected ones. A buffer already that small (a flush asked for by hand)
+    gives up the older half of its candidates instead, if it has two or more.
+    A flush of one message is planned only under a token limit (in a buffer
+    limited by count alone it would gain nothing).
     """
     share = settings.flush_threshold / 2
     token_goal = None if settings.max_tokens is None else share * settings.max_tokens
@@ -392,7 +394,8 @@ def plan_flush(entries: Sequence[Entry], settings: BufferSettings) -> list[int]:
     def small(summary: int = 0) -> bool:  # summary: the one message a flush adds
         return (token_goal is None or tokens <= token_goal) and (count_goal is None or count + summary <= count_goal)
 
-    candidates = sorted((e for e in entries if not e.protected), key=lambda e: e.seq)
+    newest = max((e.seq for e in entries), default=None)
+    candidates = sorted((e for e in entries if not e.protected and e.seq != newest), key=lambda e: e.seq)
     if small():
         return [e.seq for e in candidates[: max(2, len(candidates) // 2)]] if len(candidates) >= 2 else []
     out: list[int] = []
@@ -402,7 +405,7 @@ def plan_flush(entries: Sequence[Entry], settings: BufferSettings) -> list[int]:
         out.append(e.seq)
         tokens -= e.tokens
         count -= 1
-    return out
+    return out if len(out) >= 2 or settings.max_tokens is not None else []
 
 
 # --------------------------------------------------------------------------- the handle
