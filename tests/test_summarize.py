@@ -7,7 +7,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -20,7 +20,7 @@ from hivemem.tokens import counter_for
 class _FakeChat(BaseHTTPRequestHandler):
     """Answers /v1/chat/completions with a fixed summary; remembers the requests."""
 
-    requests: list[dict[str, Any]] = []
+    requests: ClassVar[list[dict[str, Any]]] = []
     answer = "The user deploys after the migration. " * 40
     status = 200
 

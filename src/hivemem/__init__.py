@@ -34,8 +34,11 @@ from hivemem.leases import Fence, Lease, LeaseSet
 from hivemem.models import Conflict, Group, Hit, Memory, Page, Related, Relation
 from hivemem.packing import Pack, PackItem
 from hivemem.records import KeyedOptions, MemoryOptions, RememberOptions
+from hivemem.redaction import Redactor
+from hivemem.resources import MemoryResource, ResourceRegistry
 from hivemem.retrieval.embedders import Embedder, MiniLMEmbedder, OpenAIEmbedder, make_embedder
 from hivemem.summarize import ChatSummarizer, ExtractiveSummarizer, Summarizer
+from hivemem.tokens import TokenCounter, counter_for
 from hivemem.working import BufferSettings, WorkingMemory, WorkingMessage, WorkingStats
 
 __version__ = "0.1.0"
@@ -67,6 +70,7 @@ __all__ = [
     "ManualClock",
     "Memory",
     "MemoryOptions",
+    "MemoryResource",
     "MiniLMEmbedder",
     "NotFound",
     "OpenAIEmbedder",
@@ -76,19 +80,23 @@ __all__ = [
     "PayloadTooLarge",
     "QuotaExceeded",
     "RankingWeights",
+    "Redactor",
     "Related",
     "Relation",
     "RememberOptions",
+    "ResourceRegistry",
     "StaleFencingToken",
     "StorageUnavailable",
     "Summarizer",
     "SystemClock",
+    "TokenCounter",
     "Unauthenticated",
     "VersionConflict",
     "WorkingMemory",
     "WorkingMessage",
     "WorkingStats",
     "__version__",
+    "counter_for",
     "make_embedder",
     "open",
     "open_async",

@@ -94,16 +94,13 @@ def _stats(
 
 
 def _live(tx: StoreTx, key: str, settings: BufferSettings, now: float, *, drop: bool) -> list[dict[str, Any]]:
-    """The buffer's messages that have not outlived the buffer's ttl; with ``drop``, the others are deleted."""
+    """The buffer's messages, or none if it was not written for its ``ttl``; with ``drop``, those are deleted."""
     entries = tx.working_entries(key)
-    if settings.ttl is None:
+    if settings.ttl is None or not entries or max(m["created_at"] for m in entries) > now - settings.ttl:
         return entries
-    cutoff = now - settings.ttl
-    expired = [m["seq"] for m in entries if m["created_at"] <= cutoff and not m["pinned"] and m["role"] != "system"]
     if drop:
-        tx.drop_working_messages(key, expired)
-    gone = set(expired)
-    return [m for m in entries if m["seq"] not in gone]
+        tx.clear_working_messages(key)
+    return []
 
 
 def _archive(hive: Hive, tx: StoreTx, key: str, messages: Sequence[Mapping[str, Any]], now: float) -> int:

@@ -54,7 +54,8 @@ class BufferSettings:
             limit (0 < x <= 1) flushes: the oldest part becomes one summary.
         archive: Evicted and summarised messages are kept as long-term memories
             (kind ``message``, in the buffer's namespace) instead of dropped.
-        ttl: Seconds a message lives; older ones are dropped (None: no expiry).
+        ttl: Seconds a buffer lives after its last write (an append or a flush);
+            then its messages are dropped (None: kept).
         counter: The token counter's name (see :func:`hivemem.tokens.counter_for`).
         redact_patterns: Regular expressions whose matches never reach the store.
         builtin_redaction: Also redact HiveMem's built-in secret patterns.
@@ -494,7 +495,7 @@ def resource_handle(
     fields = {f.name for f in dataclasses.fields(MemoryResource)} - {"id", "key_template"}
     overrides = {name: value for name, value in options.items() if name in fields}
     variables = {name: value for name, value in options.items() if name not in fields}
-    resource = registry.resolve(resource_id, agent, **overrides)
+    resource = registry.resolve(resource_id, agent=agent, **overrides)
     from hivemem.buffers import buffer_key
 
     return WorkingMemory(hive, buffer_key(resource.key(**variables)), BufferSettings.of_resource(resource))
