@@ -397,28 +397,30 @@ def test_processes_appending_to_one_buffer_never_overrun_it(shared: str) -> None
 _FLUSHER = """
 import sys, hivemem
 path = sys.argv[1]
-with hivemem.open(path, embedder=None) as hive:
-    w = hive.working("team/crash", max_tokens=1_000_000, flush_threshold=1.0)
+with hivemem.open(path, embedder=None, synchronous="normal") as hive:
+    w = hive.working("team/crash", max_tokens=1_000_000, flush_threshold=1.0, archive=True)
     print("ready", flush=True)
     while True:
-        for i in range(20):
+        for i in range(200):
             w.append("user", "Turn %d of the long session. The deploy needs the migration first." % i)
-        w.flush()
+        while w.flush():  # each flush replaces the older half of what is left: large flushes first
+            pass
 """
 
 
 def test_a_flush_killed_midway_loses_nothing_and_keeps_nothing_twice(tmp_path: Path) -> None:
     path = tmp_path / "crash.db"
     rng = random.Random(11)
-    for _ in range(4):
+    for _ in range(6):
         with subprocess.Popen([sys.executable, "-c", _FLUSHER, str(path)], stdout=subprocess.PIPE, text=True) as proc:
             assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-            time.sleep(rng.uniform(0.2, 1.0))
+            time.sleep(rng.uniform(0.1, 1.5))
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
         with hivemem.open(str(path), embedder=None) as hive:
             stats = hive.working_stats("team/crash")
             got = hive.working_messages("team/crash")
+            archived = [m.data["seq"] for m in hive.export("team/crash") if m.kind == "message"]
         kept = {m.seq for m in got if m.role != "summary"}
         summarized: set[int] = set()
         for m in got:
@@ -427,10 +429,12 @@ def test_a_flush_killed_midway_loses_nothing_and_keeps_nothing_twice(tmp_path: P
                 summarized |= set(m.metadata["summary_of"])
         assert not kept & summarized  # no message both summarised and kept
         appended = max([*kept, *summarized, 0])
-        # Every appended message is kept or summarised (no evictions or archive here); seqs of summaries reuse
-        # the seq of the oldest message they replaced, which the summary lists.
+        # Every appended message is kept or summarised (nothing is evicted here); a summary reuses
+        # the seq of the oldest message it replaced, which it lists.
         assert kept | summarized == set(range(1, appended + 1))
-        assert stats.summarized == len(summarized)
+        # Each summarised message was archived exactly once, in the summary's own transaction.
+        assert sorted(archived) == sorted(summarized)
+        assert stats.summarized == stats.archived == len(summarized)
     assert stats.flushes > 0
 
 
