@@ -178,6 +178,8 @@ def test_settings_are_stored_with_the_buffer_for_every_caller(hive: Hive) -> Non
         stats = hive.working_append(KEY, "user", f"b{i}")
     assert stats.messages == 3
     assert stats.settings["max_messages"] == 3
+    stats = hive.working(KEY).append("user", "c")  # a handle without settings keeps the stored ones
+    assert stats.settings["max_messages"] == 3 and stats.messages == 3
 
 
 def test_a_buffer_not_written_for_its_ttl_is_emptied(hive: Hive, clock: hivemem.ManualClock) -> None:

@@ -1336,7 +1336,8 @@ class Hive:
         settings apply, overridden by the agent's, overridden by ``options`` that
         name a setting (``max_tokens=2000``). Anything else is the buffer's key
         itself (a namespace path) and ``options`` are its settings
-        (:class:`~hivemem.working.BufferSettings`).
+        (:class:`~hivemem.working.BufferSettings`); with no options the handle
+        uses the buffer's stored settings (the defaults for a new buffer).
 
         Raises:
             InvalidInput: A bad key, template variable or setting.
@@ -1349,7 +1350,7 @@ class Hive:
             handle = resource_handle(self, registry, key_or_resource, agent, options)
             if handle is not None:
                 return handle
-        return WorkingMemory(self, buffer_key(key_or_resource), BufferSettings.of(options, "options"))
+        return WorkingMemory(self, buffer_key(key_or_resource), BufferSettings.of(options, "options"), bool(options))
 
     def working_append(
         self,

@@ -424,11 +424,16 @@ class WorkingMemory:
         hive: The Hive (embedded or remote).
         key: The buffer's key, a namespace path.
         settings: Limits and rules, stored with the buffer by each append.
+        sends_settings: Whether appends store :attr:`settings` with the buffer. A
+            handle made with neither a resource nor settings does not: it uses
+            the buffer's stored settings (the defaults for a new buffer), so a
+            casual caller never resets limits another agent chose.
     """
 
     hive: Hive
     key: str
     settings: BufferSettings
+    sends_settings: bool = True
 
     def append(
         self,
@@ -455,7 +460,7 @@ class WorkingMemory:
             priority=priority,
             metadata=metadata,
             pinned=pinned,
-            settings=self.settings.to_dict(),
+            settings=self.settings.to_dict() if self.sends_settings else None,
         )
 
     def messages(self, token_budget: int | None = None) -> list[WorkingMessage]:
