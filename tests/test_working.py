@@ -331,8 +331,8 @@ def test_pack_stays_within_budget_and_says_what_it_left_out(hive: Hive) -> None:
     left = {(i.source, i.ref) for i in packed.left_out}
     assert not included & left
     assert len(included | left) == 8 + 11
-    roomy = hive.pack("deploy migrations", token_budget=100_000, working=KEY, namespace="team/notes")
-    assert roomy.left_out == ()
+    roomy = w.pack("deploy migrations", token_budget=100_000, namespace="team/notes")
+    assert roomy.left_out == () and len(roomy.included) == 8 + 11
 
 
 # --------------------------------------------------------------------------- concurrency

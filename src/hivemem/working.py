@@ -26,6 +26,7 @@ from hivemem.tokens import TokenCounter, counter_for
 
 if TYPE_CHECKING:
     from hivemem.hive import Hive
+    from hivemem.packing import Pack
     from hivemem.resources import ResourceRegistry
 
 STRATEGIES = ("fifo", "lru", "lfu", "priority")
@@ -482,6 +483,10 @@ class WorkingMemory:
     def stats(self) -> WorkingStats:
         """Tokens, messages, evictions and flushes."""
         return self.hive.working_stats(self.key)
+
+    def pack(self, query: str, *, token_budget: int, namespace: str | None = None, k: int = 10) -> Pack:
+        """:meth:`hivemem.Hive.pack` of this buffer with memories recalled for ``query``."""
+        return self.hive.pack(query, token_budget=token_budget, working=self.key, namespace=namespace, k=k)
 
 
 def resource_handle(
