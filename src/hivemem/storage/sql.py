@@ -396,6 +396,15 @@ class SqlTx(StoreTx):
         )
         return [r[0] for r in rows]
 
+    def lease_state(self, root: str, resource: str) -> tuple[builtins.list[str], builtins.list[str]]:
+        p, now = self.dialect.p, self.dialect.now
+        where = f"root = {p} AND resource = {p} AND expires_at > {now}"
+        modes = self._rows(f"SELECT mode FROM leases WHERE {where}", (root, resource))
+        waiters = self._rows(
+            f"SELECT waiter_id FROM lease_waiters WHERE {where} ORDER BY since, waiter_id", (root, resource)
+        )
+        return [r[0] for r in modes], [r[0] for r in waiters]
+
     def put_waiter(self, root: str, resource: str, waiter_id: str, now: float, expires_at: float) -> None:
         p = self.dialect.p
         self._execute(
