@@ -52,6 +52,32 @@ class RankingWeights:
     candidates: int = 100
 
 
+@dataclass(frozen=True, slots=True)
+class SelectionWeights:
+    """How :meth:`hivemem.Hive.select_agent` scores an agent for a task.
+
+    ``score = specialization * match + experience * relevant_success + performance * success_rate``
+    (see :mod:`hivemem.agents` for each part, all 0..1). The defaults sum to 1,
+    so a score is 0..1 too; any non-negative weights work.
+
+    Attributes:
+        specialization: Weight of the match between the task and the agent's specializations.
+        experience: Weight of the agent's relevant successful episodes, found by recall.
+        performance: Weight of the agent's overall (smoothed) success rate.
+        prior_successes: Successes every agent starts with when its rate is computed.
+        prior_failures: Failures every agent starts with: with 1 and 1 a new agent
+            rates 0.5 and one success makes 0.67, not a perfect 1.
+        experience_pool: How many episodes the one recall behind ``experience`` returns.
+    """
+
+    specialization: float = 0.4
+    experience: float = 0.3
+    performance: float = 0.3
+    prior_successes: float = 1.0
+    prior_failures: float = 1.0
+    experience_pool: int = 50
+
+
 _BOOLEANS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 
 
@@ -83,6 +109,7 @@ class HiveConfig:
         idempotency_ttl_seconds: How long :meth:`Hive.run_once` (the server's
             ``Idempotency-Key``) remembers a key and its result.
         ranking: Recall weights.
+        selection: Agent selection weights (``select_agent``).
     """
 
     url: str = "hive.db"
@@ -100,6 +127,7 @@ class HiveConfig:
     max_batch: int = 10_000
     idempotency_ttl_seconds: int = 24 * 3600
     ranking: RankingWeights = field(default_factory=RankingWeights)
+    selection: SelectionWeights = field(default_factory=SelectionWeights)
 
     def __post_init__(self) -> None:
         if self.synchronous not in ("full", "normal", "extra"):
@@ -130,6 +158,9 @@ class HiveConfig:
         ranking = options.get("ranking")
         if isinstance(ranking, Mapping):
             options["ranking"] = dataclasses.replace(self.ranking, **ranking)
+        selection = options.get("selection")
+        if isinstance(selection, Mapping):
+            options["selection"] = dataclasses.replace(self.selection, **selection)
         return dataclasses.replace(self, **options)
 
     @classmethod
@@ -142,7 +173,7 @@ class HiveConfig:
         options: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             raw = environ.get(f"HIVEMEM_{f.name.upper()}")
-            if raw is None or f.name == "ranking":
+            if raw is None or f.name in ("ranking", "selection"):
                 continue
             default = getattr(cls(), f.name)
             if isinstance(default, bool):
