@@ -35,7 +35,9 @@ from hivemem.validation import timestamp
 #: Arguments that are datetimes in Python and ISO 8601 text on the wire.
 TIME_ARGUMENTS = frozenset({"occurred_at", "expires_at", "since", "until"})
 _PATH_PARAM = re.compile(r"{(\w+)}")
-_NO_KEY = frozenset({"list", "recall", "sweep", "events", "inbox_messages", "conflicts", "select_agent", "context_for"})
+_NO_KEY = frozenset(
+    {"list", "recall", "sweep", "events", "inbox_messages", "conflicts", "plans", "select_agent", "context_for"}
+)
 #: Arguments that take a conflict strategy: a name travels, a function cannot.
 STRATEGY_ARGUMENTS = frozenset({"on_conflict", "strategy"})
 
@@ -152,7 +154,7 @@ ROUTES: tuple[Route, ...] = (
     Route("get_conflict_strategy", "GET", "/v1/conflict-strategies"),
     Route("conflicts", "POST", "/v1/conflicts/list", _each(_conflict)),
     Route("create_plan", "POST", "/v1/plans", Plan.from_dict, 201),
-    Route("plans", "GET", "/v1/plans", _each(Plan.from_dict)),
+    Route("plans", "POST", "/v1/plans/list", _each(Plan.from_dict)),
     Route("plan", "GET", "/v1/plans/{plan_id}", Plan.from_dict),
     Route("transition_task", "POST", "/v1/plans/{plan_id}/tasks/{task_id}/state", Task.from_dict),
     Route("assign_task", "POST", "/v1/plans/{plan_id}/tasks/{task_id}/assign", Task.from_dict),
