@@ -1630,7 +1630,8 @@ class Hive:
         who = agent_rules.checked_name(agent)
         v.boolean(success, "success")
         seconds = None if duration is None else _duration(duration)
-        action = notes if notes is not None else f"{who} carried out the task"
+        noted = text_field(notes, "notes", optional=True)
+        action = noted if noted is not None else f"{who} carried out the task"
         outcome = "succeeded" if success else "failed"
         if seconds is not None:
             outcome += f" in {seconds:g} s"
