@@ -279,3 +279,12 @@ def test_agent_records_stay_out_of_recall(hive: Hive) -> None:
     hive.register_agent(NS, "dba", specializations=["database schema"])
     assert hive.recall("database schema", namespace="team") == []
     assert [h.memory.kind for h in hive.recall("database schema", kinds="agent")] == ["agent"]
+
+
+def test_a_users_own_agent_record_is_not_a_profile(hive: Hive) -> None:
+    hive.remember(NS, "my agent", kind="agent", key="agent:coder", data={"successes": "many"})
+    assert hive.agents(NS) == []
+    with pytest.raises(NotFound):
+        hive.record_outcome("coder", "write a parser", namespace=NS, success=True)
+    made = hive.register_agent(NS, "coder", specializations=["python"])
+    assert (made.successes, made.version) == (0, 2)

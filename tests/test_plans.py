@@ -357,3 +357,13 @@ def test_of_processes_claiming_one_task_exactly_one_wins(shared: str) -> None:
     assert len(winners) == 1
     with hivemem.open(shared, embedder=None) as hive:
         assert hive.plan("p", namespace=NS).task("a").agent == winners[0]
+
+
+def test_a_users_own_plan_and_task_records_are_not_plans(hive: Hive) -> None:
+    hive.remember(NS, "my plan", kind="plan", key="plan:mine", data={"plan_id": 5})
+    hive.remember(NS, "my task", kind="task", key="task:mine:a", data={"state": "weird"})
+    with pytest.raises(NotFound):
+        hive.plan("mine", namespace=NS)
+    with pytest.raises(NotFound):
+        hive.transition_task("mine", "a", "assigned", namespace=NS, agent="bob")
+    assert hive.plans(NS) == []

@@ -395,3 +395,20 @@ def format_context(
             chosen.append(memory.id)
     text = "\n".join([header, *parts]) if parts else ""
     return ExperienceContext(agent, text, tuple(chosen), count(text) if text else 0, len(ordered) - len(chosen))
+
+
+def is_profile(memory: Memory) -> bool:
+    """Whether a record is a profile this module wrote (a user's own ``agent`` record may hold anything)."""
+    d = memory.data
+    counts = [d.get(name) for name in ("successes", "failures", "timed")]
+    duration = d.get("total_duration")
+    return (
+        memory.kind == AGENT_KIND
+        and isinstance(d.get("name"), str)
+        and isinstance(d.get("specializations"), list)
+        and all(isinstance(s, str) for s in d["specializations"])
+        and isinstance(d.get("metadata"), dict)
+        and all(isinstance(c, int) and not isinstance(c, bool) for c in counts)
+        and isinstance(duration, int | float)
+        and not isinstance(duration, bool)
+    )

@@ -1421,11 +1421,11 @@ class Hive:
     def _read_plan(self, tx: StoreTx, ns: str, pid: str) -> Plan | None:
         now = self.clock.now()
         record = tx.get_by_key(ns, plan_rules.plan_key(pid), now)
-        if record is None or record.kind != plan_rules.PLAN_KIND:
+        if record is None or not plan_rules.is_plan(record):
             return None
         flt = MemoryFilter(now=now, namespace=ns, kinds=(plan_rules.TASK_KIND,), where=v.where({"plan_id": pid}))
         tasks = tx.list(flt, "created_at", False, None, plan_rules.MAX_TASKS + 1)
-        return Plan.of(record, [t for t in tasks if t.namespace == ns])
+        return Plan.of(record, [t for t in tasks if t.namespace == ns and plan_rules.is_task(t)])
 
     def transition_task(
         self,
@@ -1477,7 +1477,7 @@ class Hive:
         def write(tx: StoreTx) -> Task:
             now = self.clock.now()
             current = tx.get_by_key(ns, plan_rules.task_key(pid, tid), now)
-            if current is None or current.kind != plan_rules.TASK_KIND:
+            if current is None or not plan_rules.is_task(current):
                 raise NotFound(f"no task {tid!r} in plan {pid!r} in {ns}", plan_id=pid, task_id=tid, namespace=ns)
             if expected_version is not None and current.version != expected_version:
                 raise VersionConflict(
@@ -1491,7 +1491,7 @@ class Hive:
             if to == "running":
                 for dep in current.data.get("depends_on") or ():
                     found = tx.get_by_key(ns, plan_rules.task_key(pid, dep), now)
-                    if found is not None and found.data.get("state") == "done":
+                    if found is not None and plan_rules.is_task(found) and found.data["state"] == "done":
                         done.add(dep)
             data = plan_rules.transitioned(current, to, who, note, done)
             memory = dataclasses.replace(
@@ -1559,7 +1559,8 @@ class Hive:
         def write(tx: StoreTx) -> AgentProfile:
             now = self.clock.now()
             stored = tx.get_by_key(ns, agent_rules.agent_key(who), float("-inf"))
-            live = stored if stored is not None and _live(stored, now) else None
+            # A user's own record under the key (not a profile) is replaced; history keeps it.
+            live = stored if stored is not None and _live(stored, now) and agent_rules.is_profile(stored) else None
             data = agent_rules.profile_data(live.data if live else None, who, specs, meta)
             text = agent_rules.profile_content(who, data["specializations"])
             Retriever.store_vectors(tx, vectors)
@@ -1594,7 +1595,7 @@ class Hive:
         while page.next_cursor is not None:
             page = self.list(prefix, kinds=agent_rules.AGENT_KIND, limit=_MAX_PAGE, cursor=page.next_cursor)
             records += page.items
-        return [AgentProfile.of(m, self.config.selection) for m in records]
+        return [AgentProfile.of(m, self.config.selection) for m in records if agent_rules.is_profile(m)]
 
     def record_outcome(
         self,
@@ -1646,7 +1647,7 @@ class Hive:
         def write(tx: StoreTx) -> Outcome:
             now = self.clock.now()
             profile = tx.get_by_key(ns, agent_rules.agent_key(who), now)
-            if profile is None or profile.kind != agent_rules.AGENT_KIND:
+            if profile is None or not agent_rules.is_profile(profile):
                 raise NotFound(f"no agent {who!r} registered in {ns}", agent=who, namespace=ns)
             Retriever.store_vectors(tx, vectors)
             stored = self._write_draft(tx, episode, now)

@@ -450,3 +450,41 @@ def transitioned(current: Memory, to: str, agent: str | None, notes: str | None,
     if notes is not None:
         data["notes"] = notes
     return data
+
+
+def _strings(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_plan(memory: Memory) -> bool:
+    """Whether a record is a plan this module wrote (a user's own ``plan`` record may hold anything)."""
+    d = memory.data
+    levels = d.get("levels")
+    return (
+        memory.kind == PLAN_KIND
+        and isinstance(d.get("plan_id"), str)
+        and _strings(d.get("tasks"))
+        and isinstance(levels, list)
+        and all(_strings(level) for level in levels)
+        and (d.get("title") is None or isinstance(d.get("title"), str))
+    )
+
+
+def is_task(memory: Memory) -> bool:
+    """Whether a record is a task this module wrote (a user's own ``task`` record may hold anything)."""
+    d = memory.data
+    return (
+        memory.kind == TASK_KIND
+        and d.get("state") in TASK_STATES
+        and all(isinstance(d.get(name), str) for name in ("plan_id", "task_id", "description"))
+        and _strings(d.get("skills"))
+        and _strings(d.get("depends_on"))
+        and _whole(d.get("level"))
+        and _whole(d.get("attempts"))
+        and (d.get("agent") is None or isinstance(d.get("agent"), str))
+        and (d.get("notes") is None or isinstance(d.get("notes"), str))
+    )
