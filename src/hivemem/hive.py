@@ -1409,6 +1409,8 @@ class Hive:
             namespace: A namespace prefix.
             limit: At most this many, 1..1000.
         """
+        if v.namespace_prefix(namespace) is None:
+            raise InvalidInput("namespace", "is required: plans are stored in a namespace")
         limit = v.positive_int(limit, "limit", _MAX_PAGE)
         records = self.list(namespace, kinds=plan_rules.PLAN_KIND, order_by="created_at", descending=True, limit=limit)
 
