@@ -221,7 +221,7 @@ class Task:
         depends_on: Tasks that must be done before it runs.
         level: Its parallel level (0: depends on nothing).
         state: One of ``pending``, ``assigned``, ``running``, ``done``, ``failed``, ``cancelled``.
-        agent: Who holds it (assigned, running, done or failed), else None.
+        agent: Who holds it (assigned, running, done, failed; and a cancelled task's last holder), else None.
         attempts: How many times it started running.
         notes: The note of its last transition.
         version: The task record's version (pass as ``expected_version``).
