@@ -30,7 +30,7 @@ from hivemem.clock import Clock, SystemClock, new_id, to_datetime, utc
 from hivemem.config import HiveConfig
 from hivemem.conflicts import SETTING as CONFLICT_SETTING
 from hivemem.conflicts import ConflictPolicy, ConflictResolver, checked_strategy
-from hivemem.errors import Forbidden, InvalidInput, NotFound, PayloadTooLarge, Unauthenticated, VersionConflict
+from hivemem.errors import Forbidden, InvalidInput, NotFound, PayloadTooLarge, Unauthenticated
 from hivemem.events import MAX_SEQ, Event, Inbox, sequence_number, types_of
 from hivemem.leases import Fence, Lease, LeaseRequest, LeaseSet
 from hivemem.models import Conflict, Group, Hit, Memory, Page, Related, Relation, decode_cursor, encode_cursor
@@ -1318,7 +1318,6 @@ class Hive:
 
     def create_plan(
         self,
-        /,
         namespace: str,
         tasks: Sequence[Mapping[str, Any]],
         *,
@@ -1397,7 +1396,11 @@ class Hive:
         """
         ns = v.namespace(namespace)
         pid = plan_rules.checked_id(plan_id, "plan_id")
-        found = self.store.read(lambda tx: self._read_plan(tx, ns, pid)) if self.principal.allows("read", ns) else None
+        found = (
+            self.store.read(lambda tx: plan_rules.read_plan(tx, ns, pid, self.clock.now()))
+            if self.principal.allows("read", ns)
+            else None
+        )
         if found is None:
             raise NotFound(f"no plan {pid!r} in {ns}", plan_id=pid, namespace=ns)
         return found
@@ -1415,19 +1418,10 @@ class Hive:
         records = self.list(namespace, kinds=plan_rules.PLAN_KIND, order_by="created_at", descending=True, limit=limit)
 
         def read(tx: StoreTx) -> builtins.list[Plan]:
-            out = [self._read_plan(tx, m.namespace, m.data.get("plan_id", "")) for m in records]
+            out = [plan_rules.read_plan(tx, m.namespace, m.data.get("plan_id", ""), self.clock.now()) for m in records]
             return [p for p in out if p is not None]
 
         return self.store.read(read)
-
-    def _read_plan(self, tx: StoreTx, ns: str, pid: str) -> Plan | None:
-        now = self.clock.now()
-        record = tx.get_by_key(ns, plan_rules.plan_key(pid), now)
-        if record is None or not plan_rules.is_plan(record):
-            return None
-        flt = MemoryFilter(now=now, namespace=ns, kinds=(plan_rules.TASK_KIND,), where=v.where({"plan_id": pid}))
-        tasks = tx.list(flt, "created_at", False, None, plan_rules.MAX_TASKS + 1)
-        return Plan.of(record, [t for t in tasks if t.namespace == ns and plan_rules.is_task(t)])
 
     def transition_task(
         self,
@@ -1476,39 +1470,8 @@ class Hive:
             v.positive_int(expected_version, "expected_version")
         self._may("write", ns)
 
-        def write(tx: StoreTx) -> Task:
-            now = self.clock.now()
-            current = tx.get_by_key(ns, plan_rules.task_key(pid, tid), now)
-            if current is None or not plan_rules.is_task(current):
-                raise NotFound(f"no task {tid!r} in plan {pid!r} in {ns}", plan_id=pid, task_id=tid, namespace=ns)
-            if expected_version is not None and current.version != expected_version:
-                raise VersionConflict(
-                    f"task {tid!r} is at version {current.version}, not {expected_version}",
-                    id=current.id,
-                    current_version=current.version,
-                    expected_version=expected_version,
-                    current=current.to_dict(),
-                )
-            done = set()
-            if to == "running":
-                for dep in current.data.get("depends_on") or ():
-                    found = tx.get_by_key(ns, plan_rules.task_key(pid, dep), now)
-                    if found is not None and plan_rules.is_task(found) and found.data["state"] == "done":
-                        done.add(dep)
-            data = plan_rules.transitioned(current, to, who, note, done)
-            memory = dataclasses.replace(
-                current,
-                data=data,
-                agent_id=data.get("agent") or current.agent_id,
-                version=current.version + 1,
-                updated_at=to_datetime(now),
-            )
-            tx.replace(memory, current)
-            change = {"plan_id": pid, "task_id": tid, "from": current.data["state"], "to": to, "agent": data["agent"]}
-            tx.record_event(ns, "task.state_changed", current.id, {**change, "version": memory.version})
-            return Task.of(memory)
-
-        return self._write(write)
+        move = plan_rules.Move(ns, pid, tid, to, who, note, expected_version)
+        return self._write(lambda tx: move.apply(tx, self.clock.now()))
 
     def assign_task(
         self, plan_id: str, task_id: str, agent: str, *, namespace: str, expected_version: int | None = None
@@ -1529,7 +1492,6 @@ class Hive:
 
     def register_agent(
         self,
-        /,
         namespace: str,
         name: str,
         *,
@@ -1601,7 +1563,6 @@ class Hive:
 
     def record_outcome(
         self,
-        /,
         agent: str,
         task: str,
         *,

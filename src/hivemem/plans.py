@@ -24,14 +24,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from types import MappingProxyType
 from typing import Any
 
 from hivemem import validation as v
-from hivemem.errors import InvalidInput, InvalidTransition
+from hivemem.clock import to_datetime
+from hivemem.errors import InvalidInput, InvalidTransition, NotFound, VersionConflict
 from hivemem.models import Memory
+from hivemem.storage.base import MemoryFilter, StoreTx
 
 PLAN_KIND = "plan"
 TASK_KIND = "task"
@@ -488,3 +490,70 @@ def is_task(memory: Memory) -> bool:
         and (d.get("agent") is None or isinstance(d.get("agent"), str))
         and (d.get("notes") is None or isinstance(d.get("notes"), str))
     )
+
+
+def read_plan(tx: StoreTx, namespace: str, plan_id: str, now: float) -> Plan | None:
+    """The plan ``plan_id`` in exactly ``namespace`` with its tasks, read in ``tx``; None if there is none."""
+    record = tx.get_by_key(namespace, plan_key(plan_id), now)
+    if record is None or not is_plan(record):
+        return None
+    flt = MemoryFilter(now=now, namespace=namespace, kinds=(TASK_KIND,), where=v.where({"plan_id": plan_id}))
+    tasks = tx.list(flt, "created_at", False, None, MAX_TASKS + 1)
+    return Plan.of(record, [t for t in tasks if t.namespace == namespace and is_task(t)])
+
+
+@dataclass(frozen=True, slots=True)
+class Move:
+    """A validated transition request: which task, to what state, by whom.
+
+    :meth:`apply` runs inside one write transaction: the task's read (which
+    locks its row on PostgreSQL; SQLite has one writer) and its next version
+    cannot be split by another writer, which is what makes a claim exclusive.
+    """
+
+    namespace: str
+    plan_id: str
+    task_id: str
+    to: str
+    agent: str | None
+    notes: str | None
+    expected_version: int | None
+
+    def apply(self, tx: StoreTx, now: float) -> Task:
+        """Write the task's next version and a ``task.state_changed`` event; the task after the move.
+
+        Raises:
+            NotFound: No such task.
+            VersionConflict: The stored version is not ``expected_version``.
+            InvalidTransition: See :func:`transitioned`.
+        """
+        ns, pid, tid = self.namespace, self.plan_id, self.task_id
+        current = tx.get_by_key(ns, task_key(pid, tid), now)
+        if current is None or not is_task(current):
+            raise NotFound(f"no task {tid!r} in plan {pid!r} in {ns}", plan_id=pid, task_id=tid, namespace=ns)
+        if self.expected_version is not None and current.version != self.expected_version:
+            raise VersionConflict(
+                f"task {tid!r} is at version {current.version}, not {self.expected_version}",
+                id=current.id,
+                current_version=current.version,
+                expected_version=self.expected_version,
+                current=current.to_dict(),
+            )
+        done = set()
+        if self.to == "running":
+            for dep in current.data["depends_on"]:
+                found = tx.get_by_key(ns, task_key(pid, dep), now)
+                if found is not None and is_task(found) and found.data["state"] == "done":
+                    done.add(dep)
+        data = transitioned(current, self.to, self.agent, self.notes, done)
+        memory = replace(
+            current,
+            data=data,
+            agent_id=data["agent"] or current.agent_id,
+            version=current.version + 1,
+            updated_at=to_datetime(now),
+        )
+        tx.replace(memory, current)
+        change = {"plan_id": pid, "task_id": tid, "from": current.data["state"], "to": self.to, "agent": data["agent"]}
+        tx.record_event(ns, "task.state_changed", current.id, {**change, "version": memory.version})
+        return Task.of(memory)
