@@ -288,3 +288,12 @@ def test_a_users_own_agent_record_is_not_a_profile(hive: Hive) -> None:
         hive.record_outcome("coder", "write a parser", namespace=NS, success=True)
     made = hive.register_agent(NS, "coder", specializations=["python"])
     assert (made.successes, made.version) == (0, 2)
+
+
+def test_without_a_namespace_every_readable_agent_takes_part(hive: Hive) -> None:
+    setup_rivals(hive)
+    hive.register_agent("elsewhere", "outsider", specializations=["backend"])
+    assert [p.name for p in hive.agents()] == ["expert", "outsider", "veteran"]
+    assert hive.select_agent(TASK)[0].agent == "expert"
+    assert [s.agent for s in hive.select_agent(TASK, ["outsider", "veteran"])] == ["veteran", "outsider"]
+    assert hive.context_for("expert", TASK).memory_ids != ()

@@ -538,15 +538,13 @@ def plans_show(obj: Context, plan_id: str, namespace: str) -> None:
 def agents(ctx: click.Context, namespace: str | None) -> None:
     """Registered agents with their specializations and success rates (``agents select`` ranks them)."""
     if ctx.invoked_subcommand is None:
-        if namespace is None:
-            raise click.UsageError("--namespace is required")
         ctx.invoke(agents_list, namespace=namespace)
 
 
 @agents.command("list")
-@click.option("--namespace", "-n", required=True, help="Prefix the agents are registered under.")
+@click.option("--namespace", "-n", help="Prefix the agents are registered under (default: all).")
 @_command
-def agents_list(obj: Context, namespace: str) -> None:
+def agents_list(obj: Context, namespace: str | None) -> None:
     """Every agent registered under the prefix."""
     with obj.open() as hive:
         profiles = hive.agents(namespace)
@@ -571,12 +569,12 @@ def agents_list(obj: Context, namespace: str) -> None:
 
 @agents.command("select")
 @click.argument("task")
-@click.option("--namespace", "-n", required=True, help="Prefix the agents are registered under.")
+@click.option("--namespace", "-n", help="Prefix the agents are registered under (default: all).")
 @click.option("--skill", "skills", multiple=True, help="A skill the task needs; repeat for several.")
 @click.option("--candidate", "candidates", multiple=True, help="Only this agent; repeat for several.")
 @_command
 def agents_select(
-    obj: Context, task: str, namespace: str, skills: tuple[str, ...], candidates: tuple[str, ...]
+    obj: Context, task: str, namespace: str | None, skills: tuple[str, ...], candidates: tuple[str, ...]
 ) -> None:
     """Rank the agents for a task, with the score's three parts."""
     with obj.open() as hive:

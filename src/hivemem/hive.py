@@ -1542,8 +1542,8 @@ class Hive:
 
         return self._write(write)
 
-    def agents(self, namespace: str) -> builtins.list[AgentProfile]:
-        """The agents registered under a namespace prefix, by name.
+    def agents(self, namespace: str | None = None) -> builtins.list[AgentProfile]:
+        """The agents registered under a namespace prefix (None: everywhere the caller reads), by name.
 
         Raises:
             InvalidInput: A bad namespace.
@@ -1552,8 +1552,6 @@ class Hive:
 
     def _profiles(self, namespace: object) -> builtins.list[AgentProfile]:
         prefix = v.namespace_prefix(namespace)
-        if prefix is None:
-            raise InvalidInput("namespace", "is required: agents are registered in a namespace")
         page = self.list(prefix, kinds=agent_rules.AGENT_KIND, limit=_MAX_PAGE)
         records = [m for m in page]
         while page.next_cursor is not None:
@@ -1628,9 +1626,9 @@ class Hive:
     def select_agent(
         self,
         task: str,
-        *,
-        namespace: str,
         candidates: Sequence[str] | None = None,
+        *,
+        namespace: str | None = None,
         skills: Sequence[str] = (),
         weights: Mapping[str, float] | None = None,
     ) -> builtins.list[AgentScore]:
@@ -1642,7 +1640,8 @@ class Hive:
 
         Args:
             task: What is to be done.
-            namespace: Prefix under which agents are registered and their episodes stored.
+            namespace: Prefix under which agents are registered and their episodes stored
+                (None: everywhere the caller reads).
             candidates: Only these agents (names); None for every registered one.
             skills: Skills the task needs; without them the task text is matched.
             weights: Per-call weights (``specialization``, ``experience``, ``performance``).
@@ -1667,7 +1666,7 @@ class Hive:
             known = {p.name for p in profiles}
             for name in names_given:
                 if name not in known:
-                    raise NotFound(f"no agent {name!r} registered under {namespace}", agent=name)
+                    raise NotFound(f"no agent {name!r} registered under {namespace or 'any namespace'}", agent=name)
             profiles = [p for p in profiles if p.name in names_given]
         hits: builtins.list[Hit] = []
         if profiles and chosen.experience > 0:
@@ -1675,7 +1674,7 @@ class Hive:
         return agent_rules.ranked(text, wanted, profiles, hits, chosen)
 
     def context_for(
-        self, agent: str, task: str, *, namespace: str, k: int = 5, token_budget: int | None = None
+        self, agent: str, task: str, *, namespace: str | None = None, k: int = 5, token_budget: int | None = None
     ) -> ExperienceContext:
         """An agent's past experiences most relevant to a task, formatted for its prompt.
 
@@ -1686,7 +1685,7 @@ class Hive:
         Args:
             agent: Whose experiences.
             task: What the agent is about to do.
-            namespace: Prefix to recall from.
+            namespace: Prefix to recall from (None: everywhere the caller reads).
             k: At most this many episodes, 1..1000.
             token_budget: Most tokens the text may take (an estimate of about four bytes
                 per token); None for no limit.
