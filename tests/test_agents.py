@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
+import hivemem
 from conftest import OpenHive
-from hivemem import AgentScore, Hive, InvalidInput, NotFound, SelectionWeights
+from hivemem import AgentScore, ConfigError, Hive, InvalidInput, NotFound, SelectionWeights
 from hivemem.agents import estimate_tokens, specialization_match, success_rate
 
 NS = "team/agents"
@@ -297,3 +298,12 @@ def test_without_a_namespace_every_readable_agent_takes_part(hive: Hive) -> None
     assert hive.select_agent(TASK)[0].agent == "expert"
     assert [s.agent for s in hive.select_agent(TASK, ["outsider", "veteran"])] == ["veteran", "outsider"]
     assert hive.context_for("expert", TASK).memory_ids != ()
+
+
+@pytest.mark.parametrize(
+    "selection",
+    [{"experience": -1}, {"luck": 1}, {"specialization": 0, "experience": 0, "performance": 0}, {"experience_pool": 0}],
+)
+def test_bad_selection_config_is_a_config_error(selection: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError):
+        hivemem.open(":memory:", embedder=None, selection=selection)

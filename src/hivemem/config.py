@@ -9,6 +9,7 @@ environment on its own), then the defaults below.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,6 +77,17 @@ class SelectionWeights:
     prior_successes: float = 1.0
     prior_failures: float = 1.0
     experience_pool: int = 50
+
+    def __post_init__(self) -> None:
+        for name in ("specialization", "experience", "performance", "prior_successes", "prior_failures"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+                raise ConfigError(f"selection.{name} must be a number of at least 0, not {value!r}")
+        if not (self.specialization or self.experience or self.performance):
+            raise ConfigError("selection: at least one of specialization, experience, performance must be above 0")
+        pool = self.experience_pool
+        if isinstance(pool, bool) or not isinstance(pool, int) or not 1 <= pool <= 1000:
+            raise ConfigError(f"selection.experience_pool must be a whole number from 1 to 1000, not {pool!r}")
 
 
 _BOOLEANS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
@@ -160,6 +172,9 @@ class HiveConfig:
             options["ranking"] = dataclasses.replace(self.ranking, **ranking)
         selection = options.get("selection")
         if isinstance(selection, Mapping):
+            unknown_weights = sorted(set(selection) - {f.name for f in dataclasses.fields(SelectionWeights)})
+            if unknown_weights:
+                raise ConfigError(f"unknown selection option(s): {', '.join(map(str, unknown_weights))}")
             options["selection"] = dataclasses.replace(self.selection, **selection)
         return dataclasses.replace(self, **options)
 

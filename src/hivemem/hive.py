@@ -1697,6 +1697,8 @@ class Hive:
         text = v.content(task, self.config.max_content_bytes, "task")
         budget = None if token_budget is None else v.positive_int(token_budget, "token_budget")
         hits = self.recall(text, namespace=namespace, kinds="episode", agent_id=who, k=k)
+        # Tokens are estimated (agents.estimate_tokens) until HiveMem has a token counter to name;
+        # format_context takes any count(text) -> int.
         return agent_rules.format_context(who, hits, budget)
 
     # -- helpers -------------------------------------------------------------------------------
