@@ -19,6 +19,8 @@ counted.
   (a failed episode counts 0). Relevance is rank-fused, so it compares agents
   with each other for this task: the agent whose successful episode ranks
   first gets 1.
+  Episodes are matched to agents by ``agent_id``, so a name means one agent
+  across namespaces.
 * performance (:func:`success_rate`): the success rate smoothed by
   pseudo-counts (1 success and 1 failure by default), so one lucky success is
   0.67, not a perfect 1, and an agent without outcomes is 0.5.
