@@ -192,6 +192,8 @@ def test_plans_show_and_agents(db: str) -> None:
     plan = as_json(run(db, "plans", "show", "p1", "-n", "team", "--json"))
     assert isinstance(plan, dict)
     assert plan["levels"] == [["fetch"], ["load"]] and plan["progress"]["by_state"]["assigned"] == 1
+    assert "p1" in run(db, "plans", "list", "-n", "team").output
+    assert [p["id"] for p in as_json(run(db, "plans", "list", "-n", "team", "--json"))] == ["p1"]  # type: ignore[union-attr]
     missing = run(db, "plans", "show", "nope", "-n", "team", ok=False)
     assert missing.exit_code == 3 and "no plan" in missing.output
     listed = run(db, "agents", "-n", "team")

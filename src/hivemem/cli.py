@@ -532,6 +532,31 @@ def plans_show(obj: Context, plan_id: str, namespace: str) -> None:
     obj.emit(plan.to_dict(), render)
 
 
+@plans.command("list")
+@click.option("--namespace", "-n", required=True, help="Prefix the plans are stored under.")
+@click.option("--limit", type=int, default=20, show_default=True)
+@_command
+def plans_list(obj: Context, namespace: str, limit: int) -> None:
+    """The plans under a prefix, newest first, with their progress."""
+    with obj.open() as hive:
+        found = hive.plans(namespace, limit=limit)
+
+    def render() -> None:
+        table = Table("plan", "namespace", "title", "tasks", "done", "created")
+        for plan in found:
+            table.add_row(
+                plan.id,
+                plan.namespace,
+                _short(plan.title or "", 40),
+                str(plan.progress.total),
+                f"{plan.progress.fraction:.0%}",
+                plan.created_at.isoformat()[:19],
+            )
+        obj.console.print(table)
+
+    obj.emit([p.to_dict() for p in found], render)
+
+
 @main.group(invoke_without_command=True)
 @click.option("--namespace", "-n", help="Prefix the agents are registered under.")
 @click.pass_context
