@@ -8,10 +8,12 @@ from collections import deque
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import hivemem
 from hivemem import Hive, InvalidInput, InvalidTransition, NotFound, VersionConflict
-from hivemem.plans import TASK_STATES, TRANSITIONS
+from hivemem.plans import TASK_STATES, TRANSITIONS, TaskSpec, levels, parse_tasks
 
 SPAWN = multiprocessing.get_context("spawn")
 NS = "team/planning"
@@ -137,6 +139,52 @@ def test_bad_plan_arguments(hive: Hive) -> None:
         hive.plan("nothing", namespace=NS)
     with pytest.raises(InvalidInput):
         hive.plan("a b", namespace=NS)
+
+
+@st.composite
+def dags(draw: st.DrawFn) -> list[TaskSpec]:
+    """Random dependency graphs without cycles: a task depends only on tasks given before it."""
+    n = draw(st.integers(1, 25))
+    specs = []
+    for i in range(n):
+        deps = draw(st.sets(st.integers(0, i - 1), max_size=4)) if i else set()
+        specs.append(TaskSpec(f"t{i}", f"task {i}", (), tuple(f"t{d}" for d in sorted(deps))))
+    order = draw(st.permutations(specs))
+    return list(order)
+
+
+@settings(max_examples=200, deadline=None)
+@given(dags())
+def test_levels_put_each_task_one_after_its_latest_dependency(specs: list[TaskSpec]) -> None:
+    ordered = levels(specs)
+    level_of = {task: n for n, level in enumerate(ordered) for task in level}
+    assert sorted(level_of) == sorted(s.id for s in specs)
+    for spec in specs:
+        assert level_of[spec.id] == 1 + max((level_of[d] for d in spec.depends_on), default=-1)
+    position = {s.id: n for n, s in enumerate(specs)}
+    assert all(list(level) == sorted(level, key=position.__getitem__) for level in ordered)
+
+
+@settings(max_examples=200, deadline=None)
+@given(dags(), st.data())
+def test_an_edge_back_up_a_chain_is_a_cycle(specs: list[TaskSpec], data: st.DataObject) -> None:
+    by_id = {s.id: s for s in specs}
+    chained = [s for s in specs if s.depends_on]
+    if not chained:
+        return
+    start = data.draw(st.sampled_from(chained))
+    path = [start.id]
+    while by_id[path[-1]].depends_on:
+        path.append(data.draw(st.sampled_from(by_id[path[-1]].depends_on)))
+    top = by_id[path[-1]]
+    looped = [TaskSpec(s.id, s.description, (), (*s.depends_on, start.id)) if s is top else s for s in specs]
+    tasks = [{"id": s.id, "description": s.description, "depends_on": list(s.depends_on)} for s in looped]
+    with pytest.raises(InvalidInput) as err:
+        parse_tasks(tasks, 1000)
+    cycle = err.value.details["cycle"]
+    deps = {s.id: set(s.depends_on) for s in looped}
+    # Each task of the reported cycle depends on the next, and the last on the first.
+    assert all(cycle[(i + 1) % len(cycle)] in deps[task] for i, task in enumerate(cycle))
 
 
 # --------------------------------------------------------------------------- transitions

@@ -152,24 +152,37 @@ def parse_tasks(tasks: object, max_text_bytes: int) -> tuple[TaskSpec, ...]:
 
 
 def levels(specs: Sequence[TaskSpec]) -> tuple[tuple[str, ...], ...]:
-    """Tasks in parallel levels (Kahn's algorithm); within a level, in the order given.
+    """Tasks in parallel levels by Kahn's algorithm; within a level, in the order given.
+
+    A task's level is one more than the highest level of its dependencies, so
+    every level can run side by side once the levels before it are done.
+    Every dependency must name a task of ``specs`` (:func:`parse_tasks` checks it).
 
     Raises:
         InvalidInput: The dependencies make a cycle; ``cycle`` lists its tasks in order.
     """
-    waiting = {s.id: set(s.depends_on) for s in specs}
-    order = [s.id for s in specs]
+    position = {s.id: n for n, s in enumerate(specs)}
+    unmet = {s.id: len(s.depends_on) for s in specs}
+    dependents: dict[str, list[str]] = {s.id: [] for s in specs}
+    for s in specs:
+        for dep in s.depends_on:
+            dependents[dep].append(s.id)
     out: list[tuple[str, ...]] = []
-    done: set[str] = set()
-    while waiting:
-        level = tuple(t for t in order if t in waiting and waiting[t] <= done)
-        if not level:
-            cycle = _a_cycle(waiting, done)
-            raise InvalidInput("tasks", f"dependency cycle: {' -> '.join([*cycle, cycle[0]])}", cycle=cycle)
-        out.append(level)
-        done.update(level)
-        for t in level:
-            del waiting[t]
+    level = [s.id for s in specs if not s.depends_on]
+    while level:
+        out.append(tuple(level))
+        freed = []
+        for task in level:
+            for dependent in dependents[task]:
+                unmet[dependent] -= 1
+                if unmet[dependent] == 0:
+                    freed.append(dependent)
+        level = sorted(freed, key=position.__getitem__)
+    placed = {task for level_ in out for task in level_}
+    if len(placed) < len(specs):
+        waiting = {s.id: set(s.depends_on) for s in specs if s.id not in placed}
+        cycle = _a_cycle(waiting, placed)
+        raise InvalidInput("tasks", f"dependency cycle: {' -> '.join([*cycle, cycle[0]])}", cycle=cycle)
     return tuple(out)
 
 
