@@ -83,18 +83,20 @@ def _words(text: str) -> set[str]:
 def specialization_match(task: str, skills: Sequence[str], specializations: Sequence[str]) -> float:
     """How well an agent's specializations fit a task, 0..1.
 
-    With ``skills`` (what the task requires): the fraction of them that one of
-    the specializations names (case-insensitive, whole phrase or same words).
-    Without: the best specialization's share of words found in the task text
-    (``"database migrations"`` against "write the database migration" is 1.0,
-    ``"python"`` against it 0).
+    Words are compared lowercased, a plural ``s`` folded. With ``skills`` (what
+    the task requires): the fraction of them whose every word is in one
+    specialization (``"python"`` is covered by ``"python scripting"``,
+    ``"database migrations"`` not by ``"database"``). Without: the best
+    specialization's share of words found in the task text (``"database
+    migrations"`` against "write the database migration" is 1.0, ``"python"``
+    against it 0).
     """
     specs = [_words(s) for s in specializations if _words(s)]
     if not specs:
         return 0.0
     if skills:
         wanted = [_words(s) for s in skills if _words(s)]
-        covered = sum(1 for w in wanted if any(w == s or w <= s for s in specs))
+        covered = sum(1 for w in wanted if any(w <= s for s in specs))
         return covered / len(wanted) if wanted else 0.0
     text = _words(task)
     return max(len(s & text) / len(s) for s in specs)
