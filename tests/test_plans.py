@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import hivemem
-from hivemem import Hive, InvalidInput, InvalidTransition, NotFound, VersionConflict
+from hivemem import Hive, InvalidInput, InvalidTransition, NotFound, PayloadTooLarge, VersionConflict
 from hivemem.plans import TASK_STATES, TRANSITIONS, TaskSpec, levels, parse_tasks
 
 SPAWN = multiprocessing.get_context("spawn")
@@ -415,3 +415,14 @@ def test_a_users_own_plan_and_task_records_are_not_plans(hive: Hive) -> None:
     with pytest.raises(NotFound):
         hive.transition_task("mine", "a", "assigned", namespace=NS, agent="bob")
     assert hive.plans(NS) == []
+
+
+def test_a_plan_of_long_tasks_is_stored_whole_in_its_tasks(open_hive: Any) -> None:
+    hive = open_hive(max_content_bytes=200)
+    tasks = [{"id": f"t{i}", "description": f"step {i} " + "é" * 80} for i in range(5)]
+    plan = hive.create_plan(NS, tasks, plan_id="long", title="long plan")
+    assert [t.description for t in plan.tasks] == [t["description"] for t in tasks]
+    assert len(hive.get(plan.memory_id).content.encode()) <= 200
+    with pytest.raises(PayloadTooLarge) as err:
+        hive.create_plan(NS, tasks, title="x" * 1001)
+    assert err.value.details["field"] == "title"

@@ -90,6 +90,8 @@ R = TypeVar("R")
 _SWEEP_BATCH = 1000
 _MAX_K = 1000
 _MAX_PAGE = 1000
+#: Longest plan title (UTF-8 bytes).
+_MAX_TITLE_BYTES = 1000
 #: Kinds of the records plans and agent profiles keep: recall leaves them out unless asked for.
 _COORDINATION_KINDS = (plan_rules.PLAN_KIND, plan_rules.TASK_KIND, agent_rules.AGENT_KIND)
 #: Tries of upsert_entity that embed outside the transaction before one embeds inside it.
@@ -1343,10 +1345,13 @@ class Hive:
         Raises:
             InvalidInput: A bad task (``field`` reads ``tasks[1].depends_on``), an unknown
                 dependency, a dependency cycle (``cycle`` lists it), or the id is taken.
+            PayloadTooLarge: A description or the title is over its limit.
         """
         ns = v.namespace(namespace)
         pid = new_id() if plan_id is None else plan_rules.checked_id(plan_id, "plan_id")
         heading = text_field(title, "title", optional=True)
+        if heading is not None:
+            v.content(heading, _MAX_TITLE_BYTES, "title")
         specs = plan_rules.parse_tasks(tasks, self.config.max_content_bytes)
         ordered = plan_rules.levels(specs)
         level_of = {task: n for n, level in enumerate(ordered) for task in level}
@@ -1354,7 +1359,7 @@ class Hive:
         drafts = [
             draft(
                 ns,
-                plan_rules.plan_content(pid, heading, specs),
+                plan_rules.plan_content(pid, heading, specs, self.config.max_content_bytes),
                 self.config,
                 kind=plan_rules.PLAN_KIND,
                 tier="mid",

@@ -196,11 +196,19 @@ def _a_cycle(waiting: Mapping[str, set[str]], done: set[str]) -> list[str]:
     return path[path.index(at) :]
 
 
-def plan_content(plan_id: str, title: str | None, specs: Sequence[TaskSpec]) -> str:
-    """The searchable text of a plan record: its title and every task."""
+def plan_content(plan_id: str, title: str | None, specs: Sequence[TaskSpec], max_bytes: int) -> str:
+    """The searchable text of a plan record: its title and every task, cut to ``max_bytes``.
+
+    Each task's own record holds its whole description, so a plan of many long
+    tasks may keep only the start of the list here rather than be refused.
+    """
     lines = [f"Plan {plan_id}: {title}" if title else f"Plan {plan_id}"]
     lines += [f"- {s.id}: {s.description}" for s in specs]
-    return "\n".join(lines)
+    text = "\n".join(lines)
+    encoded = text.encode("utf-8", errors="surrogatepass")
+    if len(encoded) <= max_bytes:
+        return text
+    return encoded[:max_bytes].decode("utf-8", errors="ignore")
 
 
 def task_content(spec: TaskSpec) -> str:
