@@ -1416,6 +1416,9 @@ class Hive:
         Args:
             namespace: A namespace prefix.
             limit: At most this many, 1..1000.
+
+        Raises:
+            InvalidInput: A bad namespace or limit.
         """
         if v.namespace_prefix(namespace) is None:
             raise InvalidInput("namespace", "is required: plans are stored in a namespace")
