@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from hivemem.aclient import AsyncRemoteHive
+from hivemem.agents import AgentProfile, AgentScore, ExperienceContext, Outcome
 from hivemem.clock import Clock, ManualClock, SystemClock
-from hivemem.config import HiveConfig, RankingWeights
+from hivemem.config import HiveConfig, RankingWeights, SelectionWeights
 from hivemem.conflicts import ConflictResolver
 from hivemem.errors import (
     ConfigError,
@@ -19,6 +20,7 @@ from hivemem.errors import (
     Forbidden,
     HiveError,
     InvalidInput,
+    InvalidTransition,
     LeaseExpired,
     LockHeld,
     NotFound,
@@ -32,12 +34,15 @@ from hivemem.errors import (
 from hivemem.hive import Hive
 from hivemem.leases import Fence, Lease, LeaseSet
 from hivemem.models import Conflict, Group, Hit, Memory, Page, Related, Relation
+from hivemem.plans import Plan, PlanProgress, Task
 from hivemem.records import KeyedOptions, MemoryOptions, RememberOptions
 from hivemem.retrieval.embedders import Embedder, MiniLMEmbedder, OpenAIEmbedder, make_embedder
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AgentProfile",
+    "AgentScore",
     "AsyncRemoteHive",
     "Clock",
     "ConfigError",
@@ -45,6 +50,7 @@ __all__ = [
     "ConflictResolver",
     "Embedder",
     "EmbedderUnavailable",
+    "ExperienceContext",
     "Fence",
     "Forbidden",
     "Group",
@@ -53,6 +59,7 @@ __all__ = [
     "HiveConfig",
     "HiveError",
     "InvalidInput",
+    "InvalidTransition",
     "KeyedOptions",
     "Lease",
     "LeaseExpired",
@@ -64,16 +71,21 @@ __all__ = [
     "MiniLMEmbedder",
     "NotFound",
     "OpenAIEmbedder",
+    "Outcome",
     "Page",
     "PayloadTooLarge",
+    "Plan",
+    "PlanProgress",
     "QuotaExceeded",
     "RankingWeights",
     "Related",
     "Relation",
     "RememberOptions",
+    "SelectionWeights",
     "StaleFencingToken",
     "StorageUnavailable",
     "SystemClock",
+    "Task",
     "Unauthenticated",
     "VersionConflict",
     "__version__",

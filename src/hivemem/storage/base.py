@@ -40,6 +40,7 @@ class MemoryFilter:
     Attributes:
         namespace: Namespace prefix (segment-wise), or None for all.
         kinds: Allowed kinds, or None for all.
+        exclude_kinds: Kinds that never pass (recall leaves out plan, task and agent records by default).
         tiers: Allowed tiers, or None for all.
         tags: Tags a memory must all carry.
         agent_id: Only this agent's memories.
@@ -56,6 +57,7 @@ class MemoryFilter:
     now: float
     namespace: str | None = None
     kinds: tuple[str, ...] | None = None
+    exclude_kinds: tuple[str, ...] = ()
     tiers: tuple[str, ...] | None = None
     tags: tuple[str, ...] = ()
     agent_id: str | None = None

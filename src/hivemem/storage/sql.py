@@ -73,6 +73,8 @@ def compile_filter(flt: MemoryFilter, params: builtins.list[Any], d: Dialect) ->
     for column, values in (("kind", flt.kinds), ("tier", flt.tiers)):
         if values is not None:
             clauses.append(d.one_of(f"m.{column}", values, params))
+    if flt.exclude_kinds:
+        clauses.append(f"NOT {d.one_of('m.kind', flt.exclude_kinds, params)}")
     if flt.tags:
         clauses.append(d.has_tags(flt.tags, params))
     for column, value in (("agent_id", flt.agent_id), ("session_id", flt.session_id)):
