@@ -23,7 +23,7 @@ from typing import Any, Final
 
 from hivemem.errors import InvalidInput
 
-__all__ = ["BUILTIN_LABELS", "Redactor"]
+__all__ = ["BUILTIN_LABELS", "Redactor", "compile_pattern"]
 
 _SECRET_GROUP: Final = "secret"
 _BEFORE: Final = r"(?<![A-Za-z0-9_])"  # not inside a longer word or key
@@ -111,7 +111,13 @@ _BUILTINS: Final = (
 BUILTIN_LABELS: Final = tuple(dict.fromkeys(p.label for p in _BUILTINS))
 
 
-def _compile(pattern: object, field: str) -> re.Pattern[str]:
+def compile_pattern(pattern: object, field: str) -> re.Pattern[str]:
+    """A user's pattern, compiled, or InvalidInput naming ``field`` and saying what is wrong.
+
+    Raises:
+        InvalidInput: ``pattern`` is not a non-empty string, not a valid regular
+            expression, or matches the empty string.
+    """
     if not isinstance(pattern, str) or not pattern:
         raise InvalidInput(field, "must be a non-empty regular expression string", value=repr(pattern))
     try:
@@ -128,8 +134,9 @@ def _compile(pattern: object, field: str) -> re.Pattern[str]:
 class Redactor:
     """Replaces personal data and secrets with ``[REDACTED:<label>]`` placeholders.
 
-    Built-in patterns run first, most specific first, then the user's
-    patterns (label ``custom``), each over the text the previous ones left.
+    The user's patterns (label ``custom``) run first, as they know the
+    domain's formats best, then the built-in ones, most specific first; each
+    runs over the text the previous ones left.
     A redactor is immutable and thread-safe.
     """
 
@@ -147,8 +154,8 @@ class Redactor:
         """
         if isinstance(patterns, str):
             raise InvalidInput("patterns", "must be a list of regular expressions, not one string")
-        custom = tuple(_Pattern("custom", _compile(p, f"patterns[{i}]")) for i, p in enumerate(patterns))
-        self._patterns = (_BUILTINS if builtins else ()) + custom
+        custom = tuple(_Pattern("custom", compile_pattern(p, f"patterns[{i}]")) for i, p in enumerate(patterns))
+        self._patterns = custom + (_BUILTINS if builtins else ())
         self.patterns: tuple[str, ...] = tuple(patterns)
         self.builtins = builtins
 

@@ -41,7 +41,16 @@ from hivemem.errors import ConfigError, InvalidInput
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-__all__ = ["DEFAULT_COUNTER", "EstimateCounter", "MiniLMCounter", "TiktokenCounter", "TokenCounter", "counter_for"]
+__all__ = [
+    "DEFAULT_COUNTER",
+    "EstimateCounter",
+    "MiniLMCounter",
+    "TiktokenCounter",
+    "TokenCounter",
+    "check_counter_name",
+    "counter_for",
+    "tiktoken_cache_dir",
+]
 
 #: The counter used when none is named.
 DEFAULT_COUNTER: Final = "minilm"
@@ -226,8 +235,6 @@ def tiktoken_cache_dir() -> Path | None:
 
 def _tiktoken_missing(encoding_name: str) -> str | None:
     """Why ``encoding_name`` cannot be loaded offline, or None when it can."""
-    if encoding_name not in _TIKTOKEN_FILES:
-        return f"unknown tiktoken encoding {encoding_name!r}: use one of {', '.join(_TIKTOKEN_FILES)}"
     try:
         import tiktoken  # noqa: F401
     except ImportError:
@@ -253,6 +260,31 @@ def _tiktoken(encoding_name: str) -> TiktokenCounter:
     return TiktokenCounter(tiktoken.get_encoding(encoding_name), encoding_name)
 
 
+def check_counter_name(name: str) -> str:
+    """``name`` itself when :func:`counter_for` knows it, without loading anything.
+
+    A resources file is checked with this, so it is valid on a machine
+    whatever tiktoken's cache holds there.
+
+    Raises:
+        ConfigError: The name is not one :func:`counter_for` accepts.
+    """
+    if not isinstance(name, str):
+        raise ConfigError("a token counter name must be a string", counter=repr(name))
+    if name in ("minilm", "bert", "estimate", "openai"):
+        return name
+    encoding_name = name.removeprefix("tiktoken:").removesuffix(_FALLBACK_SUFFIX)
+    if name.startswith("tiktoken:") and encoding_name not in _TIKTOKEN_FILES:
+        raise ConfigError(
+            f"unknown tiktoken encoding {encoding_name!r}: use one of {', '.join(_TIKTOKEN_FILES)}", counter=name
+        )
+    if not name.startswith("tiktoken:"):
+        raise ConfigError(
+            f"unknown token counter {name!r}: use minilm, bert, estimate, openai or tiktoken:<encoding>", counter=name
+        )
+    return name
+
+
 def counter_for(name: str | None = None) -> TokenCounter:
     """The token counter a name stands for (see the module docstring for the names).
 
@@ -268,7 +300,7 @@ def counter_for(name: str | None = None) -> TokenCounter:
         ConfigError: The name is unknown, or a tiktoken encoding cannot be
             loaded offline and no fallback was asked for.
     """
-    name = DEFAULT_COUNTER if name is None else name
+    name = check_counter_name(DEFAULT_COUNTER if name is None else name)
     if name in ("minilm", "bert"):
         return MiniLMCounter()
     if name == "estimate":
@@ -278,16 +310,10 @@ def counter_for(name: str | None = None) -> TokenCounter:
             if _tiktoken_missing(encoding_name) is None:
                 return _tiktoken(encoding_name)
         return EstimateCounter()
-    if name.startswith("tiktoken:"):
-        encoding_name = name.removeprefix("tiktoken:")
-        fallback = encoding_name.endswith(_FALLBACK_SUFFIX)
-        encoding_name = encoding_name.removesuffix(_FALLBACK_SUFFIX)
-        problem = _tiktoken_missing(encoding_name)
-        if problem is None:
-            return _tiktoken(encoding_name)
-        if fallback and encoding_name in _TIKTOKEN_FILES:
-            return EstimateCounter()
-        raise ConfigError(problem, counter=name)
-    raise ConfigError(
-        f"unknown token counter {name!r}: use minilm, bert, estimate, openai or tiktoken:<encoding>", counter=name
-    )
+    encoding_name = name.removeprefix("tiktoken:").removesuffix(_FALLBACK_SUFFIX)
+    problem = _tiktoken_missing(encoding_name)
+    if problem is None:
+        return _tiktoken(encoding_name)
+    if name.endswith(_FALLBACK_SUFFIX):
+        return EstimateCounter()
+    raise ConfigError(problem, counter=name)
