@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.resources
+import json
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -214,3 +215,42 @@ def test_resources_are_frozen_and_normalised() -> None:
     assert resource.redactor().redact("ACCT-99 ana@example.org") == "[REDACTED:custom] [REDACTED:email]"
     no_builtins = MemoryResource(id="x", key_template="x", max_tokens=1, builtin_redaction=False)
     assert no_builtins.redactor().redact("ana@example.org") == "ana@example.org"
+
+
+# --- hivemem resources check ---
+
+
+def test_cli_check_lists_resources_as_json() -> None:
+    from click.testing import CliRunner
+
+    from hivemem.cli import main
+
+    example = str(importlib.resources.files("hivemem.data").joinpath("resources.yaml"))
+    result = CliRunner().invoke(main, ["resources", "check", example, "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [(r["id"], r["type"], r["max_tokens"], r["max_messages"], r["strategy"]) for r in rows] == [
+        ("support", "token_based", 4000, None, "fifo"),
+        ("scratchpad", "token_based", 8000, 200, "priority"),
+        ("team-channel", "message_count", None, 50, "lru"),
+    ]
+    table = CliRunner().invoke(main, ["resources", "check", example], env={"COLUMNS": "200"})
+    assert table.exit_code == 0
+    assert "8000 tokens, 200 messages" in table.stdout
+
+
+def test_cli_check_prints_every_error_and_exits_2(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from hivemem.cli import main
+
+    path = write(tmp_path, "resources:\n  a: {key_template: x, max_tokens: 0, strategy: z}\n")
+    result = CliRunner().invoke(main, ["resources", "check", str(path)])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        f"error: {path}: resource 'a': max_tokens: must be a positive whole number",
+        f"error: {path}: resource 'a': strategy: must be one of fifo, lru, lfu, priority",
+    ]
+    as_json = CliRunner().invoke(main, ["--json", "resources", "check", str(tmp_path / "missing.yaml")])
+    assert as_json.exit_code == 2
+    assert json.loads(as_json.stderr)["error"]["code"] == "config_error"
