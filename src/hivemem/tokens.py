@@ -128,7 +128,7 @@ class MiniLMCounter:
         return len(_minilm().encode(_check_text(text), add_special_tokens=False).ids)
 
     def count_many(self, texts: Sequence[str]) -> list[int]:
-        """The counts of ``texts``, tokenized as one batch (several times faster than one by one).
+        """The counts of ``texts``, tokenized as one batch on several threads (faster for long texts).
 
         Raises:
             InvalidInput: An item is not a string.
@@ -159,11 +159,13 @@ class EstimateCounter:
     up to 8 characters is one token (common words are whole entries in the
     vocabulary); a longer one costs one more token per further 3 characters.
     Tuned and measured against the exact :class:`MiniLMCounter` on texts of
-    20+ tokens: on English prose (the Python documentation's topics) the
-    median error is 4% and the 90th percentile 13%; on code and Markdown
-    (HiveMem's own sources) 6% and 15%; ``bench/tokens.py`` re-measures it.
-    Text in other scripts is rougher (Cyrillic is undercounted by about half).
-    Use it where no vocabulary is known; it is not faster than the exact counter.
+    20+ tokens (``bench/tokens.py``): on English prose (the Python
+    documentation's topics) the median error is 4% and the 90th percentile
+    13%; on generated chat sentences 5% and 14% (it overcounts by 6% on
+    average); on code and Markdown (HiveMem's own sources) 6% and 15% (it
+    undercounts by 7%). Text in other scripts is rougher (Cyrillic is
+    undercounted by about half). It is 3-6 times faster than the exact
+    counter; use it where no vocabulary is known.
     """
 
     name = "estimate"
