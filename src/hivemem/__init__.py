@@ -33,7 +33,10 @@ from hivemem.hive import Hive
 from hivemem.leases import Fence, Lease, LeaseSet
 from hivemem.models import Conflict, Group, Hit, Memory, Page, Related, Relation
 from hivemem.records import KeyedOptions, MemoryOptions, RememberOptions
+from hivemem.redaction import Redactor
+from hivemem.resources import MemoryResource, ResourceRegistry
 from hivemem.retrieval.embedders import Embedder, MiniLMEmbedder, OpenAIEmbedder, make_embedder
+from hivemem.tokens import TokenCounter, counter_for
 
 __version__ = "0.1.0"
 
@@ -61,6 +64,7 @@ __all__ = [
     "ManualClock",
     "Memory",
     "MemoryOptions",
+    "MemoryResource",
     "MiniLMEmbedder",
     "NotFound",
     "OpenAIEmbedder",
@@ -68,15 +72,19 @@ __all__ = [
     "PayloadTooLarge",
     "QuotaExceeded",
     "RankingWeights",
+    "Redactor",
     "Related",
     "Relation",
     "RememberOptions",
+    "ResourceRegistry",
     "StaleFencingToken",
     "StorageUnavailable",
     "SystemClock",
+    "TokenCounter",
     "Unauthenticated",
     "VersionConflict",
     "__version__",
+    "counter_for",
     "make_embedder",
     "open",
     "open_async",
