@@ -179,6 +179,7 @@ def test_known_counts() -> None:
     assert counter.count("Hello, world!") == 4
     assert counter.count("HÉLLO") == counter.count("hello") == 1
     assert counter.count("x" * 101) == 1  # one [UNK] for a word over 100 characters
+    assert counter.count("a [SEP] b") == 3  # special tokens in the text are read as such
     assert counter.count("部署") == 2
     assert counter_for("bert").count("unaffable") == counter.count("unaffable") > 1
 
@@ -250,6 +251,19 @@ def test_a_corrupt_cached_file_counts_as_missing(empty_cache: Path) -> None:
     with pytest.raises(ConfigError, match="not in tiktoken's cache"):
         counter_for("tiktoken:cl100k_base")
     assert cached.exists()  # tiktoken would have deleted it and fetched again
+
+
+def test_known_files_match_tiktokens_own() -> None:
+    import inspect
+
+    import tiktoken_ext.openai_public as public  # type: ignore[import-untyped]
+
+    from hivemem.tokens import _TIKTOKEN_FILES
+
+    for name, (url, sha256) in _TIKTOKEN_FILES.items():
+        source = inspect.getsource(getattr(public, name))
+        assert url in source
+        assert sha256 in source
 
 
 def test_cache_dir_follows_tiktoken(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -113,7 +113,8 @@ class MiniLMCounter:
     greedy longest-match WordPiece with ``##`` continuations, and ``[UNK]``
     (one token) for a word over 100 characters; the tokenizer is the
     embedder's (:func:`hivemem.retrieval.embedders.minilm_tokenizer`), so the
-    count is what the model reads. A text longer than the embedder's
+    count is what the model reads: special-token text written in a message,
+    such as ``[SEP]``, is one token. A text longer than the embedder's
     ``max_length`` is still counted in full. Thread-safe.
     """
 
