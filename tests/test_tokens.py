@@ -161,6 +161,15 @@ def test_minilm_matches_the_embedders_tokenizer_without_cls_and_sep() -> None:
         assert counter.count(text) == embedder.count_tokens(text) - 2
 
 
+def test_minilm_matches_tokenizers_bert_wordpiece_tokenizer() -> None:
+    from tokenizers import BertWordPieceTokenizer
+
+    with importlib.resources.as_file(importlib.resources.files("hivemem.data").joinpath("minilm-vocab.txt")) as vocab:
+        bert = BertWordPieceTokenizer(str(vocab), lowercase=True)
+    expected = [len(e.ids) for e in bert.encode_batch(TEXTS, add_special_tokens=False)]
+    assert MiniLMCounter().count_many(TEXTS) == expected
+
+
 def test_count_and_count_many_agree() -> None:
     counter = MiniLMCounter()
     assert counter.count_many(TEXTS[:300]) == [counter.count(t) for t in TEXTS[:300]]
