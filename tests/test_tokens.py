@@ -212,6 +212,20 @@ def test_estimate_is_close_to_minilm_on_prose() -> None:
     assert errors[len(errors) // 2] < 0.15
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Развертывание не удалось из-за ошибки миграции базы данных.",
+        "Η ανάπτυξη απέτυχε λόγω σφάλματος μετανάστευσης.",
+        "部署在迁移数据库时失败了，请检查日志。",
+        "データベースの移行中にデプロイが失敗しました。",
+    ],
+)
+def test_estimate_counts_other_scripts_by_character(text: str) -> None:
+    exact = MiniLMCounter().count(text)
+    assert abs(EstimateCounter().count(text) - exact) <= 0.1 * exact
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.text(max_size=100), st.text(max_size=100))
 def test_estimate_is_additive_over_whitespace(a: str, b: str) -> None:
