@@ -32,6 +32,7 @@ bench-quick: $(STAMP)
 	$(PY) bench/events.py --quick
 	$(PY) bench/load.py --quick
 	$(PY) bench/versioned.py --quick
+	$(PY) bench/tokens.py --quick
 
 bench: $(STAMP)
 	$(PY) bench/ingest.py
@@ -43,3 +44,4 @@ bench: $(STAMP)
 	$(PY) bench/events.py
 	$(PY) bench/load.py
 	$(PY) bench/versioned.py
+	$(PY) bench/tokens.py

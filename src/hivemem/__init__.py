@@ -36,7 +36,10 @@ from hivemem.leases import Fence, Lease, LeaseSet
 from hivemem.models import Conflict, Group, Hit, Memory, Page, Related, Relation
 from hivemem.plans import Plan, PlanProgress, Task
 from hivemem.records import KeyedOptions, MemoryOptions, RememberOptions
+from hivemem.redaction import Redactor
+from hivemem.resources import MemoryResource, ResourceRegistry
 from hivemem.retrieval.embedders import Embedder, MiniLMEmbedder, OpenAIEmbedder, make_embedder
+from hivemem.tokens import TokenCounter, counter_for
 
 __version__ = "0.1.0"
 
@@ -68,6 +71,7 @@ __all__ = [
     "ManualClock",
     "Memory",
     "MemoryOptions",
+    "MemoryResource",
     "MiniLMEmbedder",
     "NotFound",
     "OpenAIEmbedder",
@@ -78,17 +82,21 @@ __all__ = [
     "PlanProgress",
     "QuotaExceeded",
     "RankingWeights",
+    "Redactor",
     "Related",
     "Relation",
     "RememberOptions",
+    "ResourceRegistry",
     "SelectionWeights",
     "StaleFencingToken",
     "StorageUnavailable",
     "SystemClock",
     "Task",
+    "TokenCounter",
     "Unauthenticated",
     "VersionConflict",
     "__version__",
+    "counter_for",
     "make_embedder",
     "open",
     "open_async",

@@ -8,6 +8,7 @@ input, 3 for not found, 1 for anything else.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -614,3 +615,45 @@ def agents_select(
         obj.console.print(table)
 
     obj.emit([s.to_dict() for s in ranking], render)
+
+
+@main.group()
+def resources() -> None:
+    """Memory resources files: the settings of working-memory buffers."""
+
+
+@resources.command("check")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@_command
+def resources_check(obj: Context, file: Path) -> None:
+    """Check a resources file: list its resources, or print every error and exit with 2."""
+    from hivemem.resources import ResourceRegistry
+
+    try:
+        registry = ResourceRegistry.load(file)
+    except ConfigError as exc:
+        if obj.as_json:
+            click.echo(json.dumps({"error": exc.to_dict()}, default=str), err=True)
+        else:
+            for line in exc.details.get("errors") or [exc.message]:
+                click.echo(f"error: {line}", err=True)
+        sys.exit(2)
+    rows = [dataclasses.asdict(registry.get(rid)) for rid in registry.ids()]
+
+    def render() -> None:
+        table = Table("id", "type", "limits", "strategy", "key template", "ttl (s)", "counter")
+        for row in rows:
+            limits = [f"{row[f'max_{unit}']} {unit}" for unit in ("tokens", "messages") if row[f"max_{unit}"]]
+            ttl = "" if row["ttl"] is None else f"{row['ttl']:g}"
+            table.add_row(
+                row["id"],
+                row["type"],
+                ", ".join(limits),
+                row["strategy"],
+                row["key_template"],
+                ttl,
+                row["counter"] or "",
+            )
+        obj.console.print(table)
+
+    obj.emit(rows, render)
