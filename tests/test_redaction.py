@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+import time
 
 import pytest
 from hypothesis import assume, given, settings
@@ -167,3 +168,13 @@ def test_redact_data_walks_json_values() -> None:
 def test_non_string_text_is_refused() -> None:
     with pytest.raises(InvalidInput):
         REDACTOR.redact(42)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "unit", ["a.", "a-", "a", "1", "1 ", "+1 ", "x@", "b.", "eyJaaaaa.", "bearer ", "password=", "sk-", "A/", "(123) "]
+)
+def test_long_adversarial_text_is_redacted_in_linear_time(unit: str) -> None:
+    text = unit * (40_000 // len(unit))
+    start = time.perf_counter()
+    REDACTOR.redact(text)
+    assert time.perf_counter() - start < 1.0  # a backtracking pattern takes minutes here

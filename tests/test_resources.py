@@ -149,9 +149,15 @@ def test_document_shape_errors(document: object, message: str) -> None:
     assert errors_of(document)[0].startswith(message)
 
 
-def test_yaml_syntax_errors_name_the_line(tmp_path: Path) -> None:
+def test_yaml_errors_name_the_line(tmp_path: Path) -> None:
     path = write(tmp_path, "resources:\n  support: [unclosed\n")
     with pytest.raises(ConfigError, match=r"resources.yaml: line \d+, column \d+: not valid YAML"):
+        ResourceRegistry.load(path)
+    path = write(tmp_path, "resources:\n  a: {key_template: x, max_tokens: 5}\n  a: {key_template: y, max_tokens: 6}\n")
+    with pytest.raises(ConfigError, match=r"line 3, column 3: not valid YAML: 'a' is written twice"):
+        ResourceRegistry.load(path)
+    path = write(tmp_path, "resources:\n  a: !!python/object:os.system {}\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
         ResourceRegistry.load(path)
     with pytest.raises(ConfigError, match="cannot read"):
         ResourceRegistry.load(tmp_path / "missing.yaml")

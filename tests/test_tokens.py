@@ -161,6 +161,15 @@ def test_minilm_matches_the_embedders_tokenizer_without_cls_and_sep() -> None:
         assert counter.count(text) == embedder.count_tokens(text) - 2
 
 
+def test_minilm_matches_tokenizers_bert_wordpiece_tokenizer() -> None:
+    from tokenizers import BertWordPieceTokenizer
+
+    with importlib.resources.as_file(importlib.resources.files("hivemem.data").joinpath("minilm-vocab.txt")) as vocab:
+        bert = BertWordPieceTokenizer(str(vocab), lowercase=True)
+    expected = [len(e.ids) for e in bert.encode_batch(TEXTS, add_special_tokens=False)]
+    assert MiniLMCounter().count_many(TEXTS) == expected
+
+
 def test_count_and_count_many_agree() -> None:
     counter = MiniLMCounter()
     assert counter.count_many(TEXTS[:300]) == [counter.count(t) for t in TEXTS[:300]]
@@ -179,6 +188,7 @@ def test_known_counts() -> None:
     assert counter.count("Hello, world!") == 4
     assert counter.count("HÉLLO") == counter.count("hello") == 1
     assert counter.count("x" * 101) == 1  # one [UNK] for a word over 100 characters
+    assert counter.count("a [SEP] b") == 3  # special tokens in the text are read as such
     assert counter.count("部署") == 2
     assert counter_for("bert").count("unaffable") == counter.count("unaffable") > 1
 
@@ -200,6 +210,20 @@ def test_estimate_is_close_to_minilm_on_prose() -> None:
     errors = sorted(abs(e - x) / x for e, x in zip(estimate, exact, strict=True) if x >= 20)
     assert len(errors) > 20
     assert errors[len(errors) // 2] < 0.15
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Развертывание не удалось из-за ошибки миграции базы данных.",
+        "Η ανάπτυξη απέτυχε λόγω σφάλματος μετανάστευσης.",
+        "部署在迁移数据库时失败了，请检查日志。",
+        "データベースの移行中にデプロイが失敗しました。",
+    ],
+)
+def test_estimate_counts_other_scripts_by_character(text: str) -> None:
+    exact = MiniLMCounter().count(text)
+    assert abs(EstimateCounter().count(text) - exact) <= 0.1 * exact
 
 
 @settings(max_examples=200, deadline=None)
@@ -250,6 +274,19 @@ def test_a_corrupt_cached_file_counts_as_missing(empty_cache: Path) -> None:
     with pytest.raises(ConfigError, match="not in tiktoken's cache"):
         counter_for("tiktoken:cl100k_base")
     assert cached.exists()  # tiktoken would have deleted it and fetched again
+
+
+def test_known_files_match_tiktokens_own() -> None:
+    import inspect
+
+    import tiktoken_ext.openai_public as public  # type: ignore[import-untyped]
+
+    from hivemem.tokens import _TIKTOKEN_FILES
+
+    for name, (url, sha256) in _TIKTOKEN_FILES.items():
+        source = inspect.getsource(getattr(public, name))
+        assert url in source
+        assert sha256 in source
 
 
 def test_cache_dir_follows_tiktoken(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

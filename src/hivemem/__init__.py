@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from hivemem.aclient import AsyncRemoteHive
+from hivemem.agents import AgentProfile, AgentScore, ExperienceContext, Outcome
 from hivemem.clock import Clock, ManualClock, SystemClock
-from hivemem.config import HiveConfig, RankingWeights
+from hivemem.config import HiveConfig, RankingWeights, SelectionWeights
 from hivemem.conflicts import ConflictResolver
 from hivemem.errors import (
     ConfigError,
@@ -19,6 +20,7 @@ from hivemem.errors import (
     Forbidden,
     HiveError,
     InvalidInput,
+    InvalidTransition,
     LeaseExpired,
     LockHeld,
     NotFound,
@@ -33,6 +35,7 @@ from hivemem.hive import Hive
 from hivemem.leases import Fence, Lease, LeaseSet
 from hivemem.models import Conflict, Group, Hit, Memory, Page, Related, Relation
 from hivemem.packing import Pack, PackItem
+from hivemem.plans import Plan, PlanProgress, Task
 from hivemem.records import KeyedOptions, MemoryOptions, RememberOptions
 from hivemem.redaction import Redactor
 from hivemem.resources import MemoryResource, ResourceRegistry
@@ -44,6 +47,8 @@ from hivemem.working import BufferSettings, WorkingMemory, WorkingMessage, Worki
 __version__ = "0.1.0"
 
 __all__ = [
+    "AgentProfile",
+    "AgentScore",
     "AsyncRemoteHive",
     "BufferSettings",
     "ChatSummarizer",
@@ -53,6 +58,7 @@ __all__ = [
     "ConflictResolver",
     "Embedder",
     "EmbedderUnavailable",
+    "ExperienceContext",
     "ExtractiveSummarizer",
     "Fence",
     "Forbidden",
@@ -62,6 +68,7 @@ __all__ = [
     "HiveConfig",
     "HiveError",
     "InvalidInput",
+    "InvalidTransition",
     "KeyedOptions",
     "Lease",
     "LeaseExpired",
@@ -74,10 +81,13 @@ __all__ = [
     "MiniLMEmbedder",
     "NotFound",
     "OpenAIEmbedder",
+    "Outcome",
     "Pack",
     "PackItem",
     "Page",
     "PayloadTooLarge",
+    "Plan",
+    "PlanProgress",
     "QuotaExceeded",
     "RankingWeights",
     "Redactor",
@@ -85,10 +95,12 @@ __all__ = [
     "Relation",
     "RememberOptions",
     "ResourceRegistry",
+    "SelectionWeights",
     "StaleFencingToken",
     "StorageUnavailable",
     "Summarizer",
     "SystemClock",
+    "Task",
     "TokenCounter",
     "Unauthenticated",
     "VersionConflict",

@@ -48,8 +48,10 @@ class _Pattern:
     accept: Callable[[str], bool] | None = None
 
 
+# The name's ending is enough (DB_PASSWORD, github_token...): the value after it is what goes.
+# No pattern for the name's beginning: one would backtrack quadratically over long dotted words.
 _ASSIGNED_NAME: Final = (
-    r"[A-Za-z0-9_.-]*(?:password|passwd|passphrase|pwd|secret|api[_-]?key|apikey|access[_-]?key|"
+    r"(?:password|passwd|passphrase|pwd|secret|api[_-]?key|apikey|access[_-]?key|"
     r"auth[_-]?token|access[_-]?token|refresh[_-]?token|private[_-]?key|client[_-]?secret|credentials?)"
 )
 
@@ -76,7 +78,7 @@ _BUILTINS: Final = (
     _Pattern(
         "secret",
         re.compile(
-            r"(?i)\b"
+            r"(?i)"
             + _ASSIGNED_NAME
             + r"[\"']?\s*[:=]\s*"
             + _NOT_PLACEHOLDER

@@ -308,7 +308,9 @@ class ResourceRegistry:
             :meth:`from_mapping`); errors start with it.
     """
 
-    def __init__(self, resources: Mapping[str, MemoryResource], agents: Mapping[str, Mapping[str, Any]], source: str):
+    def __init__(
+        self, resources: Mapping[str, MemoryResource], agents: Mapping[str, Mapping[str, Any]], source: str
+    ) -> None:
         """Use :meth:`load` or :meth:`from_mapping`; this takes already checked parts."""
         self.source = source
         self._resources = dict(resources)
@@ -335,7 +337,7 @@ class ResourceRegistry:
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{source}: cannot read: {exc}", source=source) from None
         try:
-            mapping = yaml.safe_load(text)
+            mapping = yaml.load(text, Loader=_strict_loader())  # a SafeLoader: builds no arbitrary objects
         except yaml.YAMLError as exc:
             where = ""
             mark = getattr(exc, "problem_mark", None)
@@ -433,6 +435,25 @@ class ResourceRegistry:
         if not agent_fields and not overrides:
             return resource
         return dataclasses.replace(resource, **{**agent_fields, **overrides})
+
+
+def _strict_loader() -> type[Any]:
+    """A YAML safe loader that refuses a key written twice in one mapping (PyYAML keeps the last)."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+            seen: set[Any] = set()
+            for key_node, _value in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"{key!r} is written twice in one mapping", key_node.start_mark
+                    )
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return StrictLoader
 
 
 def _build(errors: _Errors, where: str, values: dict[str, Any]) -> MemoryResource | None:

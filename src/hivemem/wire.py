@@ -24,18 +24,34 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from hivemem.agents import AgentProfile, AgentScore, ExperienceContext, Outcome
 from hivemem.errors import InvalidInput
 from hivemem.events import Event
 from hivemem.leases import Fence, Lease
 from hivemem.models import Conflict, Group, Hit, Memory, Page, Related, Relation
 from hivemem.packing import Pack
+from hivemem.plans import Plan, Task
 from hivemem.validation import timestamp
 from hivemem.working import WorkingMessage, WorkingStats
 
 #: Arguments that are datetimes in Python and ISO 8601 text on the wire.
 TIME_ARGUMENTS = frozenset({"occurred_at", "expires_at", "since", "until"})
 _PATH_PARAM = re.compile(r"{(\w+)}")
-_NO_KEY = frozenset({"list", "recall", "sweep", "events", "inbox_messages", "conflicts", "working_messages", "pack"})
+_NO_KEY = frozenset(
+    {
+        "list",
+        "recall",
+        "sweep",
+        "events",
+        "inbox_messages",
+        "conflicts",
+        "plans",
+        "select_agent",
+        "context_for",
+        "working_messages",
+        "pack",
+    }
+)
 #: Arguments that take a conflict strategy: a name travels, a function cannot.
 STRATEGY_ARGUMENTS = frozenset({"on_conflict", "strategy"})
 
@@ -151,6 +167,16 @@ ROUTES: tuple[Route, ...] = (
     Route("set_conflict_strategy", "POST", "/v1/conflict-strategies"),
     Route("get_conflict_strategy", "GET", "/v1/conflict-strategies"),
     Route("conflicts", "POST", "/v1/conflicts/list", _each(_conflict)),
+    Route("create_plan", "POST", "/v1/plans", Plan.from_dict, 201),
+    Route("plans", "POST", "/v1/plans/list", _each(Plan.from_dict)),
+    Route("plan", "GET", "/v1/plans/{plan_id}", Plan.from_dict),
+    Route("transition_task", "POST", "/v1/plans/{plan_id}/tasks/{task_id}/state", Task.from_dict),
+    Route("assign_task", "POST", "/v1/plans/{plan_id}/tasks/{task_id}/assign", Task.from_dict),
+    Route("register_agent", "POST", "/v1/agents", AgentProfile.from_dict),
+    Route("agents", "GET", "/v1/agents", _each(AgentProfile.from_dict)),
+    Route("record_outcome", "POST", "/v1/agents/outcomes", Outcome.from_dict, 201),
+    Route("select_agent", "POST", "/v1/agents/select", _each(AgentScore.from_dict)),
+    Route("context_for", "POST", "/v1/agents/context", ExperienceContext.from_dict),
     Route("working_append", "POST", "/v1/working/append", WorkingStats.from_dict),
     Route("working_messages", "POST", "/v1/working/messages", _each(WorkingMessage.from_dict)),
     Route("working_clear", "POST", "/v1/working/clear"),
@@ -248,6 +274,8 @@ _RECORDS = (Memory, Hit, Related, Relation, Group, Lease, Event, Conflict, Worki
 def to_json(result: Any) -> Any:
     """A Hive method's result as JSON-ready data (reversed by the route's ``decode``)."""
     if isinstance(result, _RECORDS):
+        return result.to_dict()
+    if isinstance(result, Plan | Task | AgentProfile | AgentScore | Outcome | ExperienceContext):
         return result.to_dict()
     if isinstance(result, Page):
         return {"items": [m.to_dict() for m in result.items], "next_cursor": result.next_cursor}
