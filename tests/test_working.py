@@ -531,3 +531,26 @@ def test_cli_working_show_append_flush_clear(tmp_path: Path) -> None:
     assert cli_json(db, "working", "flush", "t/s")["summarized"] == 2  # the older half; never the newest
     assert cli_json(db, "working", "clear", "t/s")["cleared"] == 4
     assert cli_json(db, "working", "show", "t/s")["messages"] == []
+
+
+def test_open_with_the_shipped_resources_file_embedded_and_over_http(tmp_path: Path) -> None:
+    import importlib.resources
+
+    from http_server import ServedHive
+
+    shipped = str(importlib.resources.files("hivemem") / "data" / "resources.yaml")
+    served = ServedHive(hivemem.open(str(tmp_path / "served.db"), embedder=None), auth=False)
+    try:
+        with hivemem.open(str(tmp_path / "h.db"), embedder=None, resources=shipped) as embedded:
+            remote = hivemem.open(served.url, resources=shipped)
+            for hive in (embedded, remote):
+                chat = hive.working("support", user_id="u1")
+                assert chat.key == "support/u1" and chat.settings.max_tokens == 4000 and chat.settings.archive
+                assert chat.append("system", "never stored: the file lists system in never_persist_roles").dropped
+                chat.append("user", "account ACCT-12345678, mail ann@example.com")
+                (message,) = chat.messages()
+                assert "ACCT-12345678" not in message.content and "ann@example.com" not in message.content
+                assert hive.working("support", user_id="u1", agent="triage-bot").settings.max_tokens == 2000
+            remote.close()
+    finally:
+        served.close()
