@@ -226,6 +226,10 @@ def test_manual_flush_and_clear(hive: Hive) -> None:
     assert got[0].metadata["summary_of"] == [1, 2] and "Sentence 0" in got[0].content
     assert w.stats().flushes == 1
     assert w.clear() == 5
+    events = hive.events("team", types=["working.appended", "working.flushed", "working.cleared"])
+    assert [e.type for e in events] == ["working.appended"] * 6 + ["working.flushed", "working.cleared"]
+    assert events[0].subject == KEY and events[0].data["seq"] == 1 and "content" not in events[0].data
+    assert events[-2].data == {"replaced": [1, 2], "summarized": 2} and events[-1].data == {"messages": 5}
     assert w.messages() == [] and w.stats().flushes == 1
 
 

@@ -189,6 +189,8 @@ def append(
         tx.add_working_message(ns, message)
         row["evictions"] += len(evicted)
         left = [*(m for m in live if m["seq"] not in evict), message]
+        event = {"seq": message["seq"], "role": role, "tokens": message["tokens"], "evicted": len(evicted)}
+        tx.record_event(ns, "working.appended", ns, event)
         if inline and above_threshold(sum(int(m["tokens"]) for m in left), len(left), chosen):
             left = _flush_inline(hive, tx, ns, row, chosen, left, now)
         tx.put_working_buffer(ns, row, now)
@@ -274,6 +276,7 @@ def clear(hive: Hive, key: str) -> int:
             return 0
         count = len(tx.working_entries(ns))
         tx.clear_working_messages(ns)
+        tx.record_event(ns, "working.cleared", ns, {"messages": count})
         return count
 
     return hive._write(write)
@@ -390,6 +393,7 @@ def _apply_flush(
     tx.drop_working_messages(ns, seqs)
     row["flushes"] += 1
     row["summarized"] += len(originals)
+    tx.record_event(ns, "working.flushed", ns, {"replaced": seqs, "summarized": len(originals)})
     if not summary:
         return None
     message = {
