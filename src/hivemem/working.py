@@ -27,7 +27,7 @@ from hivemem.tokens import TokenCounter, counter_for
 if TYPE_CHECKING:
     from hivemem.hive import Hive
     from hivemem.packing import Pack
-    from hivemem.resources import ResourceRegistry
+    from hivemem.resources import MemoryResource, ResourceRegistry
 
 STRATEGIES = ("fifo", "lru", "lfu", "priority")
 #: Roles whose messages are never evicted or summarised.
@@ -98,9 +98,9 @@ class BufferSettings:
         return settings
 
     @classmethod
-    def of_resource(cls, resource: Any) -> BufferSettings:
+    def of_resource(cls, resource: MemoryResource) -> BufferSettings:
         """The settings a :class:`hivemem.resources.MemoryResource` gives its buffers."""
-        token_based = getattr(resource, "type", "token_based") != "message_count"
+        token_based = resource.type != "message_count"
         return cls.of(
             {
                 "max_tokens": resource.max_tokens if token_based else None,
