@@ -33,6 +33,7 @@ bench-quick: $(STAMP)
 	$(PY) bench/load.py --quick
 	$(PY) bench/versioned.py --quick
 	$(PY) bench/tokens.py --quick
+	$(PY) bench/working.py --quick
 
 bench: $(STAMP)
 	$(PY) bench/ingest.py
@@ -45,3 +46,4 @@ bench: $(STAMP)
 	$(PY) bench/load.py
 	$(PY) bench/versioned.py
 	$(PY) bench/tokens.py
+	$(PY) bench/working.py

@@ -34,12 +34,15 @@ from hivemem.errors import (
 from hivemem.hive import Hive
 from hivemem.leases import Fence, Lease, LeaseSet
 from hivemem.models import Conflict, Group, Hit, Memory, Page, Related, Relation
+from hivemem.packing import Pack, PackItem
 from hivemem.plans import Plan, PlanProgress, Task
 from hivemem.records import KeyedOptions, MemoryOptions, RememberOptions
 from hivemem.redaction import Redactor
 from hivemem.resources import MemoryResource, ResourceRegistry
 from hivemem.retrieval.embedders import Embedder, MiniLMEmbedder, OpenAIEmbedder, make_embedder
+from hivemem.summarize import ChatSummarizer, ExtractiveSummarizer, Summarizer
 from hivemem.tokens import TokenCounter, counter_for
+from hivemem.working import BufferSettings, WorkingMemory, WorkingMessage, WorkingStats
 
 __version__ = "0.1.0"
 
@@ -47,6 +50,8 @@ __all__ = [
     "AgentProfile",
     "AgentScore",
     "AsyncRemoteHive",
+    "BufferSettings",
+    "ChatSummarizer",
     "Clock",
     "ConfigError",
     "Conflict",
@@ -54,6 +59,7 @@ __all__ = [
     "Embedder",
     "EmbedderUnavailable",
     "ExperienceContext",
+    "ExtractiveSummarizer",
     "Fence",
     "Forbidden",
     "Group",
@@ -76,6 +82,8 @@ __all__ = [
     "NotFound",
     "OpenAIEmbedder",
     "Outcome",
+    "Pack",
+    "PackItem",
     "Page",
     "PayloadTooLarge",
     "Plan",
@@ -90,11 +98,15 @@ __all__ = [
     "SelectionWeights",
     "StaleFencingToken",
     "StorageUnavailable",
+    "Summarizer",
     "SystemClock",
     "Task",
     "TokenCounter",
     "Unauthenticated",
     "VersionConflict",
+    "WorkingMemory",
+    "WorkingMessage",
+    "WorkingStats",
     "__version__",
     "counter_for",
     "make_embedder",
@@ -126,7 +138,8 @@ def open(
         clock: Source of the current time (tests inject :class:`ManualClock`).
         config: A base configuration; ``options`` override its fields.
         **options: Any :class:`HiveConfig` field, e.g. ``synchronous="normal"``
-            or ``ranking={"recency": 0.1}``.
+            or ``ranking={"recency": 0.1}``; and ``resources``, a memory resources
+            file (YAML) for :meth:`Hive.working`.
 
     Returns:
         A Hive; close it or use it as a context manager.
@@ -140,9 +153,14 @@ def open(
     if is_server_url(target):
         from hivemem.client import RemoteHive
 
-        return RemoteHive(target, **client_options(options))
+        resources = options.pop("resources", None)
+        remote = RemoteHive(target, **client_options(options))
+        if resources is not None:
+            remote.load_resources(resources)
+        return remote
     from hivemem.storage import open_store
 
+    resources = options.pop("resources", None)
     base = config or HiveConfig()
     cfg = base.with_options(url=target, **options)
     if embedder is _DEFAULT:
@@ -151,7 +169,10 @@ def open(
         embedder = make_embedder(embedder, base_url=cfg.embedder_url, api_key=cfg.embedder_api_key)
     store = open_store(cfg)
     try:
-        return Hive(store, embedder, cfg, clock)
+        hive = Hive(store, embedder, cfg, clock)
+        if resources is not None:
+            hive.load_resources(resources)
+        return hive
     except BaseException:
         store.close()
         raise

@@ -657,3 +657,74 @@ def resources_check(obj: Context, file: Path) -> None:
         obj.console.print(table)
 
     obj.emit(rows, render)
+
+
+@main.group()
+def working() -> None:
+    """Working-memory buffers: show, append, flush, clear."""
+
+
+def _message_table(messages: list[Any], console: Console) -> None:
+    table = Table("seq", "role", "tokens", "pin", "content")
+    for m in messages:
+        table.add_row(str(m.seq), m.role, str(m.tokens), "yes" if m.pinned else "", _short(m.content))
+    console.print(table if messages else "no messages")
+
+
+@working.command("show")
+@click.argument("key")
+@click.option("--budget", type=int, help="Only system and pinned messages and the newest that fit this many tokens.")
+@_command
+def working_show(obj: Context, key: str, budget: int | None) -> None:
+    """A buffer's messages and stats."""
+    with obj.open() as hive:
+        messages = hive.working_messages(key, token_budget=budget)
+        stats = hive.working_stats(key)
+
+    def render() -> None:
+        _message_table(messages, obj.console)
+        obj.console.print(
+            f"{stats.messages} messages, {stats.tokens} tokens; {stats.evictions} evicted, {stats.flushes} flushes"
+        )
+
+    obj.emit({"messages": [m.to_dict() for m in messages], "stats": stats.to_dict()}, render)
+
+
+@working.command("append")
+@click.argument("key")
+@click.argument("role")
+@click.argument("content")
+@click.option("--priority", type=int, default=0, show_default=True)
+@click.option("--pin", is_flag=True, help="Never evict or summarise this message.")
+@click.option("--max-tokens", type=int, help="Set the buffer's token limit (with the other settings given).")
+@click.option("--max-messages", type=int, help="Set the buffer's message limit.")
+@click.option("--strategy", type=click.Choice(["fifo", "lru", "lfu", "priority"]), help="Set the eviction strategy.")
+@_command
+def working_append(obj: Context, key: str, role: str, content: str, priority: int, pin: bool, **limits: Any) -> None:
+    """Append a message; the buffer keeps its stored settings unless limits are given."""
+    given = {name: value for name, value in limits.items() if value is not None}
+    if given.get("max_messages") is not None and "max_tokens" not in given:
+        given["max_tokens"] = None
+    with obj.open() as hive:
+        stats = hive.working_append(key, role, content, priority=priority, pinned=pin, settings=given or None)
+    obj.emit(stats.to_dict(), lambda: obj.console.print(f"{stats.messages} messages, {stats.tokens} tokens"))
+
+
+@working.command("flush")
+@click.argument("key")
+@_command
+def working_flush(obj: Context, key: str) -> None:
+    """Summarise the buffer's oldest messages now."""
+    with obj.open() as hive:
+        count = hive.working_flush(key)
+    obj.emit({"summarized": count}, lambda: obj.console.print(f"summarised {count} messages"))
+
+
+@working.command("clear")
+@click.argument("key")
+@_command
+def working_clear(obj: Context, key: str) -> None:
+    """Delete every message of the buffer."""
+    with obj.open() as hive:
+        count = hive.working_clear(key)
+    obj.emit({"cleared": count}, lambda: obj.console.print(f"cleared {count} messages"))

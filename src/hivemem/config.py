@@ -122,6 +122,10 @@ class HiveConfig:
             ``Idempotency-Key``) remembers a key and its result.
         ranking: Recall weights.
         selection: Agent selection weights (``select_agent``).
+        summarizer: What a working-memory flush summarises with: ``extractive``
+            (offline, deterministic) or ``openai:<model>`` (an OpenAI-compatible chat API).
+        summarizer_url: Base URL of that chat API (``.../v1``).
+        summarizer_api_key: Key for that API.
     """
 
     url: str = "hive.db"
@@ -140,6 +144,9 @@ class HiveConfig:
     idempotency_ttl_seconds: int = 24 * 3600
     ranking: RankingWeights = field(default_factory=RankingWeights)
     selection: SelectionWeights = field(default_factory=SelectionWeights)
+    summarizer: str = "extractive"
+    summarizer_url: str | None = None
+    summarizer_api_key: str | None = None
 
     def __post_init__(self) -> None:
         if self.synchronous not in ("full", "normal", "extra"):

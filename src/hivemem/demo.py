@@ -3,11 +3,15 @@
 Three agents of one swarm share what they learn: a researcher stores facts
 and an entity, a coder records what worked and what failed, a reviewer adds a
 rule. A new agent then recalls what the swarm knows before starting a similar
-task, and the scores show why each memory ranked where it did.
+task, and the scores show why each memory ranked where it did. Last, a
+support conversation runs in a working-memory buffer from the example
+resources file: secrets are redacted before they are stored, and a prompt is
+packed from the conversation and the swarm's memories within a token budget.
 """
 
 from __future__ import annotations
 
+import importlib.resources
 import tempfile
 import time
 from pathlib import Path
@@ -110,4 +114,21 @@ def run_demo(config: HiveConfig, console: Console, *, explicit_db: bool) -> None
                 f"[bold]Entity:[/bold] {entity.data['name']} {entity.data['properties']} "
                 f"(seen {entity.data['interactions']} times)"
             )
+            _working_memory(hive, console, task)
         console.print(f"\ndemo finished in {time.perf_counter() - started:.2f} s")
+
+
+def _working_memory(hive: hivemem.Hive, console: Console, task: str) -> None:
+    """A support chat in a buffer of the shipped example resources file, then a packed prompt."""
+    hive.load_resources(str(importlib.resources.files("hivemem") / "data" / "resources.yaml"))
+    chat = hive.working("support", user_id="u-42")
+    chat.append("user", "Refunds for account ACCT-12345678 keep failing; mail me at ann@example.com.")
+    chat.append("assistant", "The payments API returned 429: the sync sends too many requests per minute.")
+    stats = chat.append("user", "How should the refund sync call it then?")
+    console.print(f"\n[bold]Working memory[/bold] {chat.key}: {stats.messages} messages, {stats.tokens} tokens")
+    for message in chat.messages():
+        console.print(f"  {message.role}: {message.content}")
+    packed = hive.pack(task, token_budget=120, working=chat.key, namespace=SWARM, k=3)
+    left = ", ".join(f"{item.source} {item.ref[:8]} ({item.reason})" for item in packed.left_out) or "nothing"
+    console.print(f"[bold]Packed prompt[/bold] ({packed.tokens}/{packed.budget} tokens; left out: {left}):")
+    console.print(packed.text)

@@ -48,6 +48,9 @@ TYPES = (
     "message",
     "plan.created",
     "task.state_changed",
+    "working.appended",
+    "working.flushed",
+    "working.cleared",
 )
 
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
 from hivemem import agents as agent_rules
 from hivemem import leases
@@ -34,6 +34,7 @@ from hivemem.errors import Forbidden, InvalidInput, NotFound, PayloadTooLarge, U
 from hivemem.events import MAX_SEQ, Event, Inbox, sequence_number, types_of
 from hivemem.leases import Fence, Lease, LeaseRequest, LeaseSet
 from hivemem.models import Conflict, Group, Hit, Memory, Page, Related, Relation, decode_cursor, encode_cursor
+from hivemem.packing import Pack
 from hivemem.plans import Plan, Task
 from hivemem.records import (
     UPDATE_FIELDS,
@@ -54,6 +55,11 @@ from hivemem.records import (
 from hivemem.retrieval.embedders import Embedder
 from hivemem.retrieval.search import Retriever
 from hivemem.storage.base import ORDER_COLUMNS, MemoryFilter, Store, StoreTx, T
+from hivemem.summarize import Summarizer, make_summarizer
+from hivemem.working import BufferSettings, WorkingMemory, WorkingMessage, WorkingStats
+
+if TYPE_CHECKING:
+    from hivemem.resources import ResourceRegistry
 
 
 class _Unset:
@@ -121,6 +127,9 @@ class Hive:
         self._owns_store = True
         self._retriever = Retriever(store, embedder, config.ranking)
         self._conflicts = ConflictPolicy(config)
+        self.summarizer: Summarizer = make_summarizer(
+            config.summarizer, base_url=config.summarizer_url, api_key=config.summarizer_api_key
+        )
         if embedder is not None:
             store.bind_embedder(embedder.name, embedder.dim)
 
@@ -1708,6 +1717,171 @@ class Hive:
         # Tokens are estimated (agents.estimate_tokens) until HiveMem has a token counter to name;
         # format_context takes any count(text) -> int.
         return agent_rules.format_context(who, hits, budget)
+
+    # -- working memory (see hivemem.working) --------------------------------------------------
+
+    def load_resources(self, resources: str | ResourceRegistry | None) -> ResourceRegistry | None:
+        """Use a memory resources file (YAML) or registry for :meth:`working`; None forgets it.
+
+        Raises:
+            InvalidInput: The file is malformed (see ``hivemem resources check``).
+        """
+        from hivemem.resources import ResourceRegistry
+
+        registry = ResourceRegistry.load(resources) if isinstance(resources, str) else resources
+        self._resources: ResourceRegistry | None = registry
+        return registry
+
+    def working(self, key_or_resource: str, /, *, agent: str | None = None, **options: Any) -> WorkingMemory:
+        """A handle on a working-memory buffer: ``append``, ``messages``, ``clear``, ``flush``, ``stats``.
+
+        With a resource id of the loaded resources (:meth:`load_resources`,
+        ``hivemem.open(..., resources="file.yaml")``), its key template is filled
+        from ``options`` (``hive.working("support", user_id="u1")``) and its
+        settings apply, overridden by the agent's, overridden by ``options`` that
+        name a setting (``max_tokens=2000``). Anything else is the buffer's key
+        itself (a namespace path) and ``options`` are its settings
+        (:class:`~hivemem.working.BufferSettings`); with no options the handle
+        uses the buffer's stored settings (the defaults for a new buffer).
+
+        Raises:
+            InvalidInput: A bad key, template variable or setting.
+        """
+        from hivemem.buffers import buffer_key
+        from hivemem.working import resource_handle
+
+        registry: ResourceRegistry | None = getattr(self, "_resources", None)
+        if registry is not None and isinstance(key_or_resource, str):
+            handle = resource_handle(self, registry, key_or_resource, agent, options)
+            if handle is not None:
+                return handle
+        return WorkingMemory(self, buffer_key(key_or_resource), BufferSettings.of(options, "options"), bool(options))
+
+    def working_append(
+        self,
+        key: str,
+        role: str,
+        content: str,
+        *,
+        priority: int = 0,
+        metadata: Mapping[str, Any] | None = None,
+        pinned: bool = False,
+        settings: Mapping[str, Any] | None = None,
+    ) -> WorkingStats:
+        """Append a message to a working-memory buffer, keeping it within its limits, in one transaction.
+
+        Content is redacted with the buffer's patterns before it is stored; a
+        role in ``never_persist_roles`` is dropped (not stored; ``dropped`` is 1).
+        If the buffer is over a limit, the strategy's messages are evicted
+        (archived as memories of kind ``message`` if the buffer archives); system
+        and pinned messages and this message are never evicted. If the buffer is
+        then above its flush threshold, its oldest part is summarised: in the
+        same transaction with the extractive summarizer; with a model, after it
+        commits (then the stats returned are those before the flush).
+
+        Args:
+            key: The buffer, a namespace path (needs write access).
+            role: ``user``, ``assistant``, ``system``, ``tool``...
+            content: The message text.
+            priority: Kept longer by the ``priority`` strategy when higher.
+            metadata: A JSON object kept with the message; ``{"pinned": true}`` pins it.
+            pinned: Never evict or summarise this message.
+            settings: The buffer's settings (see BufferSettings); given, they replace the stored ones.
+
+        Returns:
+            The buffer's stats after the append.
+
+        Raises:
+            PayloadTooLarge: This message with the system and pinned ones exceeds a limit; nothing is stored.
+            InvalidInput: A bad key, role, content, priority, metadata or setting.
+            Forbidden: No write access to the key.
+        """
+        from hivemem import buffers
+
+        return buffers.append(
+            self, key, role, content, priority=priority, metadata=metadata, pinned=pinned, settings=settings
+        )
+
+    def working_messages(self, key: str, *, token_budget: int | None = None) -> builtins.list[WorkingMessage]:
+        """A buffer's messages, oldest first; with a budget, system and pinned ones, then the newest that fit.
+
+        Counts the read for the ``lru`` and ``lfu`` strategies. An unknown buffer has none.
+
+        Args:
+            key: The buffer (needs read access).
+            token_budget: Most tokens to return.
+
+        Raises:
+            InvalidInput: A bad key or budget.
+        """
+        from hivemem import buffers
+
+        return buffers.messages(self, key, token_budget)
+
+    def working_clear(self, key: str) -> int:
+        """Delete every message of a buffer (its settings and counters stay); returns how many.
+
+        Raises:
+            InvalidInput: A bad key.
+            Forbidden: No write access to the key.
+        """
+        from hivemem import buffers
+
+        return buffers.clear(self, key)
+
+    def working_flush(self, key: str) -> int:
+        """Summarise a buffer's oldest messages into one ``summary`` message now; returns how many it replaced.
+
+        The summary and the removal commit in one transaction (archiving the
+        originals as memories if the buffer archives), so a crash leaves either
+        both or neither.
+
+        Raises:
+            InvalidInput: A bad key.
+            Forbidden: No write access to the key.
+        """
+        from hivemem import buffers
+
+        return buffers.flush(self, key)
+
+    def working_stats(self, key: str) -> WorkingStats:
+        """A buffer's tokens, messages, evictions, flushes and settings (zeros for an unknown buffer).
+
+        Raises:
+            InvalidInput: A bad key.
+        """
+        from hivemem import buffers
+
+        return buffers.stats(self, key)
+
+    def pack(
+        self,
+        query: str,
+        *,
+        token_budget: int,
+        working: str | None = None,
+        namespace: str | None = None,
+        k: int = 10,
+    ) -> Pack:
+        """Prompt text combining a working-memory buffer with recalled memories, within ``token_budget``.
+
+        Fills the budget with the buffer's system and pinned messages, then the
+        best recalled memories (up to half of what is left), then the newest
+        messages, then more memories; ``left_out`` says what did not fit and why.
+
+        Args:
+            query: What to recall memories for.
+            token_budget: Most tokens the text may count (by the buffer's counter).
+            working: A buffer key, or None for recalled memories only.
+            namespace: Where to recall from (a prefix); None for everything readable.
+            k: How many memories to recall.
+
+        Raises:
+            InvalidInput: A bad argument.
+        """
+        from hivemem.packing import pack
+
+        return pack(self, query, token_budget, working, namespace, k)
 
     # -- helpers -------------------------------------------------------------------------------
 

@@ -236,6 +236,7 @@ def create_app(
         responses=_EXPORT_RESPONSES,
     )
     def export(request: Request, namespace: str | None = None) -> Response:
+        _single_values(request)
         memories = caller(request).export(namespace)  # reads the first page: a bad namespace is a 422, not a cut stream
         lines = (f"{_dumps(m.to_dict())}\n" for m in memories)
         return StreamingResponse(lines, media_type="application/x-ndjson")
@@ -458,7 +459,16 @@ async def _json_object(request: Request) -> dict[str, Any]:
     return body
 
 
+def _single_values(request: Request) -> None:
+    """Refuse a query string naming an argument twice (it would silently take one of the values)."""
+    names = [name for name, _ in request.query_params.multi_items()]
+    for name in names:
+        if names.count(name) > 1:
+            raise InvalidInput(name, "is given more than once")
+
+
 def _query_arguments(request: Request, operation: Operation) -> dict[str, Any]:
+    _single_values(request)
     out: dict[str, Any] = {}
     for name, value in request.query_params.items():
         if name in operation.flags:

@@ -29,14 +29,28 @@ from hivemem.errors import InvalidInput
 from hivemem.events import Event
 from hivemem.leases import Fence, Lease
 from hivemem.models import Conflict, Group, Hit, Memory, Page, Related, Relation
+from hivemem.packing import Pack
 from hivemem.plans import Plan, Task
 from hivemem.validation import timestamp
+from hivemem.working import WorkingMessage, WorkingStats
 
 #: Arguments that are datetimes in Python and ISO 8601 text on the wire.
 TIME_ARGUMENTS = frozenset({"occurred_at", "expires_at", "since", "until"})
 _PATH_PARAM = re.compile(r"{(\w+)}")
 _NO_KEY = frozenset(
-    {"list", "recall", "sweep", "events", "inbox_messages", "conflicts", "plans", "select_agent", "context_for"}
+    {
+        "list",
+        "recall",
+        "sweep",
+        "events",
+        "inbox_messages",
+        "conflicts",
+        "plans",
+        "select_agent",
+        "context_for",
+        "working_messages",
+        "pack",
+    }
 )
 #: Arguments that take a conflict strategy: a name travels, a function cannot.
 STRATEGY_ARGUMENTS = frozenset({"on_conflict", "strategy"})
@@ -163,6 +177,12 @@ ROUTES: tuple[Route, ...] = (
     Route("record_outcome", "POST", "/v1/agents/outcomes", Outcome.from_dict, 201),
     Route("select_agent", "POST", "/v1/agents/select", _each(AgentScore.from_dict)),
     Route("context_for", "POST", "/v1/agents/context", ExperienceContext.from_dict),
+    Route("working_append", "POST", "/v1/working/append", WorkingStats.from_dict),
+    Route("working_messages", "POST", "/v1/working/messages", _each(WorkingMessage.from_dict)),
+    Route("working_clear", "POST", "/v1/working/clear"),
+    Route("working_flush", "POST", "/v1/working/flush"),
+    Route("working_stats", "GET", "/v1/working/stats", WorkingStats.from_dict),
+    Route("pack", "POST", "/v1/pack", Pack.from_dict),
 )
 #: Server-sent events: :meth:`hivemem.Hive.follow` over HTTP (resume with ``Last-Event-ID``).
 EVENT_STREAM = "/v1/events/stream"
@@ -247,9 +267,13 @@ def _datetime(value: Any, name: str) -> Any:
         raise InvalidInput(name, "must be a datetime with a timezone (ISO 8601 text)") from None
 
 
+#: Results that travel as their ``to_dict()``.
+_RECORDS = (Memory, Hit, Related, Relation, Group, Lease, Event, Conflict, WorkingStats, WorkingMessage, Pack)
+
+
 def to_json(result: Any) -> Any:
     """A Hive method's result as JSON-ready data (reversed by the route's ``decode``)."""
-    if isinstance(result, Memory | Hit | Related | Relation | Group | Lease | Event | Conflict):
+    if isinstance(result, _RECORDS):
         return result.to_dict()
     if isinstance(result, Plan | Task | AgentProfile | AgentScore | Outcome | ExperienceContext):
         return result.to_dict()

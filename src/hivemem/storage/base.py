@@ -410,6 +410,40 @@ class StoreTx(ABC):
     def put_inbox_cursor(self, namespace: str, agent: str, seq: int) -> None:
         """Move the cursor forward to ``seq`` (never back)."""
 
+    # -- working memory (hivemem.working); buffers are keyed by namespace root first ---------------
+
+    @abstractmethod
+    def working_buffer(self, key: str, *, create_at: float | None = None) -> dict[str, Any] | None:
+        """The buffer's settings and counters, or None; a write transaction holds the row until commit.
+
+        With ``create_at``, an absent buffer is first created empty (settings ``{}``).
+        """
+
+    @abstractmethod
+    def put_working_buffer(self, key: str, row: Mapping[str, Any], now: float) -> None:
+        """Store the settings and counters of an existing buffer."""
+
+    @abstractmethod
+    def working_entries(self, key: str) -> builtins.list[dict[str, Any]]:
+        """Every message of the buffer, oldest first (seq, role, content, tokens, priority, pinned,
+        metadata, created_at, last_used, uses)."""
+
+    @abstractmethod
+    def add_working_message(self, key: str, message: Mapping[str, Any]) -> None:
+        """Store one message of the buffer."""
+
+    @abstractmethod
+    def drop_working_messages(self, key: str, seqs: Sequence[int]) -> None:
+        """Delete the buffer's messages with these seqs."""
+
+    @abstractmethod
+    def clear_working_messages(self, key: str) -> None:
+        """Delete every message of the buffer."""
+
+    @abstractmethod
+    def touch_working_messages(self, key: str, seqs: Sequence[int], tick: int) -> None:
+        """Mark messages read at ``tick`` (``last_used``) and count the read (``uses``)."""
+
 
 class Store(ABC):
     """A backend: transactions plus the two search hooks."""

@@ -164,6 +164,17 @@ MIGRATIONS: builtins.list[builtins.list[str]] = [
         "CREATE INDEX conflicts_memory ON conflicts (memory_id)",
         "CREATE INDEX conflicts_created ON conflicts (root, created_at)",
     ],
+    # Working memory (hivemem.working): session buffers with their settings, and their messages.
+    [
+        f"""CREATE TABLE working_buffers (root text {_C} NOT NULL, key text {_C} NOT NULL, settings text NOT NULL,
+            tick bigint NOT NULL, next_seq bigint NOT NULL, evictions bigint NOT NULL, flushes bigint NOT NULL,
+            summarized bigint NOT NULL, archived bigint NOT NULL, created_at double precision NOT NULL,
+            updated_at double precision NOT NULL, PRIMARY KEY (root, key))""",
+        f"""CREATE TABLE working_messages (root text {_C} NOT NULL, key text {_C} NOT NULL, seq bigint NOT NULL,
+            role text NOT NULL, content text NOT NULL, tokens integer NOT NULL, priority bigint NOT NULL,
+            pinned integer NOT NULL, metadata text NOT NULL, created_at double precision NOT NULL,
+            last_used bigint NOT NULL, uses bigint NOT NULL, PRIMARY KEY (root, key, seq))""",
+    ],
 ]
 
 _MIGRATION_LOCK = 0x48495645  # pg_advisory_xact_lock key: one migrator at a time

@@ -160,6 +160,17 @@ MIGRATIONS: builtins.list[list[str]] = [
         "CREATE INDEX conflicts_memory ON conflicts (memory_id)",
         "CREATE INDEX conflicts_created ON conflicts (root, created_at)",
     ],
+    # Working memory (hivemem.working): session buffers with their settings, and their messages.
+    [
+        "CREATE TABLE working_buffers (root TEXT NOT NULL, key TEXT NOT NULL, settings TEXT NOT NULL, "
+        "tick INTEGER NOT NULL, next_seq INTEGER NOT NULL, evictions INTEGER NOT NULL, flushes INTEGER NOT NULL, "
+        "summarized INTEGER NOT NULL, archived INTEGER NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL, "
+        "PRIMARY KEY (root, key)) WITHOUT ROWID",
+        "CREATE TABLE working_messages (root TEXT NOT NULL, key TEXT NOT NULL, seq INTEGER NOT NULL, "
+        "role TEXT NOT NULL, content TEXT NOT NULL, tokens INTEGER NOT NULL, priority INTEGER NOT NULL, "
+        "pinned INTEGER NOT NULL, metadata TEXT NOT NULL, created_at REAL NOT NULL, last_used INTEGER NOT NULL, "
+        "uses INTEGER NOT NULL, PRIMARY KEY (root, key, seq)) WITHOUT ROWID",
+    ],
 ]
 
 _INSERT = (
