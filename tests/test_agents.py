@@ -15,7 +15,8 @@ import pytest
 import hivemem
 from conftest import OpenHive
 from hivemem import AgentScore, ConfigError, Hive, InvalidInput, NotFound, SelectionWeights
-from hivemem.agents import estimate_tokens, specialization_match, success_rate
+from hivemem.agents import specialization_match, success_rate
+from hivemem.tokens import counter_for
 
 NS = "team/agents"
 TASK = "migrate orders database schema"
@@ -242,7 +243,7 @@ def test_context_puts_successes_first_and_shows_lessons(hive: Hive) -> None:
     assert "  Lesson: lock tables" in lines and "  Lesson: take a backup first" in lines
     assert lines.index("  Lesson: lock tables") < lines.index("  Lesson: take a backup first")
     assert len(context.memory_ids) == 2 and context.omitted == 0
-    assert context.tokens == estimate_tokens(context.text)
+    assert context.tokens == counter_for("minilm").count(context.text)
     assert str(context) == context.text
 
 
@@ -256,8 +257,8 @@ def test_context_stays_within_the_token_budget(hive: Hive) -> None:
     assert len(full.memory_ids) == 6
     for budget in (full.tokens, full.tokens - 1, full.tokens // 2, 30, 5):
         bounded = hive.context_for("dba", TASK, namespace=NS, k=6, token_budget=budget)
-        assert estimate_tokens(bounded.text) <= budget
-        assert bounded.tokens == estimate_tokens(bounded.text)
+        assert counter_for("minilm").count(bounded.text) <= budget
+        assert bounded.tokens == counter_for("minilm").count(bounded.text)
         assert len(bounded.memory_ids) + bounded.omitted == 6
         assert list(bounded.memory_ids) == [i for i in full.memory_ids if i in bounded.memory_ids]
     assert hive.context_for("dba", TASK, namespace=NS, k=6, token_budget=full.tokens - 1).omitted >= 1
@@ -307,3 +308,14 @@ def test_without_a_namespace_every_readable_agent_takes_part(hive: Hive) -> None
 def test_bad_selection_config_is_a_config_error(selection: dict[str, Any]) -> None:
     with pytest.raises(ConfigError):
         hivemem.open(":memory:", embedder=None, selection=selection)
+
+
+def test_context_counts_tokens_with_the_counter_named(hive: Hive) -> None:
+    hive.register_agent(NS, "dba")
+    hive.record_outcome("dba", "migrate orders database schema", namespace=NS, success=True, lesson="lock tables")
+    estimated = hive.context_for("dba", TASK, namespace=NS, counter="estimate")
+    assert estimated.tokens == counter_for("estimate").count(estimated.text)
+    assert estimated.tokens != counter_for("minilm").count(estimated.text)
+    with pytest.raises(InvalidInput) as refused:
+        hive.context_for("dba", TASK, namespace=NS, counter="no-such-counter")
+    assert refused.value.field == "counter"

@@ -64,14 +64,6 @@ def checked_name(value: object, field: str = "agent") -> str:
     return value
 
 
-def estimate_tokens(text: str) -> int:
-    """A model-free token estimate: about four UTF-8 bytes per token, rounded up.
-
-    The hook for a real tokenizer is the ``count`` argument of :func:`format_context`.
-    """
-    return math.ceil(len(text.encode("utf-8", errors="surrogatepass")) / 4)
-
-
 def _words(text: str) -> set[str]:
     """Lowercase words with a trailing plural ``s`` folded (``migrations`` matches ``migration``)."""
     out = set()
@@ -378,7 +370,7 @@ def _entry(memory: Memory) -> str:
 
 
 def format_context(
-    agent: str, hits: Sequence[Hit], token_budget: int | None, count: Callable[[str], int] = estimate_tokens
+    agent: str, hits: Sequence[Hit], token_budget: int | None, count: Callable[[str], int]
 ) -> ExperienceContext:
     """Recalled episodes as prompt text: successful ones first (each group by relevance), lessons shown.
 

@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
 from hivemem import agents as agent_rules
-from hivemem import leases
+from hivemem import leases, packing
 from hivemem import plans as plan_rules
 from hivemem import validation as v
 from hivemem.access import ApiKey, Grant, Principal, hash_key, key_id_of, new_key
@@ -56,6 +56,7 @@ from hivemem.retrieval.embedders import Embedder
 from hivemem.retrieval.search import Retriever
 from hivemem.storage.base import ORDER_COLUMNS, MemoryFilter, Store, StoreTx, T
 from hivemem.summarize import Summarizer, make_summarizer
+from hivemem.tokens import checked_counter
 from hivemem.working import BufferSettings, WorkingMemory, WorkingMessage, WorkingStats
 
 if TYPE_CHECKING:
@@ -1691,7 +1692,14 @@ class Hive:
         return agent_rules.ranked(text, wanted, profiles, hits, chosen)
 
     def context_for(
-        self, agent: str, task: str, *, namespace: str | None = None, k: int = 5, token_budget: int | None = None
+        self,
+        agent: str,
+        task: str,
+        *,
+        namespace: str | None = None,
+        k: int = 5,
+        token_budget: int | None = None,
+        counter: str | None = None,
     ) -> ExperienceContext:
         """An agent's past experiences most relevant to a task, formatted for its prompt.
 
@@ -1704,8 +1712,8 @@ class Hive:
             task: What the agent is about to do.
             namespace: Prefix to recall from (None: everywhere the caller reads).
             k: At most this many episodes, 1..1000.
-            token_budget: Most tokens the text may take (an estimate of about four bytes
-                per token); None for no limit.
+            token_budget: Most tokens the text may take; None for no limit.
+            counter: How tokens are counted (:func:`hivemem.tokens.counter_for`; default ``minilm``).
 
         Raises:
             InvalidInput: A bad argument.
@@ -1714,9 +1722,7 @@ class Hive:
         text = v.content(task, self.config.max_content_bytes, "task")
         budget = None if token_budget is None else v.positive_int(token_budget, "token_budget")
         hits = self.recall(text, namespace=namespace, kinds="episode", agent_id=who, k=k)
-        # Tokens are estimated (agents.estimate_tokens) until HiveMem has a token counter to name;
-        # format_context takes any count(text) -> int.
-        return agent_rules.format_context(who, hits, budget)
+        return agent_rules.format_context(who, hits, budget, checked_counter(counter).count)
 
     # -- working memory (see hivemem.working) --------------------------------------------------
 
@@ -1879,9 +1885,7 @@ class Hive:
         Raises:
             InvalidInput: A bad argument.
         """
-        from hivemem.packing import pack
-
-        return pack(self, query, token_budget, working, namespace, k)
+        return packing.pack(self, query, token_budget, working, namespace, k)
 
     # -- helpers -------------------------------------------------------------------------------
 

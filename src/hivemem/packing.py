@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hivemem import validation as v
-from hivemem.tokens import TokenCounter, counter_for
+from hivemem.tokens import TokenCounter, checked_counter
 from hivemem.working import PROTECTED_ROLES, BufferSettings, WorkingMessage
 
 if TYPE_CHECKING:
@@ -104,7 +104,7 @@ def pack(hive: Hive, query: str, token_budget: int, working: str | None, namespa
     budget = v.positive_int(token_budget, "token_budget", v.MAX_INT)
     k = v.positive_int(k, "k", 1000)
     messages: list[WorkingMessage] = []
-    counter: TokenCounter = counter_for(None)
+    counter: TokenCounter = checked_counter(None)
     if working is not None:
         stats = hive.working_stats(working)
         if stats.settings:

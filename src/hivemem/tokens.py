@@ -48,6 +48,7 @@ __all__ = [
     "TiktokenCounter",
     "TokenCounter",
     "check_counter_name",
+    "checked_counter",
     "counter_for",
     "tiktoken_cache_dir",
 ]
@@ -326,3 +327,23 @@ def counter_for(name: str | None = None) -> TokenCounter:
     if name.endswith(_FALLBACK_SUFFIX):
         return EstimateCounter()
     raise ConfigError(problem, counter=name)
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_counter(name: str | None) -> TokenCounter:
+    return counter_for(name)
+
+
+def checked_counter(name: object, field: str = "counter") -> TokenCounter:
+    """:func:`counter_for` for a caller's argument: one shared counter per name.
+
+    Raises:
+        InvalidInput: ``name`` is not a counter name, or its counter cannot load
+            here (``field`` is named, with the reason).
+    """
+    if name is not None and not isinstance(name, str):
+        raise InvalidInput(field, "must be a token counter name", value=repr(name))
+    try:
+        return _cached_counter(name)
+    except ConfigError as exc:
+        raise InvalidInput(field, str(exc)) from None

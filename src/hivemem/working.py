@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from hivemem.errors import HiveError, InvalidInput, PayloadTooLarge
 from hivemem.redaction import Redactor
-from hivemem.tokens import TokenCounter, counter_for
+from hivemem.tokens import TokenCounter, checked_counter
 
 if TYPE_CHECKING:
     from hivemem.hive import Hive
@@ -131,7 +131,7 @@ class BufferSettings:
     @property
     def token_counter(self) -> TokenCounter:
         """The token counter of these settings."""
-        return _counter(self.counter)
+        return checked_counter(self.counter, "settings.counter")
 
 
 @functools.lru_cache(maxsize=256)
@@ -140,16 +140,6 @@ def _redactor(patterns: tuple[str, ...], builtins: bool) -> Redactor:
         return Redactor(patterns, builtins=builtins)
     except Exception as exc:  # a bad regular expression (re.error) or a Redactor's own refusal
         raise InvalidInput("settings.redact_patterns", f"not a valid pattern: {exc}") from None
-
-
-@functools.lru_cache(maxsize=32)
-def _counter(name: str | None) -> TokenCounter:
-    try:
-        return counter_for(name)
-    except InvalidInput:
-        raise
-    except Exception as exc:
-        raise InvalidInput("settings.counter", f"no token counter {name!r}: {exc}") from None
 
 
 def _optional_limit(raw: object, field: str) -> int | None:
@@ -194,7 +184,7 @@ def _checked(name: str, raw: object, field: str) -> Any:
             return None
         if not isinstance(raw, str) or not raw or len(raw) > 200:
             raise InvalidInput(field, "must be a token counter name such as minilm, estimate or tiktoken:cl100k_base")
-        _counter(raw)
+        checked_counter(raw, field)
         return raw
     if name == "redact_patterns":
         patterns = _names(raw, field)
