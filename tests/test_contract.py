@@ -1546,16 +1546,11 @@ def test_export_refuses_a_bad_namespace_when_called(hive: Hive) -> None:
 # --------------------------------------------------------------------------- durability and configuration
 
 
-def _require_durable(hive: Hive) -> None:
-    if not hive.store.durable:
-        pytest.skip("this deployment keeps no data after close (store.durable is False)")
-
-
+@pytest.mark.requires("durable")
 def test_data_survives_close_and_reopen(
     open_hive: OpenHive, clock: hivemem.ManualClock, embedder: HashEmbedder
 ) -> None:
     hive = open_hive()
-    _require_durable(hive)
     a = hive.remember("ns", "durable note about tomatoes", key="k", data={"x": 1})
     clock.advance(3)
     a2 = hive.update(a.id, content="durable note about potatoes")
@@ -1580,9 +1575,9 @@ def test_data_survives_close_and_reopen(
     assert embedder.texts_embedded[embedded:] == ["potatoes"]
 
 
+@pytest.mark.requires("durable")
 def test_reopen_with_another_embedder_is_a_config_error(open_hive: OpenHive) -> None:
     hive = open_hive()
-    _require_durable(hive)
     hive.remember("ns", "made with hash-test")
     hive.close()
     with pytest.raises(ConfigError):
@@ -1638,6 +1633,7 @@ def test_where_equality_distinguishes_booleans_from_numbers(hive: Hive) -> None:
     assert ids(hive.list(where={"x": {"$in": [1]}})) == [one.id]
 
 
+@pytest.mark.requires("store")
 def test_rank_facts_read_by_the_store_match_the_memories(hive: Hive, clock: hivemem.ManualClock) -> None:
     event = datetime.fromtimestamp(START - 3600, tz=UTC)
     made = [

@@ -45,10 +45,9 @@ def test_a_writer_excludes_and_readers_share(hive: Hive) -> None:
     assert hive.lock("team-a/deploy", wait=0).token == 4
 
 
+@pytest.mark.requires("durable")
 def test_tokens_never_go_back_and_live_in_the_store(open_hive: Any) -> None:
     hive = open_hive()
-    if not hive.store.durable:
-        pytest.skip("this deployment keeps no data after close (store.durable is False)")
     for _ in range(3):
         hive.lock("team-a/x").release()
     hive.close()

@@ -538,10 +538,24 @@ def serve(
     port: int = 8765,
     auth: bool = True,
     key_cache_seconds: float = 5.0,
+    hive: Hive | None = None,
 ) -> None:
-    """Run the server in this process until interrupted (``hivemem serve``)."""
+    """Run the server in this process until interrupted (``hivemem serve``).
+
+    Args:
+        config: What to open; see :func:`create_app`.
+        host: Address to listen on.
+        port: Port to listen on.
+        auth: False serves without API keys (only on loopback).
+        key_cache_seconds: How long a checked API key is trusted.
+        hive: An open Hive to serve instead of opening ``config.url`` (for an
+            embedder or clock no config names); the caller closes it.
+
+    Raises:
+        ConfigError: ``auth`` is off and ``host`` is not a loopback address.
+    """
     import uvicorn
 
     check_listen(host, auth)
-    app = create_app(config, auth=auth, key_cache_seconds=key_cache_seconds)
+    app = create_app(config, hive=hive, auth=auth, key_cache_seconds=key_cache_seconds)
     uvicorn.run(app, host=host, port=port, log_level="warning")
