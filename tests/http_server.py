@@ -8,7 +8,7 @@ command itself (keys, kill and restart) and of several processes sharing one
 server start it with subprocess: :class:`ServeProcess`. :class:`LoopbackServer`
 serves any ASGI app (a HiveMem app, or a test proxy in front of one) from a
 thread of the test's process, for tests that need the served Hive at hand: the
-async client's and the schemathesis run (:class:`ServedHive`).
+async client's and the schemathesis run.
 """
 
 from __future__ import annotations
@@ -68,23 +68,6 @@ class LoopbackServer:
     def close(self) -> None:
         self._server.should_exit = True
         self._thread.join(timeout=10)
-
-
-class ServedHive(RemoteHive):
-    """A RemoteHive that owns its in-process server and the Hive behind it."""
-
-    def __init__(self, hive: hivemem.Hive, **app_options: Any) -> None:
-        self.served = hive
-        self.server = LoopbackServer.serving(hive, **app_options)
-        super().__init__(self.server.url)
-        # The served Hive's internals, for the few contract tests that look inside a deployment.
-        self.store = hive.store
-        self.embedder = hive.embedder
-
-    def close(self) -> None:
-        super().close()
-        self.server.close()
-        self.served.close()
 
 
 SERVER_START_TIMEOUT = 30.0
