@@ -874,6 +874,36 @@ def test_lookups_refuse_ids_no_record_can_have(hive: Hive, bad: str) -> None:
     assert [x.id for x in everything(hive)] == [m.id]
 
 
+@pytest.mark.parametrize("name", ["a/b", "/", ".", "..", "a/../b", "%2F", "a%b", "a?b#c", "é ü"])
+def test_ids_and_group_names_are_taken_whole(hive: Hive, name: str) -> None:
+    # Over HTTP these travel in URL paths, where "/" splits, dots resolve and "%" escapes.
+    m = hive.remember("ns", "a member")
+    hive.create_group(name)
+    hive.add_to_group(m.id, name)
+    assert hive.group_members(name) == [m]
+    for lookup in (hive.get, hive.history, hive.forget, hive.reinforce, hive.children, hive.related):
+        with pytest.raises(NotFound):
+            lookup(name)
+    with pytest.raises(NotFound):
+        hive.add_to_group(name, name)
+    assert [x.id for x in everything(hive)] == [m.id]
+
+
+def test_namespaces_and_resources_utf8_cannot_carry_are_invalid_input(hive: Hive) -> None:
+    lone = "team-\ud800"
+    for field, call in (
+        ("namespace", lambda: hive.list(lone)),
+        ("namespace", lambda: hive.events(lone)),
+        ("namespace", lambda: hive.remember(lone, "x")),
+        ("resource", lambda: hive.lock(lone, wait=0)),
+    ):
+        with pytest.raises(InvalidInput) as info:
+            call()
+        assert info.value.field == field
+        assert lone in info.value.details.get("value", lone)  # the detail quotes the text as given
+    assert everything(hive) == []
+
+
 def test_helper_text_must_be_valid_unicode(hive: Hive) -> None:
     with pytest.raises(InvalidInput) as info:
         hive.create_group("g", "lone \ud800 surrogate")

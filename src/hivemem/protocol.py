@@ -160,7 +160,8 @@ def request_for(route: Route, arguments: dict[str, Any]) -> WireRequest:
     for name in route.path_params:
         # Checked as the Hive checks it: only then can it be written into a URL.
         value = identifier(rest.pop(name), "id" if name == "memory_id" else name)
-        path = path.replace(f"{{{name}}}", quote(value, safe=""))
+        # Dots escaped too: a "." or ".." segment would be resolved away by URL normalization.
+        path = path.replace(f"{{{name}}}", quote(value, safe="").replace(".", "%2E"))
     wire = arguments_to_wire(rest)
     wait = wire.get("wait")
     held = float(wait) if isinstance(wait, int | float) and not isinstance(wait, bool) else 0.0

@@ -24,6 +24,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -59,7 +60,7 @@ DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 _TITLES = {401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 409: "Conflict", 413: "Payload Too Large"}
 
 
-def problem(error: HiveError, status: int | None = None) -> JSONResponse:
+def problem(error: HiveError, status: int | None = None) -> Response:
     """The one error shape (``status`` overrides the error's own, for routing errors)."""
     status = status or error.status
     body = {
@@ -71,7 +72,9 @@ def problem(error: HiveError, status: int | None = None) -> JSONResponse:
         "details": error.details,
     }
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+    # ASCII escapes: a detail may quote the caller's text, lone surrogates included, which UTF-8 cannot carry.
+    content = json.dumps(body, separators=(",", ":")).encode()
+    return Response(content, status_code=status, media_type=PROBLEM, headers=headers)
 
 
 class _Keys:
@@ -164,26 +167,27 @@ def create_app(
     )
 
     app.add_middleware(_BodyLimit, limit=max_body_bytes)
+    app.add_middleware(_RawPath)
     metrics = _Metrics()
     app.add_middleware(_Measured, metrics=metrics)
 
     @app.exception_handler(HiveError)
-    async def hive_error(_: Request, exc: HiveError) -> JSONResponse:
+    async def hive_error(_: Request, exc: HiveError) -> Response:
         return problem(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(_: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0] if exc.errors() else {}
         field = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
         return problem(InvalidInput(field, str(first.get("msg", "invalid request"))))
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
         error = NotFound(str(exc.detail)) if exc.status_code == 404 else HiveError(str(exc.detail))
         return problem(error, exc.status_code)
 
     @app.exception_handler(Exception)
-    async def internal_error(_: Request, exc: Exception) -> JSONResponse:
+    async def internal_error(_: Request, exc: Exception) -> Response:
         log.exception("unexpected error", exc_info=exc)
         return problem(HiveError("internal server error"))
 
@@ -192,7 +196,7 @@ def create_app(
         return {"status": "ok"}
 
     @app.get("/readyz", include_in_schema=False)
-    def readyz() -> JSONResponse:
+    def readyz() -> Response:
         try:
             state["hive"].store.read(lambda tx: tx.api_keys("-"))
         except HiveError as exc:
@@ -353,6 +357,24 @@ class _McpEndpoint:
         await self.transport(scope, receive, send)
 
 
+class _RawPath:
+    """Routes by the path as sent, so an escaped ``/`` (``%2F``) in an id or a group name stays in its segment.
+
+    ASGI servers decode the path before routing, which would make ``a%2Fb`` two
+    segments; each route argument is unescaped once by its endpoint instead
+    (:func:`_path_arguments`).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw = scope.get("raw_path")
+        if scope["type"] == "http" and raw:
+            scope["path"] = raw.decode("latin-1")  # in place: _Measured reads the matched route from this scope
+        await self.app(scope, receive, send)
+
+
 class _BodyLimit:
     """413 for a body over ``limit`` bytes: by Content-Length before reading, else while reading.
 
@@ -413,7 +435,7 @@ def _add_route(app: FastAPI, operation: Operation, caller: Callable[[Request], H
     route = operation.route
 
     async def endpoint(request: Request) -> JSONResponse:
-        arguments: dict[str, Any] = dict(request.path_params)
+        arguments = _path_arguments(request)
         if route.in_query:
             arguments |= _query_arguments(request, operation)
         else:
@@ -443,6 +465,17 @@ def _add_route(app: FastAPI, operation: Operation, caller: Callable[[Request], H
         name=route.name,
         openapi_extra=operation.openapi(),
     )
+
+
+def _path_arguments(request: Request) -> dict[str, Any]:
+    """The route's path arguments, unescaped (see :class:`_RawPath`)."""
+    out: dict[str, Any] = {}
+    for name, value in request.path_params.items():
+        try:
+            out[name] = unquote_to_bytes(value.encode("latin-1")).decode("utf-8")
+        except UnicodeError:
+            raise InvalidInput(name, "must be UTF-8 text, percent-escaped") from None
+    return out
 
 
 async def _json_object(request: Request) -> dict[str, Any]:
