@@ -889,6 +889,33 @@ def test_ids_and_group_names_are_taken_whole(hive: Hive, name: str) -> None:
     assert [x.id for x in everything(hive)] == [m.id]
 
 
+@pytest.mark.parametrize("bad", [3, 1.5, True, ["ns"]])
+def test_text_arguments_of_reads_refuse_other_types(hive: Hive, bad: Any) -> None:
+    # Over HTTP these travel in a query string, which would carry 3 as the text "3".
+    m = hive.remember("ns", "x", key="k")
+    calls: dict[str, Any] = {
+        "namespace": [
+            lambda: hive.get_by_key(bad, "k"),
+            lambda: hive.stats(bad),
+            lambda: hive.locks(bad),
+            lambda: hive.get_conflict_strategy(bad),
+        ],
+        "key": [lambda: hive.get_by_key("ns", bad)],
+        "type": [lambda: hive.related(m.id, type=bad)],
+        "direction": [lambda: hive.related(m.id, direction=bad), lambda: hive.related(m.id, direction=None)],
+    }
+    for field, lookups in calls.items():
+        for lookup in lookups:
+            with pytest.raises(InvalidInput) as info:
+                lookup()
+            assert info.value.field == field
+    for flag in (1, "true", None):
+        with pytest.raises(InvalidInput) as info:
+            hive.forget(m.id, cascade=flag)
+        assert info.value.field == "cascade"
+    assert everything(hive) == [m]
+
+
 def test_namespaces_and_resources_utf8_cannot_carry_are_invalid_input(hive: Hive) -> None:
     lone = "team-\ud800"
     for field, call in (

@@ -308,7 +308,7 @@ def test_bad_prefixes_are_refused(hive: Hive) -> None:
         with pytest.raises(InvalidInput) as info:
             hive.set_conflict_strategy(bad, "merge")
         assert info.value.field == "namespace"
-    for bad in ("", "a//b", None):  # (a query string carries 3 as the text "3", a good namespace)
+    for bad in ("", "a//b", None, 3, True):  # (the client refuses what a query string would carry as text)
         with pytest.raises(InvalidInput) as info:
             hive.get_conflict_strategy(bad)
         assert info.value.field == "namespace"

@@ -108,6 +108,19 @@ def test_bad_event_queries_are_refused(hive: Hive, arguments: dict[str, Any], fi
     assert bad.value.details["field"] == field
 
 
+@pytest.mark.parametrize("agent", ["", "agent-\ud800", "agent\x00", "x" * 201, 7])
+def test_bad_agent_ids_are_refused(hive: Hive, agent: Any) -> None:
+    for field, call in (
+        ("to_agent", lambda: hive.send(agent, {"x": 1}, namespace="team-a")),
+        ("agent", lambda: hive.inbox_messages(agent, namespace="team-a")),
+        ("agent", lambda: hive.ack(agent, 1, namespace="team-a")),
+    ):
+        with pytest.raises(InvalidInput) as bad:
+            call()
+        assert bad.value.details["field"] == field
+    assert hive.events("team-a") == []
+
+
 def test_an_inbox_delivers_in_order_until_acknowledged(open_hive: Any, capabilities: frozenset[str]) -> None:
     hive = open_hive()
     first = hive.send("agent-b", {"task": "index the docs"}, namespace="team-a")

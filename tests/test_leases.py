@@ -124,7 +124,11 @@ def test_locks_lists_live_leases_under_a_prefix(hive: Hive) -> None:
         ({"ttl": float("nan")}, "ttl"),
         ({"wait": -1}, "wait"),
         ({"wait": True}, "wait"),
+        ({"wait": float("inf")}, "wait"),
+        ({"wait": 2**70}, "wait"),
         ({"owner": ""}, "owner"),
+        ({"owner": "agent-\ud800"}, "owner"),
+        ({"owner": "agent\x00"}, "owner"),
     ],
 )
 def test_bad_lock_arguments_are_refused(hive: Hive, arguments: dict[str, Any], field: str) -> None:
