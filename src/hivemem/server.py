@@ -37,7 +37,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import hivemem
 from hivemem import __version__, validation
-from hivemem.access import Principal
 from hivemem.config import HiveConfig
 from hivemem.errors import (
     ConfigError,
@@ -78,27 +77,32 @@ def problem(error: HiveError, status: int | None = None) -> Response:
 
 
 class _Keys:
-    """API key -> principal, cached for ``ttl`` seconds (revocation reaches every server within it)."""
+    """API key -> the Hive as the key's principal sees it, cached for ``ttl`` seconds.
+
+    Revocation reaches every server within ``ttl``. The views are cached, not
+    only the principals: a view is immutable, and making one per request costs
+    a copy of the Hive.
+    """
 
     def __init__(self, hive: Hive, ttl: float) -> None:
         self._hive = hive
         self._ttl = ttl
-        self._cache: dict[str, tuple[float, Principal]] = {}
+        self._cache: dict[str, tuple[float, Hive]] = {}
         self._lock = threading.Lock()
 
-    def principal(self, key: str) -> Principal:
+    def view(self, key: str) -> Hive:
         now = time.monotonic()
         with self._lock:
             cached = self._cache.get(key)
         if cached is not None and now - cached[0] < self._ttl:
             return cached[1]
-        principal = self._hive.authenticate(key)
+        view = self._hive.as_principal(self._hive.authenticate(key))
         if self._ttl > 0:
             with self._lock:
                 if len(self._cache) > 10_000:
                     self._cache.clear()
-                self._cache[key] = (now, principal)
-        return principal
+                self._cache[key] = (now, view)
+        return view
 
 
 def _credential(request: Request) -> str:
@@ -137,10 +141,11 @@ def create_app(
     state: dict[str, Any] = {}
 
     def caller(request: Request) -> Hive:
-        served: Hive = state["hive"]
         if not auth:
+            served: Hive = state["hive"]
             return served
-        return served.as_principal(state["keys"].principal(_credential(request)))
+        keys: _Keys = state["keys"]
+        return keys.view(_credential(request))
 
     mcp = _McpEndpoint.create(caller, auth)
 
@@ -538,8 +543,11 @@ def _sse(hive: Hive, namespace: str, since: int, types: list[str] | None, idle: 
 def _request_key(key: str, request: Request, body: bytes) -> str:
     """The idempotency key of this request: the client's key bound to its method, path, query and body."""
     digest = hashlib.sha256()
-    for part in (request.method, request.url.path, request.url.query, key):
-        digest.update(part.encode("utf-8", "surrogatepass") + b"\0")
+    # From the scope as received: request.url would assemble (and parse) the whole URL on every write.
+    scope = request.scope
+    for part in (scope["method"].encode(), scope["path"].encode("utf-8", "surrogatepass"), scope["query_string"]):
+        digest.update(part + b"\0")
+    digest.update(key.encode("utf-8", "surrogatepass") + b"\0")
     digest.update(body)
     return digest.hexdigest()
 
