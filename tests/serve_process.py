@@ -13,8 +13,9 @@ Commands come as JSON lines on stdin and are answered as JSON lines on stdout:
 - ``{"serve": spec}`` -> ``{"pid": n}``; ``spec`` holds ``db``, ``port``,
   ``clock`` (the clock's file), ``embedder`` (null or ``{"name", "dim", "log"}``),
   ``options`` (``hivemem.open`` options), ``log`` (the child's output) and
-  ``outcome`` (a file the child writes only if it stops: ``{"error": ...}``
-  for a HiveError, else ``{"exit": code}``).
+  ``outcome`` (a file the child writes when it stops: ``{"error": ...}`` for
+  a HiveError, else ``{"exit": code}``; there before the port listens, it
+  means the server could not start).
 - ``{"stop": pid}`` -> ``{"stopping": pid}``: the child gets SIGTERM and shuts
   down on its own (uvicorn's graceful stop, then the hive closes).
 
