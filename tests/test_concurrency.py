@@ -424,18 +424,20 @@ def _versioned_process(target: str, worker: int, ids: dict[str, str], barrier: A
 
 
 @pytest.mark.parametrize("kind", [*SHARED_TARGETS, "http"])
-def test_versioned_increments_from_threads_and_processes_lose_nothing(tmp_path: Path, kind: str) -> None:
+def test_versioned_increments_from_threads_and_processes_lose_nothing(
+    tmp_path: Path, kind: str, request: pytest.FixtureRequest
+) -> None:
     if kind == "http":
-        from http_server import ServedHive
+        from http_server import ServeProcess
 
-        served = ServedHive(hivemem.open(str(tmp_path / "served.db"), embedder=None), auth=False)
-        hive, target = served, served.url
+        server = ServeProcess(tmp_path / "served.db", "--no-auth")
+        request.addfinalizer(server.stop)
+        target = server.url
         strategies = ["reject", "merge"]  # a function cannot travel over HTTP
     else:
         target = _shared_target(kind, tmp_path)
-        hive = hivemem.open(target, embedder=None)
         strategies = ["reject", "merge", "function"]
-    with hive:
+    with hivemem.open(target, embedder=None) as hive:
         ids = {s: hive.remember("versioned", s, data={} if s == "merge" else {"n": 0}).id for s in strategies}
         writers = VERSIONED_THREADS + VERSIONED_PROCESSES
         barrier = SPAWN.Barrier(writers)  # threads and processes start each strategy together

@@ -874,6 +874,63 @@ def test_lookups_refuse_ids_no_record_can_have(hive: Hive, bad: str) -> None:
     assert [x.id for x in everything(hive)] == [m.id]
 
 
+@pytest.mark.parametrize("name", ["a/b", "/", ".", "..", "a/../b", "%2F", "a%b", "a?b#c", "é ü"])
+def test_ids_and_group_names_are_taken_whole(hive: Hive, name: str) -> None:
+    # Over HTTP these travel in URL paths, where "/" splits, dots resolve and "%" escapes.
+    m = hive.remember("ns", "a member")
+    hive.create_group(name)
+    hive.add_to_group(m.id, name)
+    assert hive.group_members(name) == [m]
+    for lookup in (hive.get, hive.history, hive.forget, hive.reinforce, hive.children, hive.related):
+        with pytest.raises(NotFound):
+            lookup(name)
+    with pytest.raises(NotFound):
+        hive.add_to_group(name, name)
+    assert [x.id for x in everything(hive)] == [m.id]
+
+
+@pytest.mark.parametrize("bad", [3, 1.5, True, ["ns"]])
+def test_text_arguments_of_reads_refuse_other_types(hive: Hive, bad: Any) -> None:
+    # Over HTTP these travel in a query string, which would carry 3 as the text "3".
+    m = hive.remember("ns", "x", key="k")
+    calls: dict[str, Any] = {
+        "namespace": [
+            lambda: hive.get_by_key(bad, "k"),
+            lambda: hive.stats(bad),
+            lambda: hive.locks(bad),
+            lambda: hive.get_conflict_strategy(bad),
+        ],
+        "key": [lambda: hive.get_by_key("ns", bad)],
+        "type": [lambda: hive.related(m.id, type=bad)],
+        "direction": [lambda: hive.related(m.id, direction=bad), lambda: hive.related(m.id, direction=None)],
+    }
+    for field, lookups in calls.items():
+        for lookup in lookups:
+            with pytest.raises(InvalidInput) as info:
+                lookup()
+            assert info.value.field == field
+    for flag in (1, "true", None):
+        with pytest.raises(InvalidInput) as info:
+            hive.forget(m.id, cascade=flag)
+        assert info.value.field == "cascade"
+    assert everything(hive) == [m]
+
+
+def test_namespaces_and_resources_utf8_cannot_carry_are_invalid_input(hive: Hive) -> None:
+    lone = "team-\ud800"
+    for field, call in (
+        ("namespace", lambda: hive.list(lone)),
+        ("namespace", lambda: hive.events(lone)),
+        ("namespace", lambda: hive.remember(lone, "x")),
+        ("resource", lambda: hive.lock(lone, wait=0)),
+    ):
+        with pytest.raises(InvalidInput) as info:
+            call()
+        assert info.value.field == field
+        assert lone in info.value.details.get("value", lone)  # the detail quotes the text as given
+    assert everything(hive) == []
+
+
 def test_helper_text_must_be_valid_unicode(hive: Hive) -> None:
     with pytest.raises(InvalidInput) as info:
         hive.create_group("g", "lone \ud800 surrogate")
@@ -1546,16 +1603,11 @@ def test_export_refuses_a_bad_namespace_when_called(hive: Hive) -> None:
 # --------------------------------------------------------------------------- durability and configuration
 
 
-def _require_durable(hive: Hive) -> None:
-    if not hive.store.durable:
-        pytest.skip("this deployment keeps no data after close (store.durable is False)")
-
-
+@pytest.mark.requires("durable")
 def test_data_survives_close_and_reopen(
     open_hive: OpenHive, clock: hivemem.ManualClock, embedder: HashEmbedder
 ) -> None:
     hive = open_hive()
-    _require_durable(hive)
     a = hive.remember("ns", "durable note about tomatoes", key="k", data={"x": 1})
     clock.advance(3)
     a2 = hive.update(a.id, content="durable note about potatoes")
@@ -1580,9 +1632,9 @@ def test_data_survives_close_and_reopen(
     assert embedder.texts_embedded[embedded:] == ["potatoes"]
 
 
+@pytest.mark.requires("durable")
 def test_reopen_with_another_embedder_is_a_config_error(open_hive: OpenHive) -> None:
     hive = open_hive()
-    _require_durable(hive)
     hive.remember("ns", "made with hash-test")
     hive.close()
     with pytest.raises(ConfigError):
@@ -1638,6 +1690,7 @@ def test_where_equality_distinguishes_booleans_from_numbers(hive: Hive) -> None:
     assert ids(hive.list(where={"x": {"$in": [1]}})) == [one.id]
 
 
+@pytest.mark.requires("store")
 def test_rank_facts_read_by_the_store_match_the_memories(hive: Hive, clock: hivemem.ManualClock) -> None:
     event = datetime.fromtimestamp(START - 3600, tz=UTC)
     made = [

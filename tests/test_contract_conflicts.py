@@ -308,16 +308,15 @@ def test_bad_prefixes_are_refused(hive: Hive) -> None:
         with pytest.raises(InvalidInput) as info:
             hive.set_conflict_strategy(bad, "merge")
         assert info.value.field == "namespace"
-    for bad in ("", "a//b", None):  # (a query string carries 3 as the text "3", a good namespace)
+    for bad in ("", "a//b", None, 3, True):  # (the client refuses what a query string would carry as text)
         with pytest.raises(InvalidInput) as info:
             hive.get_conflict_strategy(bad)
         assert info.value.field == "namespace"
 
 
-def test_named_defaults_are_stored_and_functions_stay_in_their_hive(open_hive: OpenHive, deployment: str) -> None:
+@pytest.mark.requires("durable", "store")  # a second Hive on the same store, in this process
+def test_named_defaults_are_stored_and_functions_stay_in_their_hive(open_hive: OpenHive) -> None:
     hive = open_hive()
-    if not (hive.store.durable and deployment != "http"):
-        pytest.skip("needs a second Hive on the same store: a durable embedded deployment")
     hive.set_conflict_strategy("team", "merge")
     hive.set_conflict_strategy("team/a", _add_counts)
     assert hive.get_conflict_strategy("team/a/x") is _add_counts
@@ -339,10 +338,9 @@ def test_a_function_default_over_http_is_refused_before_sending(hive: Hive, depl
     assert hive.get_conflict_strategy("ns") == "reject"
 
 
+@pytest.mark.requires("durable")
 def test_named_defaults_survive_reopen(open_hive: OpenHive) -> None:
     hive = open_hive()
-    if not hive.store.durable:
-        pytest.skip("this deployment keeps no data after close (store.durable is False)")
     hive.set_conflict_strategy("team", "merge")
     hive.close()
     assert open_hive().get_conflict_strategy("team/x") == "merge"

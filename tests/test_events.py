@@ -108,7 +108,20 @@ def test_bad_event_queries_are_refused(hive: Hive, arguments: dict[str, Any], fi
     assert bad.value.details["field"] == field
 
 
-def test_an_inbox_delivers_in_order_until_acknowledged(open_hive: Any) -> None:
+@pytest.mark.parametrize("agent", ["", "agent-\ud800", "agent\x00", "x" * 201, 7])
+def test_bad_agent_ids_are_refused(hive: Hive, agent: Any) -> None:
+    for field, call in (
+        ("to_agent", lambda: hive.send(agent, {"x": 1}, namespace="team-a")),
+        ("agent", lambda: hive.inbox_messages(agent, namespace="team-a")),
+        ("agent", lambda: hive.ack(agent, 1, namespace="team-a")),
+    ):
+        with pytest.raises(InvalidInput) as bad:
+            call()
+        assert bad.value.details["field"] == field
+    assert hive.events("team-a") == []
+
+
+def test_an_inbox_delivers_in_order_until_acknowledged(open_hive: Any, capabilities: frozenset[str]) -> None:
     hive = open_hive()
     first = hive.send("agent-b", {"task": "index the docs"}, namespace="team-a")
     hive.remember("team-a", "not a message")
@@ -126,7 +139,7 @@ def test_an_inbox_delivers_in_order_until_acknowledged(open_hive: Any) -> None:
         inbox.ack(2**70)  # beyond any stored number
     inbox.ack(first.seq)  # acknowledging again changes nothing
     assert [m.data["body"] for m in inbox.pending()] == ["and then the tests"]
-    if hive.store.durable:
+    if "durable" in capabilities:
         hive.close()
         hive = open_hive()
         assert [m.seq for m in hive.inbox("agent-b", namespace="team-a").pending()] == [second.seq]

@@ -45,10 +45,9 @@ def test_a_writer_excludes_and_readers_share(hive: Hive) -> None:
     assert hive.lock("team-a/deploy", wait=0).token == 4
 
 
+@pytest.mark.requires("durable")
 def test_tokens_never_go_back_and_live_in_the_store(open_hive: Any) -> None:
     hive = open_hive()
-    if not hive.store.durable:
-        pytest.skip("this deployment keeps no data after close (store.durable is False)")
     for _ in range(3):
         hive.lock("team-a/x").release()
     hive.close()
@@ -125,7 +124,11 @@ def test_locks_lists_live_leases_under_a_prefix(hive: Hive) -> None:
         ({"ttl": float("nan")}, "ttl"),
         ({"wait": -1}, "wait"),
         ({"wait": True}, "wait"),
+        ({"wait": float("inf")}, "wait"),
+        ({"wait": 2**70}, "wait"),
         ({"owner": ""}, "owner"),
+        ({"owner": "agent-\ud800"}, "owner"),
+        ({"owner": "agent\x00"}, "owner"),
     ],
 )
 def test_bad_lock_arguments_are_refused(hive: Hive, arguments: dict[str, Any], field: str) -> None:

@@ -31,7 +31,7 @@ import hivemem
 from fakes import HashEmbedder
 from hivemem.leases import MAX_WAIT
 from hivemem.server import create_app
-from http_server import ServedHive
+from http_server import LoopbackServer
 
 pytestmark = pytest.mark.slow
 
@@ -55,14 +55,14 @@ schema.config.generation.update(max_examples=EXAMPLES)
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServedHive, str]]:
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LoopbackServer, str]]:
     """A server with auth on (so every request crosses the key check), and an admin key made on its Hive."""
     directory: Path = tmp_path_factory.mktemp("schemathesis")
-    hive = hivemem.open(str(directory / "hive.db"), embedder=HashEmbedder())
-    _, key = hive.create_api_key("fuzzer", ["admin:*"])
-    server = ServedHive(hive, auth=True, key_cache_seconds=60)
-    yield server, key
-    server.close()
+    with hivemem.open(str(directory / "hive.db"), embedder=HashEmbedder()) as hive:
+        _, key = hive.create_api_key("fuzzer", ["admin:*"])
+        server = LoopbackServer.serving(hive, auth=True, key_cache_seconds=60)
+        yield server, key
+        server.close()
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def calls() -> Iterator[Counter[str]]:
     assert not short, f"operations with fewer than {EXAMPLES} requests: {short}"
 
 
-def test_the_served_document_is_the_one_tested(served: tuple[ServedHive, str]) -> None:
+def test_the_served_document_is_the_one_tested(served: tuple[LoopbackServer, str]) -> None:
     server, _ = served
     assert httpx.get(f"{server.url}/openapi.json").json() == SPEC
 
@@ -85,7 +85,7 @@ def test_the_served_document_is_the_one_tested(served: tuple[ServedHive, str]) -
 # not a new draw; turning derandomize off explores further (and found the bugs fixed so far).
 @settings(deadline=None, suppress_health_check=list(HealthCheck), max_examples=EXAMPLES, derandomize=True)
 def test_no_request_gets_a_server_error_or_an_undocumented_answer(
-    case: Case, served: tuple[ServedHive, str], calls: Counter[str]
+    case: Case, served: tuple[LoopbackServer, str], calls: Counter[str]
 ) -> None:
     server, key = served
     calls[case.operation.label] += 1

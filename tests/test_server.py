@@ -185,6 +185,8 @@ def test_errors_and_limits_answer_in_the_error_shape_and_write_nothing(
         ("GET", "/v1/no/such/route", None, 404, "not_found"),
         ("GET", "/v1/export?namespace=a//b", None, 422, "invalid_input"),  # refused before the stream starts
         ("POST", "/v1/memories/list", {"tiers": False}, 422, "invalid_input"),
+        ("GET", "/v1/memories/%FF", None, 422, "invalid_input"),  # an escape that is no UTF-8
+        ("GET", "/v1/groups/no%2Fsuch/members", None, 404, "not_found"),  # one group's name, not a route
     ]
     deep: Any = {}
     for _ in range(40):
@@ -194,7 +196,8 @@ def test_errors_and_limits_answer_in_the_error_shape_and_write_nothing(
         response = httpx.request(method, f"{server.url}{path}", json=body, headers=headers)
         assert (response.status_code, response.json()["code"]) == (status, code), (path, body, response.text)
         assert response.headers["content-type"] == "application/problem+json"
-    for raw_body in (b"{not json", b"[" * 100_000):  # the second nests deeper than the JSON parser recurses
+    lone = b'{"namespace": "ns/\\ud800", "content": "x"}'  # the error's detail quotes a lone surrogate
+    for raw_body in (b"{not json", b"[" * 100_000, lone):  # the second nests deeper than the JSON parser recurses
         raw = httpx.post(f"{server.url}/v1/memories", content=raw_body, headers=headers)
         assert (raw.status_code, raw.json()["code"]) == (422, "invalid_input")
     huge = httpx.post(f"{server.url}/v1/memories", content=b"x" * (9 * 1024 * 1024), headers=headers)

@@ -554,7 +554,7 @@ class Hive:
             The message event, with its sequence number.
         """
         ns = v.namespace(namespace)
-        agent = _agent_id(to_agent, "to_agent")
+        agent = v.agent_id(to_agent, "to_agent")
         data = v.data({"from": self.principal.name, "body": body}, self.config.max_data_bytes, "body")
         self._may("write", ns)
 
@@ -566,11 +566,11 @@ class Hive:
 
     def inbox(self, agent: str, *, namespace: str) -> Inbox:
         """``agent``'s messages in ``namespace``: :meth:`Inbox.pending`, :meth:`Inbox.ack`, :meth:`Inbox.follow`."""
-        return Inbox(self, _agent_id(agent, "agent"), v.namespace(namespace))
+        return Inbox(self, v.agent_id(agent, "agent"), v.namespace(namespace))
 
     def inbox_messages(self, agent: str, *, namespace: str, after: int = 0, limit: int = 100) -> builtins.list[Event]:
         """``agent``'s messages in ``namespace`` after its acknowledged ones (and after ``after``), oldest first."""
-        agent = _agent_id(agent, "agent")
+        agent = v.agent_id(agent, "agent")
         prefix, after, limit, _ = self._event_query(namespace, after, limit, None)
 
         def read(tx: StoreTx) -> builtins.list[Any]:
@@ -585,7 +585,7 @@ class Hive:
         Raises:
             InvalidInput: ``seq`` is not one of this inbox's messages.
         """
-        agent = _agent_id(agent, "agent")
+        agent = v.agent_id(agent, "agent")
         ns = v.namespace(namespace)
         seq = v.positive_int(seq, "seq", MAX_SEQ)
         self._may("write", ns)
@@ -1915,12 +1915,6 @@ def _refuse_options(options: Mapping[str, Any], owned: Sequence[str], helper: st
     for name in owned:
         if name in options:
             raise InvalidInput(name, f"is set by {helper} and cannot be given")
-
-
-def _agent_id(value: object, field: str) -> str:
-    if not isinstance(value, str) or not value or len(value) > 200:
-        raise InvalidInput(field, "must be an agent id: a non-empty string of at most 200 characters")
-    return value
 
 
 def _duration(value: object) -> float:

@@ -246,8 +246,8 @@ class LeaseRequest:
         Raises:
             InvalidInput: A bad resource name, mode, ttl, wait or owner.
         """
-        if owner is not None and (not isinstance(owner, str) or not owner or len(owner) > 200):
-            raise InvalidInput("owner", "must be a non-empty string of at most 200 characters", value=repr(owner))
+        if owner is not None:
+            v.agent_id(owner, "owner")
         if mode not in MODES:
             raise InvalidInput("mode", "must be 'read' or 'write'", value=mode)
         ttl = lease_ttl(ttl)

@@ -12,6 +12,7 @@ HiveError class, and the retry, failover and circuit-breaker policy.
 from __future__ import annotations
 
 import builtins
+import functools
 import inspect
 import json
 import random
@@ -28,6 +29,7 @@ import httpx
 from hivemem.errors import ConfigError, HiveError, InvalidInput, StorageUnavailable
 from hivemem.events import Event
 from hivemem.hive import Hive
+from hivemem.leases import MAX_WAIT
 from hivemem.models import Memory
 from hivemem.validation import encodable, identifier, positive_int
 from hivemem.wire import Route, arguments_to_wire
@@ -160,12 +162,21 @@ def request_for(route: Route, arguments: dict[str, Any]) -> WireRequest:
     for name in route.path_params:
         # Checked as the Hive checks it: only then can it be written into a URL.
         value = identifier(rest.pop(name), "id" if name == "memory_id" else name)
-        path = path.replace(f"{{{name}}}", quote(value, safe=""))
+        # Dots escaped too: a "." or ".." segment would be resolved away by URL normalization.
+        path = path.replace(f"{{{name}}}", quote(value, safe="").replace(".", "%2E"))
     wire = arguments_to_wire(rest)
     wait = wire.get("wait")
-    held = float(wait) if isinstance(wait, int | float) and not isinstance(wait, bool) else 0.0
+    held = 0.0
+    if isinstance(wait, int | float) and not isinstance(wait, bool) and 0 <= wait <= MAX_WAIT:
+        held = float(wait)  # only a wait the server accepts extends the timeout (it refuses the others)
     if route.in_query:
-        params = {k: _query_value(k, v) for k, v in wire.items() if v is not None}
+        defaults = _defaults(route.name)
+        # None leaves out an argument whose default is None; for any other it is a bad value.
+        params = {
+            k: _query_value(k, v, defaults.get(k))
+            for k, v in wire.items()
+            if v is not None or defaults.get(k) is not None
+        }
         return WireRequest(route.method, path, params, None, {}, held)
     # ASCII escapes carry any str (even a lone surrogate) for the server to judge.
     content = json.dumps(wire, separators=(",", ":")).encode()
@@ -173,11 +184,27 @@ def request_for(route: Route, arguments: dict[str, Any]) -> WireRequest:
     return WireRequest(route.method, path, None, content, headers, held)
 
 
-def _query_value(name: str, value: Any) -> Any:
-    """``value`` as query text; text a URL cannot carry (a lone surrogate) is refused as the Hive refuses it."""
-    if isinstance(value, bool):
+@functools.cache
+def _defaults(method: str) -> dict[str, Any]:
+    """The defaults of the Hive method's arguments (``inspect.Parameter.empty`` for a required one)."""
+    return {p.name: p.default for p in inspect.signature(getattr(Hive, method)).parameters.values()}
+
+
+def _query_value(name: str, value: Any, default: Any) -> str:
+    """``value`` as query text, or InvalidInput for what the Hive would refuse but a query string would hide.
+
+    Every query argument of the routes is text, or a flag (a bool default) sent
+    as ``true``/``false``: anything else would arrive as text (``3`` as ``"3"``,
+    a valid namespace), and text a URL cannot carry (a lone surrogate) is
+    refused as the Hive refuses it.
+    """
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise InvalidInput(name, "must be true or false", value=repr(value))
         return str(value).lower()
-    return encodable(value, name) if isinstance(value, str) else value
+    if not isinstance(value, str):
+        raise InvalidInput(name, "must be text", value=repr(value))
+    return encodable(value, name)
 
 
 def import_batches(memories: Iterable[Memory], batch_size: int) -> Iterator[dict[str, Any]]:

@@ -24,6 +24,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -36,7 +37,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import hivemem
 from hivemem import __version__, validation
-from hivemem.access import Principal
 from hivemem.config import HiveConfig
 from hivemem.errors import (
     ConfigError,
@@ -59,7 +59,7 @@ DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 _TITLES = {401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 409: "Conflict", 413: "Payload Too Large"}
 
 
-def problem(error: HiveError, status: int | None = None) -> JSONResponse:
+def problem(error: HiveError, status: int | None = None) -> Response:
     """The one error shape (``status`` overrides the error's own, for routing errors)."""
     status = status or error.status
     body = {
@@ -71,31 +71,38 @@ def problem(error: HiveError, status: int | None = None) -> JSONResponse:
         "details": error.details,
     }
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+    # ASCII escapes: a detail may quote the caller's text, lone surrogates included, which UTF-8 cannot carry.
+    content = json.dumps(body, separators=(",", ":")).encode()
+    return Response(content, status_code=status, media_type=PROBLEM, headers=headers)
 
 
 class _Keys:
-    """API key -> principal, cached for ``ttl`` seconds (revocation reaches every server within it)."""
+    """API key -> the Hive as the key's principal sees it, cached for ``ttl`` seconds.
+
+    Revocation reaches every server within ``ttl``. The views are cached, not
+    only the principals: a view is immutable, and making one per request costs
+    a copy of the Hive.
+    """
 
     def __init__(self, hive: Hive, ttl: float) -> None:
         self._hive = hive
         self._ttl = ttl
-        self._cache: dict[str, tuple[float, Principal]] = {}
+        self._cache: dict[str, tuple[float, Hive]] = {}
         self._lock = threading.Lock()
 
-    def principal(self, key: str) -> Principal:
+    def view(self, key: str) -> Hive:
         now = time.monotonic()
         with self._lock:
             cached = self._cache.get(key)
         if cached is not None and now - cached[0] < self._ttl:
             return cached[1]
-        principal = self._hive.authenticate(key)
+        view = self._hive.as_principal(self._hive.authenticate(key))
         if self._ttl > 0:
             with self._lock:
                 if len(self._cache) > 10_000:
                     self._cache.clear()
-                self._cache[key] = (now, principal)
-        return principal
+                self._cache[key] = (now, view)
+        return view
 
 
 def _credential(request: Request) -> str:
@@ -134,10 +141,11 @@ def create_app(
     state: dict[str, Any] = {}
 
     def caller(request: Request) -> Hive:
-        served: Hive = state["hive"]
         if not auth:
+            served: Hive = state["hive"]
             return served
-        return served.as_principal(state["keys"].principal(_credential(request)))
+        keys: _Keys = state["keys"]
+        return keys.view(_credential(request))
 
     mcp = _McpEndpoint.create(caller, auth)
 
@@ -164,26 +172,27 @@ def create_app(
     )
 
     app.add_middleware(_BodyLimit, limit=max_body_bytes)
+    app.add_middleware(_RawPath)
     metrics = _Metrics()
     app.add_middleware(_Measured, metrics=metrics)
 
     @app.exception_handler(HiveError)
-    async def hive_error(_: Request, exc: HiveError) -> JSONResponse:
+    async def hive_error(_: Request, exc: HiveError) -> Response:
         return problem(exc)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(_: Request, exc: RequestValidationError) -> Response:
         first = exc.errors()[0] if exc.errors() else {}
         field = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
         return problem(InvalidInput(field, str(first.get("msg", "invalid request"))))
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
         error = NotFound(str(exc.detail)) if exc.status_code == 404 else HiveError(str(exc.detail))
         return problem(error, exc.status_code)
 
     @app.exception_handler(Exception)
-    async def internal_error(_: Request, exc: Exception) -> JSONResponse:
+    async def internal_error(_: Request, exc: Exception) -> Response:
         log.exception("unexpected error", exc_info=exc)
         return problem(HiveError("internal server error"))
 
@@ -192,7 +201,7 @@ def create_app(
         return {"status": "ok"}
 
     @app.get("/readyz", include_in_schema=False)
-    def readyz() -> JSONResponse:
+    def readyz() -> Response:
         try:
             state["hive"].store.read(lambda tx: tx.api_keys("-"))
         except HiveError as exc:
@@ -354,6 +363,24 @@ class _McpEndpoint:
         await self.transport(scope, receive, send)
 
 
+class _RawPath:
+    """Routes by the path as sent, so an escaped ``/`` (``%2F``) in an id or a group name stays in its segment.
+
+    ASGI servers decode the path before routing, which would make ``a%2Fb`` two
+    segments; each route argument is unescaped once by its endpoint instead
+    (:func:`_path_arguments`).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw = scope.get("raw_path")
+        if scope["type"] == "http" and raw:
+            scope["path"] = raw.decode("latin-1")  # in place: _Measured reads the matched route from this scope
+        await self.app(scope, receive, send)
+
+
 class _BodyLimit:
     """413 for a body over ``limit`` bytes: by Content-Length before reading, else while reading.
 
@@ -414,7 +441,7 @@ def _add_route(app: FastAPI, operation: Operation, caller: Callable[[Request], H
     route = operation.route
 
     async def endpoint(request: Request) -> JSONResponse:
-        arguments: dict[str, Any] = dict(request.path_params)
+        arguments = _path_arguments(request)
         if route.in_query:
             arguments |= _query_arguments(request, operation)
         else:
@@ -444,6 +471,17 @@ def _add_route(app: FastAPI, operation: Operation, caller: Callable[[Request], H
         name=route.name,
         openapi_extra=operation.openapi(),
     )
+
+
+def _path_arguments(request: Request) -> dict[str, Any]:
+    """The route's path arguments, unescaped (see :class:`_RawPath`)."""
+    out: dict[str, Any] = {}
+    for name, value in request.path_params.items():
+        try:
+            out[name] = unquote_to_bytes(value.encode("latin-1")).decode("utf-8")
+        except UnicodeError:
+            raise InvalidInput(name, "must be UTF-8 text, percent-escaped") from None
+    return out
 
 
 async def _json_object(request: Request) -> dict[str, Any]:
@@ -515,8 +553,11 @@ def _sse(hive: Hive, namespace: str, since: int, types: list[str] | None, idle: 
 def _request_key(key: str, request: Request, body: bytes) -> str:
     """The idempotency key of this request: the client's key bound to its method, path, query and body."""
     digest = hashlib.sha256()
-    for part in (request.method, request.url.path, request.url.query, key):
-        digest.update(part.encode("utf-8", "surrogatepass") + b"\0")
+    # From the scope as received: request.url would assemble (and parse) the whole URL on every write.
+    scope = request.scope
+    for part in (scope["method"].encode(), scope["path"].encode("utf-8", "surrogatepass"), scope["query_string"]):
+        digest.update(part + b"\0")
+    digest.update(key.encode("utf-8", "surrogatepass") + b"\0")
     digest.update(body)
     return digest.hexdigest()
 
@@ -548,10 +589,24 @@ def serve(
     port: int = 8765,
     auth: bool = True,
     key_cache_seconds: float = 5.0,
+    hive: Hive | None = None,
 ) -> None:
-    """Run the server in this process until interrupted (``hivemem serve``)."""
+    """Run the server in this process until interrupted (``hivemem serve``).
+
+    Args:
+        config: What to open; see :func:`create_app`.
+        host: Address to listen on.
+        port: Port to listen on.
+        auth: False serves without API keys (only on loopback).
+        key_cache_seconds: How long a checked API key is trusted.
+        hive: An open Hive to serve instead of opening ``config.url`` (for an
+            embedder or clock no config names); the caller closes it.
+
+    Raises:
+        ConfigError: ``auth`` is off and ``host`` is not a loopback address.
+    """
     import uvicorn
 
     check_listen(host, auth)
-    app = create_app(config, auth=auth, key_cache_seconds=key_cache_seconds)
+    app = create_app(config, hive=hive, auth=auth, key_cache_seconds=key_cache_seconds)
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -26,6 +26,7 @@ MAX_NAMESPACE_DEPTH = 8
 MAX_TAGS = 32
 MAX_TAG_LEN = 64
 MAX_KEY_LEN = 255
+MAX_AGENT_LEN = 200
 MAX_DATA_DEPTH = 16
 WHERE_OPERATORS = ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in")
 
@@ -157,6 +158,13 @@ def optional_id(value: object, field: str) -> str | None:
         return None
     if not isinstance(value, str) or not value or len(value) > MAX_KEY_LEN or "\x00" in value:
         raise InvalidInput(field, f"must be a non-empty string of at most {MAX_KEY_LEN} characters", value=repr(value))
+    return encodable(value, field)
+
+
+def agent_id(value: object, field: str) -> str:
+    """An agent id (a message's recipient, an inbox's agent, a lease's owner): non-empty text, 200 characters."""
+    if not isinstance(value, str) or not value or len(value) > MAX_AGENT_LEN or "\x00" in value:
+        raise InvalidInput(field, f"must be an agent id: a non-empty string of at most {MAX_AGENT_LEN} characters")
     return encodable(value, field)
 
 
