@@ -540,10 +540,10 @@ def test_cli_working_show_append_flush_clear(tmp_path: Path) -> None:
 def test_open_with_the_shipped_resources_file_embedded_and_over_http(tmp_path: Path) -> None:
     import importlib.resources
 
-    from http_server import ServedHive
+    from http_server import ServeProcess
 
     shipped = str(importlib.resources.files("hivemem") / "data" / "resources.yaml")
-    served = ServedHive(hivemem.open(str(tmp_path / "served.db"), embedder=None), auth=False)
+    served = ServeProcess(tmp_path / "served.db", "--no-auth")
     try:
         with hivemem.open(str(tmp_path / "h.db"), embedder=None, resources=shipped) as embedded:
             remote = hivemem.open(served.url, resources=shipped)
@@ -557,4 +557,4 @@ def test_open_with_the_shipped_resources_file_embedded_and_over_http(tmp_path: P
                 assert hive.working("support", user_id="u1", agent="triage-bot").settings.max_tokens == 2000
             remote.close()
     finally:
-        served.close()
+        served.stop()
