@@ -62,6 +62,9 @@ def test_the_http_client_answers_every_public_hive_method() -> None:
         "acquire_all",
         "subscribe",
         "inbox",
+        "workflow",
+        "step",
+        "recover",
         "__enter__",
         "__exit__",
     }  # built on routed ones

@@ -52,6 +52,8 @@ def test_a_file_at_schema_version_1_is_migrated_on_open_and_keeps_its_data(tmp_p
         "inbox_cursors",
         "settings",
         "conflicts",
+        "workflows",
+        "workflow_steps",
     )
     for table in later:
         conn.execute(f"DROP TABLE {table}")

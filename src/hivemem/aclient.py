@@ -106,7 +106,9 @@ class AsyncRemoteHive(RemoteBase):
                 outcome = exc
             settled = call.settle(outcome)
             if isinstance(settled, httpx.Response):
-                return result_of(route, settled)
+                result = result_of(route, settled)
+                call.answered()
+                return result
             await asyncio.sleep(settled)
 
     # Every route of hivemem.wire.ROUTES but import_memories (above); a test keeps the list complete.
@@ -143,3 +145,10 @@ class AsyncRemoteHive(RemoteBase):
     set_conflict_strategy = _routed(Hive.set_conflict_strategy)
     get_conflict_strategy = _routed(Hive.get_conflict_strategy)
     conflicts = _routed(Hive.conflicts)
+    start_workflow = _routed(Hive.start_workflow)
+    workflows = _routed(Hive.workflows)
+    get_workflow = _routed(Hive.get_workflow)
+    claim_workflow = _routed(Hive.claim_workflow)
+    record_step = _routed(Hive.record_step)
+    finish_workflow = _routed(Hive.finish_workflow)
+    cancel_workflow = _routed(Hive.cancel_workflow)

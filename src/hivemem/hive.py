@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar, Unpack
 
-from hivemem import leases
+from hivemem import leases, workflows
 from hivemem import validation as v
 from hivemem.access import ApiKey, Grant, Principal, hash_key, key_id_of, new_key
 from hivemem.clock import Clock, SystemClock, new_id, to_datetime, utc
@@ -49,6 +49,7 @@ from hivemem.records import (
 from hivemem.retrieval.embedders import Embedder
 from hivemem.retrieval.search import Retriever
 from hivemem.storage.base import ORDER_COLUMNS, MemoryFilter, Store, StoreTx, T
+from hivemem.workflows import Retry, StepContext, StepRecord, Workflow, WorkflowFunction
 
 
 class _Unset:
@@ -1223,7 +1224,10 @@ class Hive:
     def _write(self, fn: Callable[[StoreTx], T]) -> T:
         """Run ``fn`` in a write transaction, recording the idempotency key of a :meth:`run_once` call."""
         once = _ONCE.get()
-        if once is None or once.recorded:
+        if once is None:
+            step = workflows.current_step()
+            return self.store.write(fn) if step is None else self._write_in_step(step, fn)
+        if once.recorded:
             return self.store.write(fn)
 
         def recorded(tx: StoreTx) -> T:
@@ -1243,6 +1247,38 @@ class Hive:
 
         result = self.store.write(recorded)
         once.recorded = True
+        return result
+
+    def _write_in_step(self, step: StepContext, fn: Callable[[StoreTx], T]) -> T:
+        """A write made by a workflow step: applied once per step key, fenced by the executor's lease.
+
+        The key (the step's n-th write, see :mod:`hivemem.workflows`) is recorded
+        with the write, scoped by the principal that started the run; a step run
+        again gets the recorded result back, as the write first returned it. A
+        write that fails takes no key, so the next one gets the same key again.
+        """
+        key = step.write_key()
+
+        def recorded(tx: StoreTx) -> T:
+            if step.fence is not None:
+                leases.check_fence(tx, step.fence)
+            now = self.clock.now()
+            since = now - self.config.idempotency_ttl_seconds
+            stored = tx.get_once(step.principal, key, since)
+            if stored is not None:
+                raise _Replayed(workflows.decode_result(json.loads(stored)))
+            result = fn(tx)
+            encoded = json.dumps(workflows.encode_result(result), separators=(",", ":"))
+            if not tx.put_once(step.principal, key, encoded, now, since):
+                stored = tx.get_once(step.principal, key, float("-inf"))
+                raise _Replayed(None if stored is None else workflows.decode_result(json.loads(stored)))
+            return result
+
+        try:
+            result: T = self.store.write(recorded)
+        except _Replayed as replayed:
+            result = replayed.result
+        step.wrote()
         return result
 
     # -- API keys ------------------------------------------------------------------------------
@@ -1303,6 +1339,175 @@ class Hive:
         if not found or found[0].revoked_at is not None or not found[0].matches(key):
             raise Unauthenticated("the API key is not valid")
         return found[0].principal
+
+    # -- workflows (see hivemem.workflows) -------------------------------------------------------
+
+    def workflow(
+        self,
+        name: str | None = None,
+        *,
+        namespace: str,
+        timeout: float | None = None,
+        lease_ttl: float = workflows.LEASE_TTL,
+        wait: float = 60.0,
+    ) -> Callable[[Callable[..., Any]], WorkflowFunction]:
+        """Decorate a plain or async function as a durable workflow that runs on this Hive.
+
+        Call the result with the function's own arguments: the run's id derives
+        from them (or give one: ``fn.with_id("run-7")(...)``). Completed steps
+        come back from their checkpoints, the first unfinished one runs next.
+        See :func:`hivemem.workflows.workflow` for every argument.
+        """
+        return workflows.workflow(name, namespace=namespace, timeout=timeout, lease_ttl=lease_ttl, wait=wait, hive=self)
+
+    def step(
+        self, name: str | None = None, *, retry: Retry | None = None, timeout: float | None = None
+    ) -> Callable[[Callable[..., Any]], workflows.StepFunction]:
+        """Decorate a plain or async function as a workflow step (:func:`hivemem.workflows.step`).
+
+        Inside a workflow its result is recorded under (run id, step number) and
+        a replay returns it without running it again; its HiveMem writes apply
+        once; :func:`hivemem.workflows.current_step` gives the idempotency key
+        (``<run id>:<step>``) for external effects.
+        """
+        return workflows.step(name, retry=retry, timeout=timeout)
+
+    def recover(self, names: Sequence[str] | None = None) -> dict[str, int]:
+        """Resume every unfinished run of the workflows registered in this process (or only ``names``).
+
+        A run whose executor holds its lease is left to it, so several processes
+        may recover at once and each run still runs once. See
+        :func:`hivemem.workflows.recover` for the counts returned.
+        """
+        return workflows.recover(self, names)
+
+    def start_workflow(
+        self,
+        name: str,
+        *,
+        namespace: str,
+        workflow_id: str,
+        inputs: Any = None,
+        deadline: datetime | None = None,
+    ) -> Workflow:
+        """Record a new run (status ``pending``), or return the run of that id if it exists.
+
+        A primitive of :mod:`hivemem.workflows` (the decorators call it); public so
+        that workflows run in a client's process over HTTP.
+
+        Args:
+            name: The workflow's registered name.
+            namespace: Where the run lives; needs write access.
+            workflow_id: The run's id (letters, digits, ``_.:@-``, at most 60).
+            inputs: Its JSON inputs.
+            deadline: When it times out (an aware datetime), if ever.
+
+        Raises:
+            InvalidInput: A bad argument, or the id is taken by a run of another
+                workflow or with other inputs.
+        """
+        return workflows.start_run(self, name, namespace, workflow_id, inputs, deadline)
+
+    def claim_workflow(self, workflow_id: str, *, namespace: str, fence: Lease | Fence) -> Workflow:
+        """Mark a run ``running`` under the executor's lease; the run with its recorded steps.
+
+        Raises:
+            NotFound: No such run.
+            StaleFencingToken: ``fence`` was superseded by a newer executor.
+        """
+        return workflows.claim_run(self, workflow_id, namespace, fence)
+
+    def record_step(
+        self,
+        workflow_id: str,
+        step: int,
+        name: str,
+        *,
+        namespace: str,
+        status: str = "succeeded",
+        result: Any = None,
+        error: Mapping[str, Any] | None = None,
+        attempts: int = 1,
+        started_at: datetime | None = None,
+        fence: Lease | Fence | None = None,
+    ) -> StepRecord:
+        """Record a finished step: its result (``succeeded``) or error (``failed``).
+
+        Recording a step number twice keeps the first record and returns it.
+
+        Args:
+            workflow_id: The run.
+            step: The step's number (1, 2, ...).
+            name: The step's name.
+            namespace: The run's namespace.
+            status: ``succeeded`` or ``failed``.
+            result: The JSON result of a success.
+            error: ``{"type": ..., "message": ...}`` of a failure.
+            attempts: How many attempts it took.
+            started_at: When its first attempt began.
+            fence: The executor's lease: refused once a newer executor holds the run.
+
+        Raises:
+            NotFound: No such run.
+            WorkflowDiverged: The step number is recorded under another name.
+            WorkflowCancelled: The run was cancelled.
+            StaleFencingToken: ``fence`` was superseded.
+            InvalidInput: A bad argument, or the run has ended.
+        """
+        return workflows.record(
+            self, workflow_id, step, name, namespace, status, result, error, attempts, started_at, fence
+        )
+
+    def finish_workflow(
+        self,
+        workflow_id: str,
+        *,
+        namespace: str,
+        status: str,
+        result: Any = None,
+        error: Mapping[str, Any] | None = None,
+        fence: Lease | Fence | None = None,
+    ) -> Workflow:
+        """End a run as ``succeeded`` (with its JSON result) or ``failed`` (with its error).
+
+        A run that has ended already (cancelled, say) is returned unchanged.
+
+        Raises:
+            NotFound: No such run.
+            StaleFencingToken: ``fence`` was superseded.
+            InvalidInput: A bad status, result or error.
+        """
+        return workflows.finish(self, workflow_id, namespace, status, result, error, fence)
+
+    def cancel_workflow(self, workflow_id: str, *, namespace: str) -> Workflow:
+        """Cancel a run: its executor records no further step and raises WorkflowCancelled.
+
+        A run that has ended is returned unchanged.
+
+        Raises:
+            NotFound: No such run.
+        """
+        return workflows.cancel(self, workflow_id, namespace)
+
+    def get_workflow(self, workflow_id: str, *, namespace: str) -> Workflow:
+        """A run with its recorded steps.
+
+        Raises:
+            NotFound: No such run (or not readable by the principal).
+        """
+        return workflows.show(self, workflow_id, namespace)
+
+    def workflows(
+        self, *, status: str | Sequence[str] | None = None, namespace: str | None = None, limit: int = 100
+    ) -> builtins.list[Workflow]:
+        """Runs the principal may read, oldest first (without their steps).
+
+        Args:
+            status: Only runs with this status (or one of these).
+            namespace: Only runs under this namespace prefix.
+            limit: At most this many (1-1000).
+        """
+        return workflows.listed(self, status, namespace, limit)
 
     # -- helpers -------------------------------------------------------------------------------
 

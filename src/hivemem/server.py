@@ -52,6 +52,7 @@ from hivemem.hive import Hive
 from hivemem.models import Memory
 from hivemem.openapi import PROBLEM, Operation, document, problem_responses
 from hivemem.wire import EVENT_STREAM, ROUTES, from_wire, to_json
+from hivemem.workflows import is_step_key
 
 log = logging.getLogger("hivemem.server")
 #: Bodies larger than this are refused before they are read whole.
@@ -427,7 +428,9 @@ def _add_route(app: FastAPI, operation: Operation, caller: Callable[[Request], H
         if key is not None and route.once:
             # A retried write gets the first answer back and is not applied again. The key
             # counts only with the same request: reused for another one, it applies that one.
-            scoped = _request_key(validation.optional_id(key, "Idempotency-Key") or "", request, await request.body())
+            checked = validation.optional_id(key, "Idempotency-Key") or ""
+            # A workflow step's write key names one write of one run: a repeat replays it whatever its body.
+            scoped = checked if is_step_key(checked) else _request_key(checked, request, await request.body())
             replayable = await run_in_threadpool(lambda: hive.run_once(scoped, lambda _: call(), to_json))
             return JSONResponse(replayable, route.status)
         return JSONResponse(to_json(await run_in_threadpool(call)), status_code=route.status)

@@ -29,11 +29,22 @@ from hivemem.events import Event
 from hivemem.leases import Fence, Lease
 from hivemem.models import Conflict, Group, Hit, Memory, Page, Related, Relation
 from hivemem.validation import timestamp
+from hivemem.workflows import StepRecord, Workflow
+
+#: Workflow checkpoints are idempotent by design (a step number keeps its first record), so they need no key.
+WORKFLOW_PRIMITIVES = (
+    "start_workflow",
+    "claim_workflow",
+    "record_step",
+    "finish_workflow",
+    "cancel_workflow",
+    "workflows",
+)
 
 #: Arguments that are datetimes in Python and ISO 8601 text on the wire.
-TIME_ARGUMENTS = frozenset({"occurred_at", "expires_at", "since", "until"})
+TIME_ARGUMENTS = frozenset({"occurred_at", "expires_at", "since", "until", "deadline", "started_at"})
 _PATH_PARAM = re.compile(r"{(\w+)}")
-_NO_KEY = frozenset({"list", "recall", "sweep", "events", "inbox_messages", "conflicts"})
+_NO_KEY = frozenset({"list", "recall", "sweep", "events", "inbox_messages", "conflicts", *WORKFLOW_PRIMITIVES})
 #: Arguments that take a conflict strategy: a name travels, a function cannot.
 STRATEGY_ARGUMENTS = frozenset({"on_conflict", "strategy"})
 
@@ -149,6 +160,13 @@ ROUTES: tuple[Route, ...] = (
     Route("set_conflict_strategy", "POST", "/v1/conflict-strategies"),
     Route("get_conflict_strategy", "GET", "/v1/conflict-strategies"),
     Route("conflicts", "POST", "/v1/conflicts/list", _each(_conflict)),
+    Route("start_workflow", "POST", "/v1/workflows", Workflow.from_dict),
+    Route("workflows", "POST", "/v1/workflows/list", _each(Workflow.from_dict)),
+    Route("get_workflow", "GET", "/v1/workflows/{workflow_id}", Workflow.from_dict),
+    Route("claim_workflow", "POST", "/v1/workflows/{workflow_id}/claim", Workflow.from_dict),
+    Route("record_step", "POST", "/v1/workflows/{workflow_id}/steps", StepRecord.from_dict),
+    Route("finish_workflow", "POST", "/v1/workflows/{workflow_id}/finish", Workflow.from_dict),
+    Route("cancel_workflow", "POST", "/v1/workflows/{workflow_id}/cancel", Workflow.from_dict),
 )
 #: Server-sent events: :meth:`hivemem.Hive.follow` over HTTP (resume with ``Last-Event-ID``).
 EVENT_STREAM = "/v1/events/stream"
@@ -235,7 +253,7 @@ def _datetime(value: Any, name: str) -> Any:
 
 def to_json(result: Any) -> Any:
     """A Hive method's result as JSON-ready data (reversed by the route's ``decode``)."""
-    if isinstance(result, Memory | Hit | Related | Relation | Group | Lease | Event | Conflict):
+    if isinstance(result, Memory | Hit | Related | Relation | Group | Lease | Event | Conflict | Workflow | StepRecord):
         return result.to_dict()
     if isinstance(result, Page):
         return {"items": [m.to_dict() for m in result.items], "next_cursor": result.next_cursor}

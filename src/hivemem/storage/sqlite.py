@@ -160,6 +160,17 @@ MIGRATIONS: builtins.list[list[str]] = [
         "CREATE INDEX conflicts_memory ON conflicts (memory_id)",
         "CREATE INDEX conflicts_created ON conflicts (root, created_at)",
     ],
+    # Checkpointed workflows (hivemem.workflows): one row per run, one per finished step.
+    [
+        "CREATE TABLE workflows (root TEXT NOT NULL, id TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL, "
+        "inputs TEXT NOT NULL, status TEXT NOT NULL, principal TEXT NOT NULL, owner TEXT, deadline REAL, "
+        "created_at REAL NOT NULL, updated_at REAL NOT NULL, result TEXT, error TEXT, "
+        "PRIMARY KEY (root, id)) WITHOUT ROWID",
+        "CREATE INDEX workflows_status ON workflows (status, created_at)",
+        "CREATE TABLE workflow_steps (root TEXT NOT NULL, workflow_id TEXT NOT NULL, step INTEGER NOT NULL, "
+        "name TEXT NOT NULL, status TEXT NOT NULL, result TEXT, error TEXT, attempts INTEGER NOT NULL, "
+        "started_at REAL NOT NULL, finished_at REAL NOT NULL, PRIMARY KEY (root, workflow_id, step)) WITHOUT ROWID",
+    ],
 ]
 
 _INSERT = (

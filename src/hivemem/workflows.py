@@ -1,0 +1,1295 @@
+"""Checkpointed durable workflows: plain or async functions whose steps run once, across crashes.
+
+A *workflow* is a function decorated with :func:`workflow` (or ``hive.workflow``);
+a *step* is a function decorated with :func:`step` that the workflow calls. A run
+has an id (given with :meth:`WorkflowFunction.with_id`, else derived from the
+namespace, the workflow's name and its inputs) and lives in a namespace, so
+grants apply to it like to memories. Each step's result is recorded under
+``(workflow id, step number)``. Run again after a crash, the workflow gets the
+recorded result of every finished step back without executing it, and goes on
+at the first unfinished one. Replaying a run whose code now calls a different
+step at a recorded number raises :class:`~hivemem.errors.WorkflowDiverged` and
+marks the run failed: recorded results are never mixed with another program.
+
+**Exactly once for HiveMem writes.** Every HiveMem write a step makes carries a
+deterministic idempotency key, ``wf:<namespace>/<workflow id>:<step>:<n>`` for
+its n-th write, recorded in the write's own transaction by the machinery of
+:meth:`Hive.run_once` (embedded) or the server's ``Idempotency-Key`` (HTTP).
+A step executed again after a crash, a retry or a takeover by another executor
+makes the same writes with the same keys, and each of them returns the result
+recorded the first time instead of applying again; then the step's checkpoint
+commits. This is not the letter of "a step's writes commit in its checkpoint's
+transaction", and it is chosen over it on purpose: holding one write
+transaction open across arbitrary user code would block every other writer of
+a SQLite file for the whole step, and cannot exist over HTTP at all, whereas
+keyed writes give the same outcome (each write applied once, the step recorded
+once) on SQLite, PostgreSQL and HTTP alike, at no cost beyond the key row.
+What it asks of a step: its HiveMem writes happen in the same order on every
+execution (results may differ: the first recorded one wins). Records live
+``idempotency_ttl_seconds`` (a day by default): resume a crashed run within it.
+Keys are scoped by the principal that started the run; resume it as that
+principal (the same API key over HTTP, or on the server, which resumes as any).
+
+**External effects run at least once.** :func:`current_step` gives the running
+step's :attr:`StepContext.idempotency_key` (``<workflow id>:<step>``) to pass
+to other services, which can then drop repeats.
+
+**One executor per run.** An executor holds a write lease on the run's resource
+(``<namespace>/wf.<id>``), renewed in the background while it runs, and every
+checkpoint (and, embedded, every step write) is fenced by it: an executor that
+stalled past its lease cannot record anything after another took over.
+:func:`recover` resumes every unfinished run of the functions registered in
+this process, skipping runs whose lease is held, so several processes or
+servers may call it at once and each run still has one executor.
+
+Checkpoints cost one store transaction per step (one durable commit on SQLite);
+a step's attempts, timeouts and failures are recorded only when it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import hashlib
+import inspect
+import json
+import random
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from contextvars import ContextVar
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from hivemem import validation as v
+from hivemem.clock import utc
+from hivemem.errors import (
+    HiveError,
+    InvalidInput,
+    LeaseExpired,
+    LockHeld,
+    StaleFencingToken,
+    StepFailed,
+    WorkflowCancelled,
+    WorkflowDiverged,
+    WorkflowFailed,
+)
+from hivemem.events import Event
+from hivemem.leases import Fence, Lease
+from hivemem.models import Conflict, Group, Memory, Relation
+
+if TYPE_CHECKING:
+    from hivemem.hive import Hive
+
+STATUSES = ("pending", "running", "succeeded", "failed", "cancelled")
+#: Statuses of a run that :func:`recover` resumes.
+UNFINISHED = ("pending", "running")
+#: A workflow id is one namespace segment with room for the lease resource's ``wf.`` prefix.
+MAX_ID = 60
+#: Default seconds an executor's lease lasts unless renewed (it is renewed every third of it).
+LEASE_TTL = 30.0
+#: Errors about the run itself, not a step: they pass through a step's retries unrecorded.
+_CONTROL = (WorkflowCancelled, WorkflowDiverged, StaleFencingToken, LeaseExpired, WorkflowFailed)
+
+
+# -- records ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    """A finished step as recorded.
+
+    Attributes:
+        workflow_id: The run it belongs to.
+        step: Its number in the run (1, 2, 3... in call order).
+        name: The step function's name (a replay must call the same one here).
+        status: ``succeeded`` or ``failed``.
+        result: Its JSON result (None for a failure).
+        error: For a failure, ``{"type": ..., "message": ...}`` of the last attempt's error.
+        attempts: How many attempts it took.
+        started_at: When its first attempt (of the execution that finished it) began.
+        finished_at: When it was recorded.
+    """
+
+    workflow_id: str
+    step: int
+    name: str
+    status: str
+    result: Any
+    error: Mapping[str, Any] | None
+    attempts: int
+    started_at: datetime
+    finished_at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        """The step as JSON-ready data."""
+        out = {name: getattr(self, name) for name in _STEP_FIELDS}
+        out["error"] = None if self.error is None else dict(self.error)
+        out["started_at"] = self.started_at.isoformat()
+        out["finished_at"] = self.finished_at.isoformat()
+        return out
+
+    @classmethod
+    def from_dict(cls, payload: Mapping[str, Any]) -> StepRecord:
+        """Rebuild a step from :meth:`to_dict` output."""
+        values = {name: payload[name] for name in _STEP_FIELDS}
+        values["started_at"] = datetime.fromisoformat(payload["started_at"])
+        values["finished_at"] = datetime.fromisoformat(payload["finished_at"])
+        return cls(**values)
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> StepRecord:
+        """A step from a row in :data:`hivemem.storage.base.STEP_COLUMNS` order."""
+        wid, step, name, status, result, error, attempts, started, finished = row
+        return cls(
+            wid,
+            int(step),
+            name,
+            status,
+            None if result is None else json.loads(result),
+            None if error is None else json.loads(error),
+            int(attempts),
+            utc(float(started)),
+            utc(float(finished)),
+        )
+
+
+_STEP_FIELDS = ("workflow_id", "step", "name", "status", "result", "error", "attempts", "started_at", "finished_at")
+
+
+@dataclass(frozen=True, slots=True)
+class Workflow:
+    """One run of a workflow as recorded.
+
+    Attributes:
+        id: The run's id, unique in its namespace root.
+        namespace: Where it lives (grants apply).
+        name: The workflow function's registered name.
+        inputs: Its JSON inputs, ``{"args": [...], "kwargs": {...}}``.
+        status: ``pending``, ``running``, ``succeeded``, ``failed`` or ``cancelled``.
+        principal: Who started it (its step writes' idempotency keys are scoped by this name).
+        owner: The lease holder of its latest executor, if it ever ran.
+        deadline: When it times out, if it has a timeout.
+        created_at: When it was started.
+        updated_at: When its status last changed.
+        result: Its JSON result once succeeded.
+        error: ``{"type", "message"}`` once failed (or cancelled).
+        steps: Its recorded steps, in order (only where asked for: get_workflow, claim_workflow).
+    """
+
+    id: str
+    namespace: str
+    name: str
+    inputs: Any
+    status: str
+    principal: str
+    owner: str | None
+    deadline: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    result: Any
+    error: Mapping[str, Any] | None
+    steps: tuple[StepRecord, ...] = ()
+
+    @property
+    def finished(self) -> bool:
+        """Whether the run has ended (succeeded, failed or cancelled)."""
+        return self.status not in UNFINISHED
+
+    def to_dict(self) -> dict[str, Any]:
+        """The run as JSON-ready data (times in ISO 8601)."""
+        out = {name: getattr(self, name) for name in _WORKFLOW_FIELDS}
+        out["error"] = None if self.error is None else dict(self.error)
+        for name in ("deadline", "created_at", "updated_at"):
+            value = getattr(self, name)
+            out[name] = None if value is None else value.isoformat()
+        out["steps"] = [s.to_dict() for s in self.steps]
+        return out
+
+    @classmethod
+    def from_dict(cls, payload: Mapping[str, Any]) -> Workflow:
+        """Rebuild a run from :meth:`to_dict` output."""
+        values = {name: payload[name] for name in _WORKFLOW_FIELDS}
+        for name in ("deadline", "created_at", "updated_at"):
+            values[name] = None if payload[name] is None else datetime.fromisoformat(payload[name])
+        return cls(**values, steps=tuple(StepRecord.from_dict(s) for s in payload.get("steps") or ()))
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...], steps: Iterable[tuple[Any, ...]] = ()) -> Workflow:
+        """A run from a row in :data:`hivemem.storage.base.WORKFLOW_COLUMNS` order, with its step rows."""
+        _, wid, ns, name, inputs, status, principal, owner, deadline, created, updated, result, error = row
+        return cls(
+            wid,
+            ns,
+            name,
+            json.loads(inputs),
+            status,
+            principal,
+            owner,
+            None if deadline is None else utc(float(deadline)),
+            utc(float(created)),
+            utc(float(updated)),
+            None if result is None else json.loads(result),
+            None if error is None else json.loads(error),
+            tuple(StepRecord.from_row(s) for s in steps),
+        )
+
+
+_WORKFLOW_FIELDS = (
+    "id",
+    "namespace",
+    "name",
+    "inputs",
+    "status",
+    "principal",
+    "owner",
+    "deadline",
+    "created_at",
+    "updated_at",
+    "result",
+    "error",
+)
+
+
+# -- checks shared by the Hive's primitives ------------------------------------------------------
+
+
+def check_id(value: object, field: str = "workflow_id") -> str:
+    """A run id: one namespace segment (letters, digits, ``_.:@-``) of at most :data:`MAX_ID` characters.
+
+    Raises:
+        InvalidInput: Anything else.
+    """
+    if not isinstance(value, str) or len(value) > MAX_ID or "/" in value:
+        raise InvalidInput(field, f"must be letters, digits and _.:@- (at most {MAX_ID} characters)", value=repr(value))
+    return v.namespace(value, field)
+
+
+def workflow_name(value: object, field: str = "name") -> str:
+    """A workflow or step name: non-empty text of at most 200 characters.
+
+    Raises:
+        InvalidInput: Anything else.
+    """
+    if not isinstance(value, str) or not value.strip() or len(value) > 200:
+        raise InvalidInput(field, "must be non-empty text of at most 200 characters", value=repr(value))
+    return v.encodable(value, field)
+
+
+def statuses(value: object, field: str = "status") -> tuple[str, ...] | None:
+    """A ``status`` filter: None (all), one status, or a list of them.
+
+    Raises:
+        InvalidInput: Not one of :data:`STATUSES`.
+    """
+    if value is None:
+        return None
+    wanted = (value,) if isinstance(value, str) else value
+    if not isinstance(wanted, list | tuple) or not wanted or any(s not in STATUSES for s in wanted):
+        raise InvalidInput(field, f"must be one of {', '.join(STATUSES)} (or a list of them)", value=repr(value))
+    return tuple(wanted)
+
+
+def to_json_text(value: object, field: str) -> str:
+    """``value`` as compact JSON text.
+
+    Raises:
+        InvalidInput: It is not JSON (a set, a datetime, NaN, an object with non-text keys...).
+    """
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise InvalidInput(field, f"must be JSON-serialisable: {exc}") from None
+
+
+def error_record(value: object, field: str = "error") -> dict[str, str]:
+    """An error as recorded: ``{"type": text, "message": text}``.
+
+    Raises:
+        InvalidInput: Anything else.
+    """
+    if not isinstance(value, Mapping) or set(value) != {"type", "message"}:
+        raise InvalidInput(field, "must be {'type': ..., 'message': ...}")
+    if not all(isinstance(value[k], str) for k in value):
+        raise InvalidInput(field, "type and message must be text")
+    return {"type": value["type"][:200], "message": value["message"][:2000]}
+
+
+def resource_of(namespace: str, wid: str) -> str:
+    """The lease resource an executor of run ``wid`` holds."""
+    return f"{namespace}/wf.{wid}"
+
+
+def derived_id(namespace: str, name: str, inputs: Any) -> str:
+    """The id of a run not given one: a digest of its namespace, workflow name and inputs."""
+    text = json.dumps([namespace, name, inputs], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def error_of(exc: BaseException) -> dict[str, str]:
+    """How a raised error is recorded."""
+    return {"type": type(exc).__name__, "message": str(exc)[:2000]}
+
+
+# -- what a running step knows -------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class StepContext:
+    """The step running now (see :func:`current_step`).
+
+    Attributes:
+        workflow_id: The run's id.
+        namespace: The run's namespace.
+        step: The step's number.
+        name: The step's name.
+        attempt: Which attempt this is (1 first).
+        principal: Who started the run (the scope of its write keys).
+        fence: The executor's lease, as a fence: embedded step writes are fenced by it.
+    """
+
+    workflow_id: str
+    namespace: str
+    step: int
+    name: str
+    attempt: int
+    principal: str
+    fence: Fence | None
+    writes: int = 0
+
+    @property
+    def idempotency_key(self) -> str:
+        """``<workflow id>:<step>``: pass it to external services so they can drop a repeat."""
+        return f"{self.workflow_id}:{self.step}"
+
+    def write_key(self) -> str:
+        """The idempotency key of the step's next HiveMem write (call :meth:`wrote` once it commits)."""
+        key = f"wf:{self.namespace}/{self.workflow_id}:{self.step}:{self.writes + 1}"
+        return key if len(key) <= 200 else "wf:" + hashlib.sha256(key.encode()).hexdigest()
+
+    def wrote(self) -> None:
+        """Count a committed (or replayed) write: the next one takes the next key."""
+        self.writes += 1
+
+
+_STEP: ContextVar[StepContext | None] = ContextVar("hivemem_step", default=None)
+
+
+def current_step() -> StepContext | None:
+    """The step running in this context (thread or task), or None outside steps."""
+    return _STEP.get()
+
+
+def is_step_key(key: str) -> bool:
+    """Whether an idempotency key is a workflow step write's (the server then takes it as is)."""
+    return key.startswith("wf:")
+
+
+def encode_result(value: Any) -> Any:
+    """A write's result as JSON tagged with its record type, so a replay returns the same type."""
+    if isinstance(value, list):
+        return {"t": "list", "v": [encode_result(item) for item in value]}
+    for name, cls in _RECORDS.items():
+        if isinstance(value, cls):
+            return {"t": name, "v": value.to_dict()}
+    return {"t": "json", "v": value}
+
+
+def decode_result(payload: Any) -> Any:
+    """The result :func:`encode_result` recorded, as the write first returned it."""
+    tag, value = payload["t"], payload["v"]
+    if tag == "list":
+        return [decode_result(item) for item in value]
+    if tag == "json":
+        return value
+    return _DECODERS[tag](value)
+
+
+_RECORDS: dict[str, type[Any]] = {
+    "memory": Memory,
+    "event": Event,
+    "relation": Relation,
+    "group": Group,
+    "conflict": Conflict,
+}
+_DECODERS: dict[str, Callable[[Any], Any]] = {
+    "memory": Memory.from_dict,
+    "event": Event.from_dict,
+    "relation": lambda p: Relation(
+        p["src_id"], p["dst_id"], p["type"], p["strength"], datetime.fromisoformat(p["created_at"])
+    ),
+    "group": lambda p: Group(p["name"], p["description"], datetime.fromisoformat(p["created_at"])),
+    "conflict": Conflict.from_dict,
+}
+
+
+# -- policies ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """How often a step is tried, and how long to wait between tries.
+
+    Attributes:
+        attempts: Tries in all (1: no retry).
+        backoff: Seconds before the second try.
+        factor: Each further wait is this many times the last.
+        max_delay: The longest wait.
+        on: Error classes worth another try; others fail the step at once.
+    """
+
+    attempts: int = 1
+    backoff: float = 0.1
+    factor: float = 2.0
+    max_delay: float = 30.0
+    on: tuple[type[BaseException], ...] = (Exception,)
+
+    def __post_init__(self) -> None:
+        v.positive_int(self.attempts, "retry.attempts", 1000)
+        for name in ("backoff", "max_delay"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 3600:
+                raise InvalidInput(f"retry.{name}", "must be seconds from 0 to 3600", value=repr(value))
+        if isinstance(self.factor, bool) or not isinstance(self.factor, int | float) or not 1 <= self.factor <= 10:
+            raise InvalidInput("retry.factor", "must be a number from 1 to 10", value=repr(self.factor))
+        on = self.on
+        classes = isinstance(on, tuple) and all(isinstance(c, type) and issubclass(c, BaseException) for c in on)
+        if not classes:
+            raise InvalidInput("retry.on", "must be a tuple of exception classes")
+
+    def delay(self, failures: int) -> float:
+        """Seconds to wait after ``failures`` failed tries (with jitter of up to a quarter)."""
+        base = min(self.max_delay, self.backoff * self.factor ** (failures - 1))
+        return float(base * random.uniform(0.75, 1.0))
+
+    def retries(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is worth another try."""
+        return isinstance(exc, self.on) and not isinstance(exc, _CONTROL)
+
+
+def _seconds(value: object, field: str) -> float | None:
+    if value is None:
+        return None
+    return v.positive_float(value, field)
+
+
+# -- registry ------------------------------------------------------------------------------------
+
+
+class Registry:
+    """Workflow functions by name, for :func:`recover` to find the code of a recorded run.
+
+    One process-wide instance, :data:`REGISTRY`, is what the decorators fill and
+    what :meth:`Hive.recover` and ``hivemem serve --workflows`` read: it holds
+    code, as a router holds routes, not data or connections.
+    """
+
+    def __init__(self) -> None:
+        self._functions: dict[str, WorkflowFunction] = {}
+        self._lock = threading.Lock()
+
+    def add(self, function: WorkflowFunction) -> None:
+        """Register ``function`` under its name (a later one of the same name replaces it)."""
+        with self._lock:
+            self._functions[function.name] = function
+
+    def get(self, name: str) -> WorkflowFunction | None:
+        """The function registered as ``name``."""
+        with self._lock:
+            return self._functions.get(name)
+
+    def names(self) -> list[str]:
+        """Every registered name, sorted."""
+        with self._lock:
+            return sorted(self._functions)
+
+
+REGISTRY = Registry()
+
+
+# -- decorators ----------------------------------------------------------------------------------
+
+
+def workflow(
+    name: str | None = None,
+    *,
+    namespace: str,
+    timeout: float | None = None,
+    lease_ttl: float = LEASE_TTL,
+    wait: float = 60.0,
+    hive: Hive | None = None,
+) -> Callable[[Callable[..., Any]], WorkflowFunction]:
+    """Make a function a durable workflow (see the module docstring).
+
+    Without ``hive`` (``hivemem.workflow``) the function's first parameter is
+    the Hive it runs on: call it as ``fn(hive, *inputs)``; :func:`recover`
+    passes the recovering Hive. With ``hive`` (``hive.workflow``) it runs on
+    that Hive: call it as ``fn(*inputs)``. An ``async def`` gives a coroutine
+    function. Inputs and the result must be JSON; the function gets its inputs
+    back as JSON (tuples become lists), so a replay sees exactly what the first
+    run saw. Its steps must be called one at a time, in an order that depends
+    only on the inputs and earlier steps' results.
+
+    Args:
+        name: The registered name (default: ``module.qualname``); keep it stable across deploys.
+        namespace: Where its runs live; the caller needs write access there.
+        timeout: Seconds a run may take from its start; checked before each step.
+        lease_ttl: Seconds an executor's lease lasts unless renewed; a crashed
+            executor's run can be resumed after this long.
+        wait: Seconds a call waits for another executor of the same run to let go.
+        hive: The Hive it runs on (``hive.workflow``), or None to take it as first argument.
+
+    Raises:
+        InvalidInput: A bad name, namespace, timeout, lease_ttl or wait.
+    """
+    ns = v.namespace(namespace)
+    checked_timeout = _seconds(timeout, "timeout")
+    ttl = v.positive_float(lease_ttl, "lease_ttl")
+    if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 <= wait <= 3600:
+        raise InvalidInput("wait", "must be seconds from 0 to 3600", value=repr(wait))
+
+    def decorate(fn: Callable[..., Any]) -> WorkflowFunction:
+        if not callable(fn):
+            raise InvalidInput("workflow", "decorates a function")
+        chosen = workflow_name(name if name is not None else f"{fn.__module__}.{fn.__qualname__}")
+        function = WorkflowFunction(fn, chosen, ns, hive, checked_timeout, ttl, float(wait))
+        REGISTRY.add(function)
+        return function
+
+    return decorate
+
+
+def step(
+    name: str | None = None, *, retry: Retry | None = None, timeout: float | None = None
+) -> Callable[[Callable[..., Any]], StepFunction]:
+    """Make a function a step: inside a workflow, run once per run and recorded; outside, a plain call.
+
+    Its result must be JSON; the caller gets it back as JSON (tuples become
+    lists) on the first run and on replays alike. A step called inside another
+    step is a plain call, part of the outer one.
+
+    Args:
+        name: The recorded name (default: the function's qualified name); a replay checks it.
+        retry: Tries and backoff; default one try.
+        timeout: Seconds an attempt may take. An async step is cancelled then; a
+            plain one is left running in its thread (Python cannot stop it) and its
+            HiveMem writes keep their keys, so they still apply once.
+
+    Raises:
+        InvalidInput: A bad name, retry or timeout.
+    """
+    policy = retry if retry is not None else Retry()
+    if not isinstance(policy, Retry):
+        raise InvalidInput("retry", "must be a hivemem.workflows.Retry")
+    checked_timeout = _seconds(timeout, "timeout")
+
+    def decorate(fn: Callable[..., Any]) -> StepFunction:
+        if not callable(fn):
+            raise InvalidInput("step", "decorates a function")
+        return StepFunction(fn, workflow_name(name if name is not None else fn.__qualname__), policy, checked_timeout)
+
+    return decorate
+
+
+# -- running -------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Run:
+    """A run being executed in this context: what was recorded, and which step comes next."""
+
+    hive: Any
+    workflow: Workflow
+    lease: Lease
+    recorded: dict[int, StepRecord]
+    deadline: float | None
+    done: int = 0
+    diverged: WorkflowDiverged | None = None
+
+    def next_step(self, name: str) -> tuple[int, StepRecord | None]:
+        """The next step's number and its record, if any; a different recorded name is divergence."""
+        self.done += 1
+        number = self.done
+        found = self.recorded.get(number)
+        if found is not None and found.name != name:
+            self.diverged = _diverged(self.workflow.id, number, found.name, name)
+            raise self.diverged
+        if self.deadline is not None and found is None and time.time() > self.deadline:
+            raise WorkflowFailed(
+                f"workflow {self.workflow.id} timed out before step {number}",
+                workflow_id=self.workflow.id,
+                error={"type": "WorkflowTimeout", "message": f"timed out before step {number}"},
+            )
+        return number, found
+
+    def check_complete(self) -> None:
+        """Raise if the code ended before every recorded step was replayed."""
+        if self.diverged is not None:
+            raise self.diverged
+        later = [n for n in self.recorded if n > self.done]
+        if later:
+            first = min(later)
+            self.diverged = _diverged(self.workflow.id, first, self.recorded[first].name, None)
+            raise self.diverged
+
+    def context(self, number: int, name: str, attempt: int) -> StepContext:
+        wf = self.workflow
+        return StepContext(wf.id, wf.namespace, number, name, attempt, wf.principal, self.lease.fence)
+
+
+def _diverged(wid: str, number: int, recorded: str, called: str | None) -> WorkflowDiverged:
+    doing = f"called {called!r}" if called is not None else "ended"
+    return WorkflowDiverged(
+        f"workflow {wid} replayed differently: step {number} was {recorded!r}, the code now {doing}",
+        workflow_id=wid,
+        step=number,
+        recorded=recorded,
+        called=called,
+    )
+
+
+_RUN: ContextVar[_Run | None] = ContextVar("hivemem_workflow_run", default=None)
+
+
+def _outcome(wf: Workflow) -> Any:
+    """What calling a finished run returns or raises."""
+    if wf.status == "succeeded":
+        return wf.result
+    if wf.status == "cancelled":
+        raise WorkflowCancelled(f"workflow {wf.id} was cancelled", workflow_id=wf.id)
+    error = dict(wf.error or {})
+    if error.get("type") == "WorkflowDiverged":
+        raise WorkflowDiverged(f"workflow {wf.id} failed: {error.get('message')}", workflow_id=wf.id, error=error)
+    raise WorkflowFailed(f"workflow {wf.id} failed: {error.get('message')}", workflow_id=wf.id, error=error)
+
+
+def _json_copy(value: Any, field: str) -> Any:
+    return json.loads(to_json_text(value, field))
+
+
+class _Keeper:
+    """Renews an executor's lease every third of its ttl until stopped (a thread: steps may block)."""
+
+    def __init__(self, renew: Callable[[], Any], ttl: float) -> None:
+        self._renew = renew
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, args=(ttl / 3,), daemon=True, name="hivemem-wf-lease")
+        self._thread.start()
+
+    def _loop(self, every: float) -> None:
+        while not self._stop.wait(every):
+            try:
+                self._renew()
+            except HiveError:
+                return  # lapsed: the next fenced checkpoint tells the executor
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+class WorkflowFunction:
+    """A durable workflow (made by :func:`workflow`); call it to run or resume a run."""
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        name: str,
+        namespace: str,
+        hive: Hive | None,
+        timeout: float | None,
+        lease_ttl: float,
+        wait: float,
+    ) -> None:
+        self.fn = fn
+        self.name = name
+        self.namespace = namespace
+        self.hive = hive
+        self.timeout = timeout
+        self.lease_ttl = lease_ttl
+        self.wait = wait
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.__doc__ = fn.__doc__
+        self.__name__ = getattr(fn, "__name__", name)
+        self.__qualname__ = getattr(fn, "__qualname__", name)
+
+    def __repr__(self) -> str:
+        return f"<workflow {self.name} in {self.namespace}>"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run (or resume, or return the outcome of) the run whose id derives from these inputs."""
+        return self.with_id(None)(*args, **kwargs)
+
+    def with_id(self, workflow_id: str | None) -> Callable[..., Any]:
+        """This workflow as a function that runs the run ``workflow_id`` (None: derived from the inputs).
+
+        Raises:
+            InvalidInput: A bad id.
+        """
+        wid = None if workflow_id is None else check_id(workflow_id)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            hive, inputs = self._split(args, kwargs)
+            if self.is_async:
+                return self._arun(hive, inputs, wid)
+            return self._run(hive, inputs, wid)
+
+        return call
+
+    def _split(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        if self.hive is not None:
+            hive, rest = self.hive, args
+        elif args and hasattr(args[0], "start_workflow"):
+            hive, rest = args[0], args[1:]
+        else:
+            raise InvalidInput("hive", f"workflow {self.name} takes the Hive it runs on as its first argument")
+        return hive, _json_copy({"args": list(rest), "kwargs": kwargs}, "inputs")
+
+    def _call_args(self, hive: Any, inputs: Mapping[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+        args = list(inputs.get("args") or [])
+        return ([] if self.hive is not None else [hive]) + args, dict(inputs.get("kwargs") or {})
+
+    def _start_args(self, inputs: Any, wid: str | None, namespace: str | None) -> dict[str, Any]:
+        deadline = None if self.timeout is None else utc(time.time() + self.timeout)
+        ns = namespace or self.namespace
+        return {
+            "namespace": ns,
+            "workflow_id": wid or derived_id(ns, self.name, inputs),
+            "inputs": inputs,
+            "deadline": deadline,
+        }
+
+    # -- sync ------------------------------------------------------------------------------------
+
+    def _run(
+        self, hive: Any, inputs: Any, wid: str | None, lease: Lease | None = None, namespace: str | None = None
+    ) -> Any:
+        start = self._start_args(inputs, wid, namespace)
+        wf = hive.start_workflow(self.name, **start)
+        if wf.finished:
+            return _outcome(wf)
+        resource = resource_of(wf.namespace, wf.id)
+        if lease is None:
+            lease = hive.lock(resource, ttl=self.lease_ttl, wait=self.wait)
+        assert lease is not None
+        held = lease
+        keeper = _Keeper(lambda: _renewed(hive, held), self.lease_ttl)
+        try:
+            wf = hive.claim_workflow(wf.id, namespace=wf.namespace, fence=held)
+            if wf.finished:
+                return _outcome(wf)
+            run = _Run(hive, wf, held, {s.step: s for s in wf.steps}, _deadline(wf))
+            args, kwargs = self._call_args(hive, wf.inputs)
+            token = _RUN.set(run)
+            try:
+                result = self.fn(*args, **kwargs)
+                run.check_complete()
+                text = _json_copy(result, "result")
+            except Exception as exc:
+                self._fail(hive, wf, held, exc)
+                raise
+            finally:
+                _RUN.reset(token)
+            finished = hive.finish_workflow(wf.id, namespace=wf.namespace, status="succeeded", result=text, fence=held)
+            return _outcome(finished)
+        finally:
+            keeper.stop()
+            _quietly(lambda: hive.release_lease(held))
+
+    @staticmethod
+    def _fail(hive: Any, wf: Workflow, lease: Lease, exc: BaseException) -> None:
+        """Record the run failed by ``exc``, unless ``exc`` says this executor may not (or need not)."""
+        if isinstance(exc, WorkflowCancelled | StaleFencingToken | LeaseExpired):
+            return
+        error = exc.details.get("error") if isinstance(exc, WorkflowFailed) else None
+        recorded = error if isinstance(error, Mapping) else error_of(exc)
+        _quietly(
+            lambda: hive.finish_workflow(
+                wf.id, namespace=wf.namespace, status="failed", error=dict(recorded), fence=lease
+            )
+        )
+
+    # -- async -----------------------------------------------------------------------------------
+
+    async def _arun(
+        self, hive: Any, inputs: Any, wid: str | None, lease: Lease | None = None, namespace: str | None = None
+    ) -> Any:
+        start = self._start_args(inputs, wid, namespace)
+        wf = await _acall(hive.start_workflow, self.name, **start)
+        if wf.finished:
+            return _outcome(wf)
+        if lease is None:
+            lease = await _acall(hive.lock, resource_of(wf.namespace, wf.id), ttl=self.lease_ttl, wait=self.wait)
+        assert lease is not None
+        held = lease
+        keeper = asyncio.ensure_future(_akeep(hive, held, self.lease_ttl))
+        try:
+            wf = await _acall(hive.claim_workflow, wf.id, namespace=wf.namespace, fence=held)
+            if wf.finished:
+                return _outcome(wf)
+            run = _Run(hive, wf, held, {s.step: s for s in wf.steps}, _deadline(wf))
+            args, kwargs = self._call_args(hive, wf.inputs)
+            token = _RUN.set(run)
+            try:
+                result = await self.fn(*args, **kwargs)
+                run.check_complete()
+                text = _json_copy(result, "result")
+            except Exception as exc:
+                if not isinstance(exc, WorkflowCancelled | StaleFencingToken | LeaseExpired):
+                    error = exc.details.get("error") if isinstance(exc, WorkflowFailed) else None
+                    recorded = dict(error) if isinstance(error, Mapping) else error_of(exc)
+                    await _aquietly(
+                        _acall(
+                            hive.finish_workflow,
+                            wf.id,
+                            namespace=wf.namespace,
+                            status="failed",
+                            error=recorded,
+                            fence=held,
+                        )
+                    )
+                raise
+            finally:
+                _RUN.reset(token)
+            finished = await _acall(
+                hive.finish_workflow, wf.id, namespace=wf.namespace, status="succeeded", result=text, fence=held
+            )
+            return _outcome(finished)
+        finally:
+            keeper.cancel()
+            await _aquietly(_acall(hive.release_lease, held))
+
+
+def _deadline(wf: Workflow) -> float | None:
+    return None if wf.deadline is None else wf.deadline.timestamp()
+
+
+def _renewed(hive: Any, lease: Lease) -> None:
+    hive.renew_lease(lease)
+
+
+def _quietly(call: Callable[[], Any]) -> None:
+    """Clean-up that must not hide the error being raised (a lapsed lease, a lost connection)."""
+    with contextlib.suppress(HiveError):
+        call()
+
+
+async def _aquietly(call: Awaitable[Any]) -> None:
+    with contextlib.suppress(HiveError):
+        await call
+
+
+async def _acall(method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call a Hive method from async code: await an async client's, run a blocking Hive's in a thread."""
+    if inspect.iscoroutinefunction(method):
+        return await method(*args, **kwargs)
+    return await asyncio.to_thread(method, *args, **kwargs)
+
+
+async def _akeep(hive: Any, lease: Lease, ttl: float) -> None:
+    while True:
+        await asyncio.sleep(ttl / 3)
+        try:
+            await _acall(hive.renew_lease, lease)
+        except HiveError:
+            return
+
+
+class StepFunction:
+    """A step (made by :func:`step`): checkpointed when a workflow calls it."""
+
+    def __init__(self, fn: Callable[..., Any], name: str, retry: Retry, timeout: float | None) -> None:
+        self.fn = fn
+        self.name = name
+        self.retry = retry
+        self.timeout = timeout
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.__doc__ = fn.__doc__
+        self.__name__ = getattr(fn, "__name__", name)
+        self.__qualname__ = getattr(fn, "__qualname__", name)
+
+    def __repr__(self) -> str:
+        return f"<step {self.name}>"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        run = _RUN.get()
+        if run is None or _STEP.get() is not None:
+            return self.fn(*args, **kwargs)
+        if self.is_async:
+            return self._acall(run, args, kwargs)
+        return self._call(run, args, kwargs)
+
+    def _call(self, run: _Run, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        number, found = run.next_step(self.name)
+        if found is not None:
+            return _replayed(found)
+        started = time.time()
+        attempt = 0
+        while True:
+            attempt += 1
+            token = _STEP.set(run.context(number, self.name, attempt))
+            try:
+                value = self._attempt(args, kwargs)
+                result = _json_copy(value, "result")
+            except Exception as exc:
+                if isinstance(exc, _CONTROL):
+                    raise
+                if self.retry.retries(exc) and attempt < self.retry.attempts:
+                    time.sleep(self.retry.delay(attempt))
+                    continue
+                record = run.hive.record_step(
+                    run.workflow.id, number, self.name, **_failure(run, exc, attempt, started)
+                )
+                raise _step_failed(record) from exc
+            finally:
+                _STEP.reset(token)
+            record = run.hive.record_step(run.workflow.id, number, self.name, **_success(run, result, attempt, started))
+            return _replayed(record)
+
+    def _attempt(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if self.timeout is None:
+            return self.fn(*args, **kwargs)
+        context = contextvars.copy_context()
+        pool = ThreadPoolExecutor(1, thread_name_prefix="hivemem-step")
+        try:
+            future = pool.submit(context.run, self.fn, *args, **kwargs)
+            return future.result(timeout=self.timeout)
+        except FutureTimeout:
+            raise TimeoutError(f"step {self.name} took longer than {self.timeout:g} s") from None
+        finally:
+            pool.shutdown(wait=False)
+
+    async def _acall(self, run: _Run, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        number, found = run.next_step(self.name)
+        if found is not None:
+            return _replayed(found)
+        started = time.time()
+        attempt = 0
+        while True:
+            attempt += 1
+            token = _STEP.set(run.context(number, self.name, attempt))
+            try:
+                if self.timeout is None:
+                    value = await self.fn(*args, **kwargs)
+                else:
+                    try:
+                        value = await asyncio.wait_for(self.fn(*args, **kwargs), self.timeout)
+                    except TimeoutError:
+                        raise TimeoutError(f"step {self.name} took longer than {self.timeout:g} s") from None
+                result = _json_copy(value, "result")
+            except Exception as exc:
+                if isinstance(exc, _CONTROL):
+                    raise
+                if self.retry.retries(exc) and attempt < self.retry.attempts:
+                    await asyncio.sleep(self.retry.delay(attempt))
+                    continue
+                record = await _acall(
+                    run.hive.record_step, run.workflow.id, number, self.name, **_failure(run, exc, attempt, started)
+                )
+                raise _step_failed(record) from exc
+            finally:
+                _STEP.reset(token)
+            record = await _acall(
+                run.hive.record_step, run.workflow.id, number, self.name, **_success(run, result, attempt, started)
+            )
+            return _replayed(record)
+
+
+def _success(run: _Run, result: Any, attempts: int, started: float) -> dict[str, Any]:
+    return {
+        "namespace": run.workflow.namespace,
+        "status": "succeeded",
+        "result": result,
+        "attempts": attempts,
+        "started_at": utc(started),
+        "fence": run.lease,
+    }
+
+
+def _failure(run: _Run, exc: BaseException, attempts: int, started: float) -> dict[str, Any]:
+    return {
+        "namespace": run.workflow.namespace,
+        "status": "failed",
+        "error": error_of(exc),
+        "attempts": attempts,
+        "started_at": utc(started),
+        "fence": run.lease,
+    }
+
+
+def _replayed(record: StepRecord) -> Any:
+    if record.status == "succeeded":
+        return record.result
+    raise _step_failed(record)
+
+
+def _step_failed(record: StepRecord) -> StepFailed:
+    error = dict(record.error or {})
+    return StepFailed(
+        f"step {record.step} ({record.name}) of workflow {record.workflow_id} failed: "
+        f"{error.get('type')}: {error.get('message')}",
+        workflow_id=record.workflow_id,
+        step=record.step,
+        error=error,
+    )
+
+
+# -- recovery ------------------------------------------------------------------------------------
+
+
+def recover(hive: Any, names: Iterable[str] | None = None, *, registry: Registry = REGISTRY) -> dict[str, int]:
+    """Resume every unfinished run of the registered workflows (``names``: only these) on ``hive``.
+
+    Each run is resumed only if its lease is free right now (taken with no
+    wait), so concurrent recoverers split the runs and each runs once; a run
+    whose executor is alive (or crashed less than its lease ttl ago) is
+    skipped and left to it (or to a later recover). Runs go one after another
+    in this thread; an async workflow runs in its own event loop here.
+
+    Returns:
+        Counts: ``resumed`` (run to an end here), ``succeeded``, ``failed``
+        (ended in failure or cancellation), ``held`` (skipped: another executor
+        holds it), ``unknown`` (skipped: no function registered by that name).
+    """
+    wanted = None if names is None else set(names)
+    counts = {"resumed": 0, "succeeded": 0, "failed": 0, "held": 0, "unknown": 0}
+    seen: set[tuple[str, str]] = set()
+    while True:
+        batch = [
+            wf
+            for wf in hive.workflows(status=list(UNFINISHED), limit=1000)
+            if (wf.namespace, wf.id) not in seen and (wanted is None or wf.name in wanted)
+        ]
+        if not batch:
+            return counts
+        for wf in batch:
+            seen.add((wf.namespace, wf.id))
+            function = registry.get(wf.name)
+            if function is None:
+                counts["unknown"] += 1
+                continue
+            on = function.hive if function.hive is not None else hive
+            try:
+                lease = on.lock(resource_of(wf.namespace, wf.id), ttl=function.lease_ttl, wait=0)
+            except LockHeld:
+                counts["held"] += 1
+                continue
+            counts["resumed"] += 1
+            try:
+                if function.is_async:
+                    asyncio.run(function._arun(on, wf.inputs, wf.id, lease, wf.namespace))
+                else:
+                    function._run(on, wf.inputs, wf.id, lease, wf.namespace)
+                counts["succeeded"] += 1
+            except Exception:  # the run recorded its own failure; recovery goes on with the next
+                counts["failed"] += 1
+
+
+# -- the Hive's checkpoint primitives (one store transaction each) --------------------------------
+
+
+def _checked_ns(hive: Hive, namespace: object, level: str) -> str:
+    ns = v.namespace(namespace)
+    hive._may(level, ns)
+    return ns
+
+
+def _found(tx: Any, hive: Hive, ns: str, wid: str) -> Workflow:
+    """The run ``wid`` in ``ns`` (locked in a write), or NotFound (also for one the principal may not read)."""
+    row = tx.workflow(v.root_of(ns), wid)
+    if row is None or row[2] != ns or not hive.principal.allows("read", ns):
+        from hivemem.errors import NotFound
+
+        raise NotFound(f"no workflow {wid} in {ns}", workflow_id=wid, namespace=ns)
+    return Workflow.from_row(row)
+
+
+def start_run(hive: Hive, name: object, namespace: object, wid: object, inputs: object, deadline: object) -> Workflow:
+    """:meth:`Hive.start_workflow`."""
+    checked_name = workflow_name(name)
+    ns = _checked_ns(hive, namespace, "write")
+    checked_id = check_id(wid)
+    text = to_json_text(inputs, "inputs")
+    if len(text.encode()) > hive.config.max_data_bytes:
+        raise InvalidInput("inputs", f"are over {hive.config.max_data_bytes} bytes as JSON")
+    ends = v.timestamp(deadline, "deadline")
+    root = v.root_of(ns)
+
+    def write(tx: Any) -> Workflow:
+        now = hive.clock.now()
+        row = {
+            "root": root,
+            "id": checked_id,
+            "namespace": ns,
+            "name": checked_name,
+            "inputs": text,
+            "status": "pending",
+            "principal": hive.principal.name,
+            "owner": None,
+            "deadline": ends,
+            "created_at": now,
+            "updated_at": now,
+            "result": None,
+            "error": None,
+        }
+        if tx.put_workflow(row):
+            return Workflow.from_row(tuple(row.values()))
+        found = _found(tx, hive, ns, checked_id)
+        if found.name != checked_name:
+            raise InvalidInput("workflow_id", f"is taken by a run of workflow {found.name!r}", workflow_id=checked_id)
+        if found.inputs != json.loads(text):
+            raise InvalidInput("inputs", f"differ from those run {checked_id} was started with", workflow_id=checked_id)
+        return found
+
+    return hive.store.write(write)
+
+
+def claim_run(hive: Hive, wid: object, namespace: object, fence: object) -> Workflow:
+    """:meth:`Hive.claim_workflow`."""
+    from hivemem.leases import check_fence
+
+    ns = _checked_ns(hive, namespace, "write")
+    checked_id = check_id(wid)
+    fenced = Fence.of(fence)
+
+    def write(tx: Any) -> Workflow:
+        check_fence(tx, fenced)
+        found = _found(tx, hive, ns, checked_id)
+        root = v.root_of(ns)
+        if not found.finished:
+            owner = f"{hive.principal.name}#{fenced.token}"
+            tx.set_workflow(root, checked_id, "running", owner, None, None, hive.clock.now())
+        return Workflow.from_row(tx.workflow(root, checked_id), tx.workflow_steps(root, checked_id))
+
+    return hive.store.write(write)
+
+
+def record(
+    hive: Hive,
+    wid: object,
+    number: object,
+    name: object,
+    namespace: object,
+    status: object,
+    result: object,
+    error: object,
+    attempts: object,
+    started_at: object,
+    fence: object,
+) -> StepRecord:
+    """:meth:`Hive.record_step`."""
+    from hivemem.leases import check_fence
+
+    ns = _checked_ns(hive, namespace, "write")
+    checked_id = check_id(wid)
+    step_number = v.positive_int(number, "step", 1_000_000)
+    checked_name = workflow_name(name)
+    if status not in ("succeeded", "failed"):
+        raise InvalidInput("status", "must be succeeded or failed", value=repr(status))
+    result_text = to_json_text(result, "result") if status == "succeeded" else None
+    if result_text is not None and len(result_text.encode()) > hive.config.max_data_bytes:
+        raise InvalidInput("result", f"is over {hive.config.max_data_bytes} bytes as JSON")
+    error_text = to_json_text(error_record(error), "error") if status == "failed" else None
+    tries = v.positive_int(attempts, "attempts", 1_000_000)
+    began = v.timestamp(started_at, "started_at")
+    fenced = None if fence is None else Fence.of(fence)
+    root = v.root_of(ns)
+
+    def write(tx: Any) -> StepRecord:
+        if fenced is not None:
+            check_fence(tx, fenced)
+        found = _found(tx, hive, ns, checked_id)
+        if found.status == "cancelled":
+            raise WorkflowCancelled(f"workflow {checked_id} was cancelled", workflow_id=checked_id)
+        if found.finished:
+            raise InvalidInput("workflow_id", f"run {checked_id} has {found.status}; it records no more steps")
+        now = hive.clock.now()
+        row = {
+            "workflow_id": checked_id,
+            "step": step_number,
+            "name": checked_name,
+            "status": status,
+            "result": result_text,
+            "error": error_text,
+            "attempts": tries,
+            "started_at": now if began is None else min(began, now),
+            "finished_at": now,
+        }
+        if tx.put_step(root, row):
+            return StepRecord.from_row(tuple(row.values()))
+        existing = next(StepRecord.from_row(r) for r in tx.workflow_steps(root, checked_id) if r[1] == step_number)
+        if existing.name != checked_name:
+            raise _diverged(checked_id, step_number, existing.name, checked_name)
+        return existing
+
+    return hive.store.write(write)
+
+
+def finish(
+    hive: Hive, wid: object, namespace: object, status: object, result: object, error: object, fence: object
+) -> Workflow:
+    """:meth:`Hive.finish_workflow`."""
+    from hivemem.leases import check_fence
+
+    ns = _checked_ns(hive, namespace, "write")
+    checked_id = check_id(wid)
+    if status not in ("succeeded", "failed"):
+        raise InvalidInput("status", "must be succeeded or failed", value=repr(status))
+    result_text = to_json_text(result, "result") if status == "succeeded" else None
+    if result_text is not None and len(result_text.encode()) > hive.config.max_data_bytes:
+        raise InvalidInput("result", f"is over {hive.config.max_data_bytes} bytes as JSON")
+    error_text = to_json_text(error_record(error), "error") if status == "failed" else None
+    fenced = None if fence is None else Fence.of(fence)
+
+    def write(tx: Any) -> Workflow:
+        if fenced is not None:
+            check_fence(tx, fenced)
+        found = _found(tx, hive, ns, checked_id)
+        if found.finished:
+            return found
+        root = v.root_of(ns)
+        tx.set_workflow(root, checked_id, str(status), found.owner, result_text, error_text, hive.clock.now())
+        return Workflow.from_row(tx.workflow(root, checked_id))
+
+    return hive.store.write(write)
+
+
+def cancel(hive: Hive, wid: object, namespace: object) -> Workflow:
+    """:meth:`Hive.cancel_workflow`."""
+    ns = _checked_ns(hive, namespace, "write")
+    checked_id = check_id(wid)
+
+    def write(tx: Any) -> Workflow:
+        found = _found(tx, hive, ns, checked_id)
+        if found.finished:
+            return found
+        root = v.root_of(ns)
+        error = to_json_text({"type": "WorkflowCancelled", "message": f"cancelled by {hive.principal.name}"}, "error")
+        tx.set_workflow(root, checked_id, "cancelled", found.owner, None, error, hive.clock.now())
+        return Workflow.from_row(tx.workflow(root, checked_id))
+
+    return hive.store.write(write)
+
+
+def show(hive: Hive, wid: object, namespace: object) -> Workflow:
+    """:meth:`Hive.get_workflow`."""
+    ns = v.namespace(namespace)
+    checked_id = check_id(wid)
+
+    def read(tx: Any) -> Workflow:
+        _found(tx, hive, ns, checked_id)
+        return Workflow.from_row(tx.workflow(v.root_of(ns), checked_id), tx.workflow_steps(v.root_of(ns), checked_id))
+
+    return hive.store.read(read, primary=True)
+
+
+def listed(hive: Hive, status: object, namespace: object, limit: object) -> list[Workflow]:
+    """:meth:`Hive.workflows`."""
+    wanted = statuses(status)
+    prefix = v.namespace_prefix(namespace)
+    count = v.positive_int(limit, "limit", 1000)
+    rows = hive.store.read(lambda tx: tx.workflow_rows(wanted, prefix, hive._readable(), count), primary=True)
+    return [Workflow.from_row(r) for r in rows]
