@@ -25,15 +25,20 @@ from hivemem.errors import (
     PayloadTooLarge,
     QuotaExceeded,
     StaleFencingToken,
+    StepFailed,
     StorageUnavailable,
     Unauthenticated,
     VersionConflict,
+    WorkflowCancelled,
+    WorkflowDiverged,
+    WorkflowFailed,
 )
 from hivemem.hive import Hive
 from hivemem.leases import Fence, Lease, LeaseSet
 from hivemem.models import Conflict, Group, Hit, Memory, Page, Related, Relation
 from hivemem.records import KeyedOptions, MemoryOptions, RememberOptions
 from hivemem.retrieval.embedders import Embedder, MiniLMEmbedder, OpenAIEmbedder, make_embedder
+from hivemem.workflows import Retry, StepContext, StepRecord, Workflow, current_step, step, workflow
 
 __version__ = "0.1.0"
 
@@ -71,15 +76,26 @@ __all__ = [
     "Related",
     "Relation",
     "RememberOptions",
+    "Retry",
     "StaleFencingToken",
+    "StepContext",
+    "StepFailed",
+    "StepRecord",
     "StorageUnavailable",
     "SystemClock",
     "Unauthenticated",
     "VersionConflict",
+    "Workflow",
+    "WorkflowCancelled",
+    "WorkflowDiverged",
+    "WorkflowFailed",
     "__version__",
+    "current_step",
     "make_embedder",
     "open",
     "open_async",
+    "step",
+    "workflow",
 ]
 
 _DEFAULT = object()

@@ -1040,6 +1040,25 @@ def _step_failed(record: StepRecord) -> StepFailed:
 # -- recovery ------------------------------------------------------------------------------------
 
 
+def import_modules(modules: Iterable[str], registry: Registry = REGISTRY) -> list[str]:
+    """Import modules that register workflows; the names they registered.
+
+    Raises:
+        ConfigError: A module cannot be imported.
+    """
+    import importlib
+
+    from hivemem.errors import ConfigError
+
+    before = set(registry.names())
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ConfigError(f"cannot import workflow module {module!r}: {exc}") from None
+    return sorted(set(registry.names()) - before) or registry.names()
+
+
 def recover(hive: Any, names: Iterable[str] | None = None, *, registry: Registry = REGISTRY) -> dict[str, int]:
     """Resume every unfinished run of the registered workflows (``names``: only these) on ``hive``.
 
