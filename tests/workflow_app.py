@@ -56,10 +56,15 @@ def recover_until_done(hive: hivemem.Hive) -> None:
         time.sleep(0.02)
 
 
-def churn(target: str, log: str, final: bool) -> None:
-    """Resume what a killed predecessor left, then run new runs (run-k, k = runs so far) until killed."""
+def churn(target: str, log: str, final: bool, ready: Any = None) -> None:
+    """Resume what a killed predecessor left, then run new runs (run-k, k = runs so far) until killed.
+
+    ``ready`` is set once the Hive is open: the killer's random delay counts from there.
+    """
     os.environ["HIVEMEM_TEST_STEP_LOG"] = log
     with hivemem.open(target, embedder=None) as hive:
+        if ready is not None:
+            ready.set()
         recover_until_done(hive)
         if final:
             return

@@ -672,23 +672,68 @@ def _json_copy(value: Any, field: str) -> Any:
 
 
 class _Keeper:
-    """Renews an executor's lease every third of its ttl until stopped (a thread: steps may block)."""
+    """Renews running executors' leases, each every third of its ttl, from one background thread.
 
-    def __init__(self, renew: Callable[[], Any], ttl: float) -> None:
-        self._renew = renew
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, args=(ttl / 3,), daemon=True, name="hivemem-wf-lease")
-        self._thread.start()
+    One thread for the whole process rather than one per run: a thread that
+    touches a SQLite Hive keeps a connection of its own, so a thread per run
+    would leave a connection behind per run. It is a worker, not state: it
+    holds only the leases of runs executing now, and :meth:`drop` returns only
+    once no renewal of that lease is under way (the Hive may close next).
+    """
 
-    def _loop(self, every: float) -> None:
-        while not self._stop.wait(every):
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._entries: dict[int, tuple[Any, Lease, float, float]] = {}
+        self._busy: int | None = None
+        self._next = 0
+        self._thread: threading.Thread | None = None
+
+    def keep(self, hive: Any, lease: Lease, ttl: float) -> int:
+        """Start renewing ``lease`` through ``hive``; the handle for :meth:`drop`."""
+        with self._changed:
+            self._next += 1
+            self._entries[self._next] = (hive, lease, ttl, time.monotonic() + ttl / 3)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, daemon=True, name="hivemem-workflow-leases")
+                self._thread.start()
+            self._changed.notify_all()
+            return self._next
+
+    def drop(self, handle: int) -> None:
+        """Stop renewing; waits for a renewal of it under way to end."""
+        with self._changed:
+            self._entries.pop(handle, None)
+            self._changed.wait_for(lambda: self._busy != handle)
+
+    def _loop(self) -> None:
+        while True:
+            with self._changed:
+                while True:
+                    now = time.monotonic()
+                    due = min(self._entries.items(), key=lambda item: item[1][3], default=None)
+                    if due is not None and due[1][3] <= now:
+                        break
+                    self._changed.wait(None if due is None else due[1][3] - now)
+                handle, (hive, lease, ttl, _) = due
+                self._busy = handle
             try:
-                self._renew()
+                hive.renew_lease(lease)
+                lapsed = False
             except HiveError:
-                return  # lapsed: the next fenced checkpoint tells the executor
+                lapsed = True  # the next fenced checkpoint tells the executor
+            with self._changed:
+                self._busy = None
+                if handle in self._entries:
+                    if lapsed:
+                        del self._entries[handle]
+                    else:
+                        self._entries[handle] = (hive, lease, ttl, time.monotonic() + ttl / 3)
+                self._changed.notify_all()
 
-    def stop(self) -> None:
-        self._stop.set()
+
+_KEEPER = _Keeper()
+#: Threads that run plain steps with a timeout (a step past its timeout keeps its thread until it ends).
+_STEP_THREADS = ThreadPoolExecutor(32, thread_name_prefix="hivemem-step")
 
 
 class WorkflowFunction:
@@ -776,7 +821,7 @@ class WorkflowFunction:
             lease = hive.lock(resource, ttl=self.lease_ttl, wait=self.wait)
         assert lease is not None
         held = lease
-        keeper = _Keeper(lambda: _renewed(hive, held), self.lease_ttl)
+        keeper = _KEEPER.keep(hive, held, self.lease_ttl)
         try:
             wf = hive.claim_workflow(wf.id, namespace=wf.namespace, fence=held)
             if wf.finished:
@@ -796,7 +841,7 @@ class WorkflowFunction:
             finished = hive.finish_workflow(wf.id, namespace=wf.namespace, status="succeeded", result=text, fence=held)
             return _outcome(finished)
         finally:
-            keeper.stop()
+            _KEEPER.drop(keeper)
             _quietly(lambda: hive.release_lease(held))
 
     @staticmethod
@@ -865,10 +910,6 @@ class WorkflowFunction:
 
 def _deadline(wf: Workflow) -> float | None:
     return None if wf.deadline is None else wf.deadline.timestamp()
-
-
-def _renewed(hive: Any, lease: Lease) -> None:
-    hive.renew_lease(lease)
 
 
 def _quietly(call: Callable[[], Any]) -> None:
@@ -953,14 +994,11 @@ class StepFunction:
         if self.timeout is None:
             return self.fn(*args, **kwargs)
         context = contextvars.copy_context()
-        pool = ThreadPoolExecutor(1, thread_name_prefix="hivemem-step")
+        future = _STEP_THREADS.submit(context.run, self.fn, *args, **kwargs)
         try:
-            future = pool.submit(context.run, self.fn, *args, **kwargs)
             return future.result(timeout=self.timeout)
         except FutureTimeout:
             raise TimeoutError(f"step {self.name} took longer than {self.timeout:g} s") from None
-        finally:
-            pool.shutdown(wait=False)
 
     async def _acall(self, run: _Run, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         number, found = run.next_step(self.name)
