@@ -465,12 +465,11 @@ def _step_log(path: Path) -> collections.Counter[tuple[int, int]]:
     return collections.Counter((int(a), int(b)) for a, b, _ in (line.split() for line in lines))
 
 
-def _pending_runs(hive: Hive, count: int) -> None:
-    """Runs of test.five_steps started but never executed, as a crash right after the start leaves them."""
+def _pending_runs(hive: Hive, count: int, name: str = "test.five_steps") -> None:
+    """Runs of workflow ``name`` started but never executed, as a crash right after the start leaves them."""
     for run in range(count):
         inputs = {"args": [run], "kwargs": {}}
-        ns = workflow_app.NAMESPACE
-        hive.start_workflow("test.five_steps", namespace=ns, workflow_id=f"run-{run}", inputs=inputs)
+        hive.start_workflow(name, namespace=workflow_app.NAMESPACE, workflow_id=f"run-{run}", inputs=inputs)
 
 
 def _check_every_write_applied_once(hive: Hive, runs: int) -> None:
@@ -518,7 +517,7 @@ def test_a_five_step_workflow_killed_100_times_completes_once_with_each_write_on
 def test_two_processes_recovering_at_once_run_each_workflow_once(shared: str, tmp_path: Path) -> None:
     log = tmp_path / "steps.log"
     with hivemem.open(shared, embedder=None) as hive:
-        _pending_runs(hive, 8)
+        _pending_runs(hive, 8, "test.five_steps_steady")
         start = SPAWN.Event()
         procs = [SPAWN.Process(target=workflow_app.recoverer, args=(shared, str(log), start)) for _ in range(2)]
         for p in procs:

@@ -47,6 +47,12 @@ def five_steps(hive: hivemem.Hive, run: int) -> list[Any]:
     return [write_twice(hive, run, number) for number in range(1, 6)]
 
 
+@hivemem.workflow("test.five_steps_steady", namespace=NAMESPACE, lease_ttl=10, wait=30)
+def five_steps_steady(hive: hivemem.Hive, run: int) -> list[Any]:
+    """The same with a lease no busy machine lets lapse: a live executor is never taken over."""
+    return [write_twice(hive, run, number) for number in range(1, 6)]
+
+
 def recover_until_done(hive: hivemem.Hive) -> None:
     """Resume unfinished runs until none is left (waiting out a killed executor's lease)."""
     while True:
@@ -79,4 +85,4 @@ def recoverer(target: str, log: str, start: Any) -> None:
     os.environ["HIVEMEM_TEST_STEP_LOG"] = log
     with hivemem.open(target, embedder=None) as hive:
         start.wait(timeout=60)
-        hive.recover(["test.five_steps"])
+        hive.recover(["test.five_steps_steady"])

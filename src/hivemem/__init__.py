@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from hivemem.aclient import AsyncRemoteHive
+from hivemem.checkpoints import StepRecord, Workflow
 from hivemem.clock import Clock, ManualClock, SystemClock
 from hivemem.config import HiveConfig, RankingWeights
 from hivemem.conflicts import ConflictResolver
@@ -38,7 +39,7 @@ from hivemem.leases import Fence, Lease, LeaseSet
 from hivemem.models import Conflict, Group, Hit, Memory, Page, Related, Relation
 from hivemem.records import KeyedOptions, MemoryOptions, RememberOptions
 from hivemem.retrieval.embedders import Embedder, MiniLMEmbedder, OpenAIEmbedder, make_embedder
-from hivemem.workflows import Retry, StepContext, StepRecord, Workflow, current_step, step, workflow
+from hivemem.workflows import Retry, StepContext, current_step, step, workflow
 
 __version__ = "0.1.0"
 

@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar, Unpack
 
-from hivemem import leases, workflows
+from hivemem import checkpoints, leases, workflows
 from hivemem import validation as v
 from hivemem.access import ApiKey, Grant, Principal, hash_key, key_id_of, new_key
+from hivemem.checkpoints import StepRecord, Workflow
 from hivemem.clock import Clock, SystemClock, new_id, to_datetime, utc
 from hivemem.config import HiveConfig
 from hivemem.conflicts import SETTING as CONFLICT_SETTING
@@ -49,7 +50,7 @@ from hivemem.records import (
 from hivemem.retrieval.embedders import Embedder
 from hivemem.retrieval.search import Retriever
 from hivemem.storage.base import ORDER_COLUMNS, MemoryFilter, Store, StoreTx, T
-from hivemem.workflows import Retry, StepContext, StepRecord, Workflow, WorkflowFunction
+from hivemem.workflows import Retry, StepContext, WorkflowFunction
 
 
 class _Unset:
@@ -1406,7 +1407,7 @@ class Hive:
             InvalidInput: A bad argument, or the id is taken by a run of another
                 workflow or with other inputs.
         """
-        return workflows.start_run(self, name, namespace, workflow_id, inputs, deadline)
+        return checkpoints.start_run(self, name, namespace, workflow_id, inputs, deadline)
 
     def claim_workflow(self, workflow_id: str, *, namespace: str, fence: Lease | Fence) -> Workflow:
         """Mark a run ``running`` under the executor's lease; the run with its recorded steps.
@@ -1415,7 +1416,7 @@ class Hive:
             NotFound: No such run.
             StaleFencingToken: ``fence`` was superseded by a newer executor.
         """
-        return workflows.claim_run(self, workflow_id, namespace, fence)
+        return checkpoints.claim_run(self, workflow_id, namespace, fence)
 
     def record_step(
         self,
@@ -1454,7 +1455,7 @@ class Hive:
             StaleFencingToken: ``fence`` was superseded.
             InvalidInput: A bad argument, or the run has ended.
         """
-        return workflows.record(
+        return checkpoints.record(
             self, workflow_id, step, name, namespace, status, result, error, attempts, started_at, fence
         )
 
@@ -1477,7 +1478,7 @@ class Hive:
             StaleFencingToken: ``fence`` was superseded.
             InvalidInput: A bad status, result or error.
         """
-        return workflows.finish(self, workflow_id, namespace, status, result, error, fence)
+        return checkpoints.finish(self, workflow_id, namespace, status, result, error, fence)
 
     def cancel_workflow(self, workflow_id: str, *, namespace: str) -> Workflow:
         """Cancel a run: its executor records no further step and raises WorkflowCancelled.
@@ -1487,7 +1488,7 @@ class Hive:
         Raises:
             NotFound: No such run.
         """
-        return workflows.cancel(self, workflow_id, namespace)
+        return checkpoints.cancel(self, workflow_id, namespace)
 
     def get_workflow(self, workflow_id: str, *, namespace: str) -> Workflow:
         """A run with its recorded steps.
@@ -1495,7 +1496,7 @@ class Hive:
         Raises:
             NotFound: No such run (or not readable by the principal).
         """
-        return workflows.show(self, workflow_id, namespace)
+        return checkpoints.show(self, workflow_id, namespace)
 
     def workflows(
         self, *, status: str | Sequence[str] | None = None, namespace: str | None = None, limit: int = 100
@@ -1507,7 +1508,7 @@ class Hive:
             namespace: Only runs under this namespace prefix.
             limit: At most this many (1-1000).
         """
-        return workflows.listed(self, status, namespace, limit)
+        return checkpoints.listed(self, status, namespace, limit)
 
     # -- helpers -------------------------------------------------------------------------------
 

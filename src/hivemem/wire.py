@@ -24,12 +24,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from hivemem.checkpoints import StepRecord, Workflow
 from hivemem.errors import InvalidInput
 from hivemem.events import Event
 from hivemem.leases import Fence, Lease
 from hivemem.models import Conflict, Group, Hit, Memory, Page, Related, Relation
 from hivemem.validation import timestamp
-from hivemem.workflows import StepRecord, Workflow
 
 #: Workflow checkpoints are idempotent by design (a step number keeps its first record), so they need no key.
 WORKFLOW_PRIMITIVES = (

@@ -66,6 +66,18 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from hivemem import validation as v
+from hivemem.checkpoints import (
+    UNFINISHED,
+    StepRecord,
+    Workflow,
+    check_id,
+    derived_id,
+    diverged,
+    error_of,
+    resource_of,
+    to_json_text,
+    workflow_name,
+)
 from hivemem.clock import utc
 from hivemem.errors import (
     HiveError,
@@ -85,254 +97,12 @@ from hivemem.models import Conflict, Group, Memory, Relation
 if TYPE_CHECKING:
     from hivemem.hive import Hive
 
-STATUSES = ("pending", "running", "succeeded", "failed", "cancelled")
-#: Statuses of a run that :func:`recover` resumes.
-UNFINISHED = ("pending", "running")
-#: A workflow id is one namespace segment with room for the lease resource's ``wf.`` prefix.
-MAX_ID = 60
+__all__ = ["REGISTRY", "Registry", "Retry", "StepContext", "StepFunction", "WorkflowFunction", "current_step"]
+
 #: Default seconds an executor's lease lasts unless renewed (it is renewed every third of it).
 LEASE_TTL = 30.0
 #: Errors about the run itself, not a step: they pass through a step's retries unrecorded.
 _CONTROL = (WorkflowCancelled, WorkflowDiverged, StaleFencingToken, LeaseExpired, WorkflowFailed)
-
-
-# -- records ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class StepRecord:
-    """A finished step as recorded.
-
-    Attributes:
-        workflow_id: The run it belongs to.
-        step: Its number in the run (1, 2, 3... in call order).
-        name: The step function's name (a replay must call the same one here).
-        status: ``succeeded`` or ``failed``.
-        result: Its JSON result (None for a failure).
-        error: For a failure, ``{"type": ..., "message": ...}`` of the last attempt's error.
-        attempts: How many attempts it took.
-        started_at: When its first attempt (of the execution that finished it) began.
-        finished_at: When it was recorded.
-    """
-
-    workflow_id: str
-    step: int
-    name: str
-    status: str
-    result: Any
-    error: Mapping[str, Any] | None
-    attempts: int
-    started_at: datetime
-    finished_at: datetime
-
-    def to_dict(self) -> dict[str, Any]:
-        """The step as JSON-ready data."""
-        out = {name: getattr(self, name) for name in _STEP_FIELDS}
-        out["error"] = None if self.error is None else dict(self.error)
-        out["started_at"] = self.started_at.isoformat()
-        out["finished_at"] = self.finished_at.isoformat()
-        return out
-
-    @classmethod
-    def from_dict(cls, payload: Mapping[str, Any]) -> StepRecord:
-        """Rebuild a step from :meth:`to_dict` output."""
-        values = {name: payload[name] for name in _STEP_FIELDS}
-        values["started_at"] = datetime.fromisoformat(payload["started_at"])
-        values["finished_at"] = datetime.fromisoformat(payload["finished_at"])
-        return cls(**values)
-
-    @classmethod
-    def from_row(cls, row: tuple[Any, ...]) -> StepRecord:
-        """A step from a row in :data:`hivemem.storage.base.STEP_COLUMNS` order."""
-        wid, step, name, status, result, error, attempts, started, finished = row
-        return cls(
-            wid,
-            int(step),
-            name,
-            status,
-            None if result is None else json.loads(result),
-            None if error is None else json.loads(error),
-            int(attempts),
-            utc(float(started)),
-            utc(float(finished)),
-        )
-
-
-_STEP_FIELDS = ("workflow_id", "step", "name", "status", "result", "error", "attempts", "started_at", "finished_at")
-
-
-@dataclass(frozen=True, slots=True)
-class Workflow:
-    """One run of a workflow as recorded.
-
-    Attributes:
-        id: The run's id, unique in its namespace root.
-        namespace: Where it lives (grants apply).
-        name: The workflow function's registered name.
-        inputs: Its JSON inputs, ``{"args": [...], "kwargs": {...}}``.
-        status: ``pending``, ``running``, ``succeeded``, ``failed`` or ``cancelled``.
-        principal: Who started it (its step writes' idempotency keys are scoped by this name).
-        owner: The lease holder of its latest executor, if it ever ran.
-        deadline: When it times out, if it has a timeout.
-        created_at: When it was started.
-        updated_at: When its status last changed.
-        result: Its JSON result once succeeded.
-        error: ``{"type", "message"}`` once failed (or cancelled).
-        steps: Its recorded steps, in order (only where asked for: get_workflow, claim_workflow).
-    """
-
-    id: str
-    namespace: str
-    name: str
-    inputs: Any
-    status: str
-    principal: str
-    owner: str | None
-    deadline: datetime | None
-    created_at: datetime
-    updated_at: datetime
-    result: Any
-    error: Mapping[str, Any] | None
-    steps: tuple[StepRecord, ...] = ()
-
-    @property
-    def finished(self) -> bool:
-        """Whether the run has ended (succeeded, failed or cancelled)."""
-        return self.status not in UNFINISHED
-
-    def to_dict(self) -> dict[str, Any]:
-        """The run as JSON-ready data (times in ISO 8601)."""
-        out = {name: getattr(self, name) for name in _WORKFLOW_FIELDS}
-        out["error"] = None if self.error is None else dict(self.error)
-        for name in ("deadline", "created_at", "updated_at"):
-            value = getattr(self, name)
-            out[name] = None if value is None else value.isoformat()
-        out["steps"] = [s.to_dict() for s in self.steps]
-        return out
-
-    @classmethod
-    def from_dict(cls, payload: Mapping[str, Any]) -> Workflow:
-        """Rebuild a run from :meth:`to_dict` output."""
-        values = {name: payload[name] for name in _WORKFLOW_FIELDS}
-        for name in ("deadline", "created_at", "updated_at"):
-            values[name] = None if payload[name] is None else datetime.fromisoformat(payload[name])
-        return cls(**values, steps=tuple(StepRecord.from_dict(s) for s in payload.get("steps") or ()))
-
-    @classmethod
-    def from_row(cls, row: tuple[Any, ...], steps: Iterable[tuple[Any, ...]] = ()) -> Workflow:
-        """A run from a row in :data:`hivemem.storage.base.WORKFLOW_COLUMNS` order, with its step rows."""
-        _, wid, ns, name, inputs, status, principal, owner, deadline, created, updated, result, error = row
-        return cls(
-            wid,
-            ns,
-            name,
-            json.loads(inputs),
-            status,
-            principal,
-            owner,
-            None if deadline is None else utc(float(deadline)),
-            utc(float(created)),
-            utc(float(updated)),
-            None if result is None else json.loads(result),
-            None if error is None else json.loads(error),
-            tuple(StepRecord.from_row(s) for s in steps),
-        )
-
-
-_WORKFLOW_FIELDS = (
-    "id",
-    "namespace",
-    "name",
-    "inputs",
-    "status",
-    "principal",
-    "owner",
-    "deadline",
-    "created_at",
-    "updated_at",
-    "result",
-    "error",
-)
-
-
-# -- checks shared by the Hive's primitives ------------------------------------------------------
-
-
-def check_id(value: object, field: str = "workflow_id") -> str:
-    """A run id: one namespace segment (letters, digits, ``_.:@-``) of at most :data:`MAX_ID` characters.
-
-    Raises:
-        InvalidInput: Anything else.
-    """
-    if not isinstance(value, str) or len(value) > MAX_ID or "/" in value:
-        raise InvalidInput(field, f"must be letters, digits and _.:@- (at most {MAX_ID} characters)", value=repr(value))
-    return v.namespace(value, field)
-
-
-def workflow_name(value: object, field: str = "name") -> str:
-    """A workflow or step name: non-empty text of at most 200 characters.
-
-    Raises:
-        InvalidInput: Anything else.
-    """
-    if not isinstance(value, str) or not value.strip() or len(value) > 200:
-        raise InvalidInput(field, "must be non-empty text of at most 200 characters", value=repr(value))
-    return v.encodable(value, field)
-
-
-def statuses(value: object, field: str = "status") -> tuple[str, ...] | None:
-    """A ``status`` filter: None (all), one status, or a list of them.
-
-    Raises:
-        InvalidInput: Not one of :data:`STATUSES`.
-    """
-    if value is None:
-        return None
-    wanted = (value,) if isinstance(value, str) else value
-    if not isinstance(wanted, list | tuple) or not wanted or any(s not in STATUSES for s in wanted):
-        raise InvalidInput(field, f"must be one of {', '.join(STATUSES)} (or a list of them)", value=repr(value))
-    return tuple(wanted)
-
-
-def to_json_text(value: object, field: str) -> str:
-    """``value`` as compact JSON text.
-
-    Raises:
-        InvalidInput: It is not JSON (a set, a datetime, NaN, an object with non-text keys...).
-    """
-    try:
-        return json.dumps(value, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise InvalidInput(field, f"must be JSON-serialisable: {exc}") from None
-
-
-def error_record(value: object, field: str = "error") -> dict[str, str]:
-    """An error as recorded: ``{"type": text, "message": text}``.
-
-    Raises:
-        InvalidInput: Anything else.
-    """
-    if not isinstance(value, Mapping) or set(value) != {"type", "message"}:
-        raise InvalidInput(field, "must be {'type': ..., 'message': ...}")
-    if not all(isinstance(value[k], str) for k in value):
-        raise InvalidInput(field, "type and message must be text")
-    return {"type": value["type"][:200], "message": value["message"][:2000]}
-
-
-def resource_of(namespace: str, wid: str) -> str:
-    """The lease resource an executor of run ``wid`` holds."""
-    return f"{namespace}/wf.{wid}"
-
-
-def derived_id(namespace: str, name: str, inputs: Any) -> str:
-    """The id of a run not given one: a digest of its namespace, workflow name and inputs."""
-    text = json.dumps([namespace, name, inputs], sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
-
-
-def error_of(exc: BaseException) -> dict[str, str]:
-    """How a raised error is recorded."""
-    return {"type": type(exc).__name__, "message": str(exc)[:2000]}
 
 
 # -- what a running step knows -------------------------------------------------------------------
@@ -616,7 +386,7 @@ class _Run:
         number = self.done
         found = self.recorded.get(number)
         if found is not None and found.name != name:
-            self.diverged = _diverged(self.workflow.id, number, found.name, name)
+            self.diverged = diverged(self.workflow.id, number, found.name, name)
             raise self.diverged
         if self.deadline is not None and found is None and time.time() > self.deadline:
             raise WorkflowFailed(
@@ -633,23 +403,12 @@ class _Run:
         later = [n for n in self.recorded if n > self.done]
         if later:
             first = min(later)
-            self.diverged = _diverged(self.workflow.id, first, self.recorded[first].name, None)
+            self.diverged = diverged(self.workflow.id, first, self.recorded[first].name, None)
             raise self.diverged
 
     def context(self, number: int, name: str, attempt: int) -> StepContext:
         wf = self.workflow
         return StepContext(wf.id, wf.namespace, number, name, attempt, wf.principal, self.lease.fence)
-
-
-def _diverged(wid: str, number: int, recorded: str, called: str | None) -> WorkflowDiverged:
-    doing = f"called {called!r}" if called is not None else "ended"
-    return WorkflowDiverged(
-        f"workflow {wid} replayed differently: step {number} was {recorded!r}, the code now {doing}",
-        workflow_id=wid,
-        step=number,
-        recorded=recorded,
-        called=called,
-    )
 
 
 _RUN: ContextVar[_Run | None] = ContextVar("hivemem_workflow_run", default=None)
@@ -1143,210 +902,3 @@ def recover(hive: Any, names: Iterable[str] | None = None, *, registry: Registry
                 counts["succeeded"] += 1
             except Exception:  # the run recorded its own failure; recovery goes on with the next
                 counts["failed"] += 1
-
-
-# -- the Hive's checkpoint primitives (one store transaction each) --------------------------------
-
-
-def _checked_ns(hive: Hive, namespace: object, level: str) -> str:
-    ns = v.namespace(namespace)
-    hive._may(level, ns)
-    return ns
-
-
-def _found(tx: Any, hive: Hive, ns: str, wid: str) -> Workflow:
-    """The run ``wid`` in ``ns`` (locked in a write), or NotFound (also for one the principal may not read)."""
-    row = tx.workflow(v.root_of(ns), wid)
-    if row is None or row[2] != ns or not hive.principal.allows("read", ns):
-        from hivemem.errors import NotFound
-
-        raise NotFound(f"no workflow {wid} in {ns}", workflow_id=wid, namespace=ns)
-    return Workflow.from_row(row)
-
-
-def start_run(hive: Hive, name: object, namespace: object, wid: object, inputs: object, deadline: object) -> Workflow:
-    """:meth:`Hive.start_workflow`."""
-    checked_name = workflow_name(name)
-    ns = _checked_ns(hive, namespace, "write")
-    checked_id = check_id(wid)
-    text = to_json_text(inputs, "inputs")
-    if len(text.encode()) > hive.config.max_data_bytes:
-        raise InvalidInput("inputs", f"are over {hive.config.max_data_bytes} bytes as JSON")
-    ends = v.timestamp(deadline, "deadline")
-    root = v.root_of(ns)
-
-    def write(tx: Any) -> Workflow:
-        now = hive.clock.now()
-        row = {
-            "root": root,
-            "id": checked_id,
-            "namespace": ns,
-            "name": checked_name,
-            "inputs": text,
-            "status": "pending",
-            "principal": hive.principal.name,
-            "owner": None,
-            "deadline": ends,
-            "created_at": now,
-            "updated_at": now,
-            "result": None,
-            "error": None,
-        }
-        if tx.put_workflow(row):
-            return Workflow.from_row(tuple(row.values()))
-        found = _found(tx, hive, ns, checked_id)
-        if found.name != checked_name:
-            raise InvalidInput("workflow_id", f"is taken by a run of workflow {found.name!r}", workflow_id=checked_id)
-        if found.inputs != json.loads(text):
-            raise InvalidInput("inputs", f"differ from those run {checked_id} was started with", workflow_id=checked_id)
-        return found
-
-    return hive.store.write(write)
-
-
-def claim_run(hive: Hive, wid: object, namespace: object, fence: object) -> Workflow:
-    """:meth:`Hive.claim_workflow`."""
-    from hivemem.leases import check_fence
-
-    ns = _checked_ns(hive, namespace, "write")
-    checked_id = check_id(wid)
-    fenced = Fence.of(fence)
-
-    def write(tx: Any) -> Workflow:
-        check_fence(tx, fenced)
-        found = _found(tx, hive, ns, checked_id)
-        root = v.root_of(ns)
-        if not found.finished:
-            owner = f"{hive.principal.name}#{fenced.token}"
-            tx.set_workflow(root, checked_id, "running", owner, None, None, hive.clock.now())
-        return Workflow.from_row(tx.workflow(root, checked_id), tx.workflow_steps(root, checked_id))
-
-    return hive.store.write(write)
-
-
-def record(
-    hive: Hive,
-    wid: object,
-    number: object,
-    name: object,
-    namespace: object,
-    status: object,
-    result: object,
-    error: object,
-    attempts: object,
-    started_at: object,
-    fence: object,
-) -> StepRecord:
-    """:meth:`Hive.record_step`."""
-    from hivemem.leases import check_fence
-
-    ns = _checked_ns(hive, namespace, "write")
-    checked_id = check_id(wid)
-    step_number = v.positive_int(number, "step", 1_000_000)
-    checked_name = workflow_name(name)
-    if status not in ("succeeded", "failed"):
-        raise InvalidInput("status", "must be succeeded or failed", value=repr(status))
-    result_text = to_json_text(result, "result") if status == "succeeded" else None
-    if result_text is not None and len(result_text.encode()) > hive.config.max_data_bytes:
-        raise InvalidInput("result", f"is over {hive.config.max_data_bytes} bytes as JSON")
-    error_text = to_json_text(error_record(error), "error") if status == "failed" else None
-    tries = v.positive_int(attempts, "attempts", 1_000_000)
-    began = v.timestamp(started_at, "started_at")
-    fenced = None if fence is None else Fence.of(fence)
-    root = v.root_of(ns)
-
-    def write(tx: Any) -> StepRecord:
-        if fenced is not None:
-            check_fence(tx, fenced)
-        found = _found(tx, hive, ns, checked_id)
-        if found.status == "cancelled":
-            raise WorkflowCancelled(f"workflow {checked_id} was cancelled", workflow_id=checked_id)
-        if found.finished:
-            raise InvalidInput("workflow_id", f"run {checked_id} has {found.status}; it records no more steps")
-        now = hive.clock.now()
-        row = {
-            "workflow_id": checked_id,
-            "step": step_number,
-            "name": checked_name,
-            "status": status,
-            "result": result_text,
-            "error": error_text,
-            "attempts": tries,
-            "started_at": now if began is None else min(began, now),
-            "finished_at": now,
-        }
-        if tx.put_step(root, row):
-            return StepRecord.from_row(tuple(row.values()))
-        existing = next(StepRecord.from_row(r) for r in tx.workflow_steps(root, checked_id) if r[1] == step_number)
-        if existing.name != checked_name:
-            raise _diverged(checked_id, step_number, existing.name, checked_name)
-        return existing
-
-    return hive.store.write(write)
-
-
-def finish(
-    hive: Hive, wid: object, namespace: object, status: object, result: object, error: object, fence: object
-) -> Workflow:
-    """:meth:`Hive.finish_workflow`."""
-    from hivemem.leases import check_fence
-
-    ns = _checked_ns(hive, namespace, "write")
-    checked_id = check_id(wid)
-    if status not in ("succeeded", "failed"):
-        raise InvalidInput("status", "must be succeeded or failed", value=repr(status))
-    result_text = to_json_text(result, "result") if status == "succeeded" else None
-    if result_text is not None and len(result_text.encode()) > hive.config.max_data_bytes:
-        raise InvalidInput("result", f"is over {hive.config.max_data_bytes} bytes as JSON")
-    error_text = to_json_text(error_record(error), "error") if status == "failed" else None
-    fenced = None if fence is None else Fence.of(fence)
-
-    def write(tx: Any) -> Workflow:
-        if fenced is not None:
-            check_fence(tx, fenced)
-        found = _found(tx, hive, ns, checked_id)
-        if found.finished:
-            return found
-        root = v.root_of(ns)
-        tx.set_workflow(root, checked_id, str(status), found.owner, result_text, error_text, hive.clock.now())
-        return Workflow.from_row(tx.workflow(root, checked_id))
-
-    return hive.store.write(write)
-
-
-def cancel(hive: Hive, wid: object, namespace: object) -> Workflow:
-    """:meth:`Hive.cancel_workflow`."""
-    ns = _checked_ns(hive, namespace, "write")
-    checked_id = check_id(wid)
-
-    def write(tx: Any) -> Workflow:
-        found = _found(tx, hive, ns, checked_id)
-        if found.finished:
-            return found
-        root = v.root_of(ns)
-        error = to_json_text({"type": "WorkflowCancelled", "message": f"cancelled by {hive.principal.name}"}, "error")
-        tx.set_workflow(root, checked_id, "cancelled", found.owner, None, error, hive.clock.now())
-        return Workflow.from_row(tx.workflow(root, checked_id))
-
-    return hive.store.write(write)
-
-
-def show(hive: Hive, wid: object, namespace: object) -> Workflow:
-    """:meth:`Hive.get_workflow`."""
-    ns = v.namespace(namespace)
-    checked_id = check_id(wid)
-
-    def read(tx: Any) -> Workflow:
-        _found(tx, hive, ns, checked_id)
-        return Workflow.from_row(tx.workflow(v.root_of(ns), checked_id), tx.workflow_steps(v.root_of(ns), checked_id))
-
-    return hive.store.read(read, primary=True)
-
-
-def listed(hive: Hive, status: object, namespace: object, limit: object) -> list[Workflow]:
-    """:meth:`Hive.workflows`."""
-    wanted = statuses(status)
-    prefix = v.namespace_prefix(namespace)
-    count = v.positive_int(limit, "limit", 1000)
-    rows = hive.store.read(lambda tx: tx.workflow_rows(wanted, prefix, hive._readable(), count), primary=True)
-    return [Workflow.from_row(r) for r in rows]
