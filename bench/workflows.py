@@ -1,0 +1,270 @@
+"""Durable workflows: the cost of a step's checkpoint, against a bare commit, DBOS and LangGraph.
+
+Every number comes from this one run, on files in one temporary folder:
+
+* a bare durable SQLite commit (apsw, WAL, ``synchronous=FULL``: one insert per
+  ``BEGIN IMMEDIATE ... COMMIT``), the floor of any durable checkpoint;
+* the same N trivial steps (each returns its number) as a plain loop, as a
+  HiveMem workflow on SQLite (``synchronous=full``, the default), as a DBOS
+  Transact workflow with a SQLite system database, and as a LangGraph graph of N
+  nodes in a chain with ``SqliteSaver`` (each as its package sets SQLite up);
+* the same workflow with 10 ms steps, for the share a checkpoint adds to real work.
+
+Per-step overhead is (workflow time - plain loop time) / N, the workflow's own
+start and finish included, the median of ``--rounds`` fresh runs. The subjects
+run in turn, round after round, so a disk whose fsync slows down during the run
+(a shared machine) weighs on all of them alike. LangGraph runs twice: with its
+default ``durability="async"`` (a step's checkpoint is written while the next
+step runs) and with ``durability="sync"`` (written before it, like the others). The targets
+(issue 6): HiveMem's per-step overhead at most 1.5x one bare commit, at least
+4x lower than DBOS and 3x lower than LangGraph, and at most 5% of a 10 ms step.
+A comparison whose package is not installed (``pip install 'hivemem[bench]'``)
+is skipped with the reason printed.
+
+    python bench/workflows.py               # 200 steps, 5 rounds
+    python bench/workflows.py --quick       # seconds, for CI
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sqlite3
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypedDict
+
+import apsw
+
+import hivemem
+from _common import log, print_table, write_results
+
+TARGET_VS_COMMIT = 1.5
+TARGET_VS_DBOS = 4.0
+TARGET_VS_LANGGRAPH = 3.0
+TARGET_SHARE_10MS = 0.05
+
+
+class Subject:
+    """One thing to time: ``run()`` does N steps (or N commits) once; ``close()`` frees what it holds."""
+
+    def __init__(self, label: str, run: Callable[[], Any], close: Callable[[], Any] = lambda: None) -> None:
+        self.label = label
+        self.run = run
+        self.close = close
+        self.times: list[float] = []
+
+    def measure(self) -> None:
+        start = time.perf_counter()
+        self.run()
+        self.times.append(time.perf_counter() - start)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+
+def bare_commits(directory: Path, commits: int) -> Subject:
+    """``commits`` durable commits of one row each (apsw, WAL, synchronous=FULL)."""
+    conn = apsw.Connection(str(directory / "bare.db"))
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("CREATE TABLE t (i INTEGER PRIMARY KEY AUTOINCREMENT, v TEXT NOT NULL)")
+
+    def run() -> None:
+        for _ in range(commits):
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("INSERT INTO t (v) VALUES (?)", ("x" * 64,))
+            conn.execute("COMMIT")
+
+    return Subject("bare durable SQLite commit (WAL, synchronous=FULL)", run, conn.close)
+
+
+def plain(steps: int, pause: float = 0.0) -> Subject:
+    """The N steps as a plain loop: what a workflow adds to."""
+
+    def step(i: int) -> int:
+        if pause:
+            time.sleep(pause)
+        return i
+
+    return Subject("plain function, no checkpoint", lambda: [step(i) for i in range(steps)])
+
+
+def hivemem_workflow(directory: Path, steps: int, pause: float = 0.0) -> Subject:
+    """The N steps as a HiveMem workflow on a SQLite file (a new run each time)."""
+
+    @hivemem.step(f"bench.step.{pause}")
+    def step(i: int) -> int:
+        if pause:
+            time.sleep(pause)
+        return i
+
+    @hivemem.workflow(f"bench.flow.{pause}", namespace="bench")
+    def flow(hive: hivemem.Hive, run: int, n: int) -> list[int]:
+        return [step(i) for i in range(n)]
+
+    hive = hivemem.open(str(directory / f"hive-{pause}.db"), embedder=None)
+    flow(hive, -1, 3)  # warm: schema, connection
+    runs = iter(range(1_000_000))
+    return Subject("HiveMem workflow (SQLite, synchronous=full)", lambda: flow(hive, next(runs), steps), hive.close)
+
+
+def dbos_workflow(directory: Path, steps: int) -> Subject | str:
+    """The N steps as a DBOS Transact workflow with a SQLite system database, or why not."""
+    try:
+        from dbos import DBOS
+    except ImportError as exc:
+        return f"skipped: dbos is not installed ({exc}); pip install 'hivemem[bench]'"
+    for name in ("dbos", "sqlalchemy"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    DBOS(
+        config={
+            "name": "hivemem-bench",
+            "system_database_url": f"sqlite:///{directory / 'dbos.sqlite'}",
+            "log_level": "WARNING",
+        }
+    )
+
+    @DBOS.step()
+    def dbos_step(i: int) -> int:
+        return i
+
+    @DBOS.workflow()
+    def dbos_flow(n: int) -> list[int]:
+        return [dbos_step(i) for i in range(n)]
+
+    DBOS.launch()
+    dbos_flow(3)  # warm
+    return Subject("DBOS Transact (SQLite system database)", lambda: dbos_flow(steps), DBOS.destroy)
+
+
+class _State(TypedDict):
+    i: int
+
+
+def langgraph_chain(directory: Path, steps: int, durability: str) -> Subject | str:
+    """The N steps as a LangGraph chain of N nodes checkpointed by SqliteSaver, or why not."""
+    try:
+        from langgraph.checkpoint.sqlite import SqliteSaver
+        from langgraph.graph import END, START, StateGraph
+    except ImportError as exc:
+        return f"skipped: langgraph/langgraph-checkpoint-sqlite not installed ({exc}); pip install 'hivemem[bench]'"
+
+    def node(state: _State) -> dict[str, int]:
+        return {"i": state["i"] + 1}
+
+    graph: Any = StateGraph(_State)
+    previous = START
+    for k in range(steps):
+        graph.add_node(f"s{k}", node)
+        graph.add_edge(previous, f"s{k}")
+        previous = f"s{k}"
+    graph.add_edge(previous, END)
+    conn = sqlite3.connect(str(directory / f"langgraph-{durability}.sqlite"), check_same_thread=False)
+    app = graph.compile(checkpointer=SqliteSaver(conn))
+    threads = iter(range(1_000_000))
+
+    def invoke() -> None:
+        config = {"configurable": {"thread_id": f"t{next(threads)}"}, "recursion_limit": steps + 10}
+        app.invoke({"i": 0}, config, durability=durability)
+
+    invoke()  # warm: its tables
+    return Subject(f"LangGraph + SqliteSaver (durability={durability})", invoke, conn.close)
+
+
+def interleaved(subjects: list[Subject], rounds: int) -> None:
+    """Time every subject once per round, in turn: a disk that slows down mid-run slows all alike."""
+    for _ in range(rounds):
+        for subject in subjects:
+            subject.measure()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=200, help="trivial steps per workflow")
+    parser.add_argument("--rounds", type=int, default=5, help="runs of each, interleaved; the median is kept")
+    parser.add_argument("--slow-steps", type=int, default=50, help="10 ms steps per workflow")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, for CI")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.steps, args.rounds, args.slow_steps = 30, 3, 10
+    n = args.steps
+    results: dict[str, Any] = {"steps": n, "rounds": args.rounds}
+    skipped: list[str] = []
+    with tempfile.TemporaryDirectory(dir=Path(__file__).resolve().parent) as tmp:
+        directory = Path(tmp)
+        bare, loop, ours = bare_commits(directory, n), plain(n), hivemem_workflow(directory, n)
+        subjects = [bare, loop, ours]
+        others: dict[str, Subject] = {}
+        for name, made in (
+            ("dbos", dbos_workflow(directory, n)),
+            ("langgraph_async", langgraph_chain(directory, n, "async")),
+            ("langgraph_sync", langgraph_chain(directory, n, "sync")),
+        ):
+            if isinstance(made, str):
+                skipped.append(f"{name}: {made}")
+            else:
+                others[name] = made
+        subjects += others.values()
+        log(f"{n} trivial steps x {args.rounds} rounds: {', '.join(s.label for s in subjects)}")
+        interleaved(subjects, args.rounds)
+        slow_loop, slow_ours = plain(args.slow_steps, 0.010), hivemem_workflow(directory, args.slow_steps, 0.010)
+        log(f"{args.slow_steps} steps of 10 ms x {args.rounds} rounds")
+        interleaved([slow_loop, slow_ours], args.rounds)
+        for subject in [*subjects, slow_ours]:
+            subject.close()
+
+    commit_us = bare.median / n * 1e6
+    ours_us = (ours.median - loop.median) / n * 1e6
+    results.update(
+        bare_commit_us=commit_us,
+        plain_per_step_us=loop.median / n * 1e6,
+        hivemem_per_step_us=ours_us,
+        hivemem_vs_commit=ours_us / commit_us,
+        share_10ms=(slow_ours.median - slow_loop.median) / slow_loop.median,
+    )
+    rows: list[list[Any]] = [
+        [bare.label, commit_us, 1.0, None],
+        [loop.label, loop.median / n * 1e6, None, None],
+        [ours.label, ours_us, ours_us / commit_us, 1.0],
+    ]
+    for name, subject in others.items():
+        theirs = (subject.median - loop.median) / n * 1e6
+        results[f"{name}_per_step_us"] = theirs
+        results[f"{name}_vs_hivemem"] = theirs / ours_us
+        rows.append([subject.label, theirs, theirs / commit_us, theirs / ours_us])
+    print_table(
+        f"workflows: checkpoint overhead per step, {n} trivial steps (median of {args.rounds} interleaved runs)",
+        ["system", "us per step", "x bare commit", "x HiveMem"],
+        rows,
+    )
+    for line in skipped:
+        print(line)
+    share = results["share_10ms"]
+    print(f"\n10 ms steps ({args.slow_steps} per run): HiveMem adds {share * 100:.2f}% to the plain loop")
+    print("\ntargets:")
+    checks = [
+        (f"overhead <= {TARGET_VS_COMMIT}x a bare commit", results["hivemem_vs_commit"] <= TARGET_VS_COMMIT),
+        (f"<= {TARGET_SHARE_10MS * 100:.0f}% of a 10 ms step", share <= TARGET_SHARE_10MS),
+    ]
+    if "dbos_vs_hivemem" in results:
+        checks.append((f">= {TARGET_VS_DBOS}x lower than DBOS", results["dbos_vs_hivemem"] >= TARGET_VS_DBOS))
+    for mode in ("async", "sync"):
+        ratio = results.get(f"langgraph_{mode}_vs_hivemem")
+        if ratio is not None:
+            label = f">= {TARGET_VS_LANGGRAPH}x lower than LangGraph + SqliteSaver (durability={mode})"
+            checks.append((label, ratio >= TARGET_VS_LANGGRAPH))
+    for label, met in checks:
+        print(f"  {label}: {'met' if met else 'not met'}")
+    results["targets"] = {label: met for label, met in checks}
+    path = write_results("workflows", args, results)
+    print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
