@@ -113,6 +113,26 @@ def test_a_run_interrupted_inside_a_step_resumes_there_and_writes_once(hive: Hiv
     assert hive.get_workflow("run-1", namespace=NS).status == "succeeded"
 
 
+@hivemem.workflow("test.three_notes_async", namespace=NS, durability="async")
+def three_notes_async(hive: Hive, prefix: str) -> list[str]:
+    return [note(hive, f"{prefix} {i}") for i in range(3)]
+
+
+def test_background_checkpoints_commit_in_order_and_writes_still_apply_once(hive: Hive) -> None:
+    crash_at["q 2"] = 1  # dies inside step 3: steps 1 and 2 may or may not be recorded yet
+    with pytest.raises(Crash):
+        three_notes_async.with_id("run-q")(hive, "q")
+    recorded = [s.step for s in hive.get_workflow("run-q", namespace=NS).steps]
+    assert recorded in ([], [1], [1, 2])  # always a prefix of the run
+    ids = three_notes_async.with_id("run-q")(hive, "q")
+    assert _contents(hive) == ["q 0", "q 1", "q 2"]  # each write once, however many executions
+    shown = hive.get_workflow("run-q", namespace=NS)
+    assert (shown.status, [s.result for s in shown.steps]) == ("succeeded", ids)
+    assert three_notes_async.with_id("run-q")(hive, "q") == ids
+    with pytest.raises(InvalidInput):
+        hivemem.workflow("x", namespace=NS, durability="later")
+
+
 def test_recover_resumes_unfinished_runs_of_registered_workflows(hive: Hive) -> None:
     crash_at["r 2"] = 1
     with pytest.raises(Crash):
@@ -348,6 +368,9 @@ def test_a_workflow_bound_to_its_hive(hive: Hive) -> None:
     assert hive.workflows()[0].inputs == {"args": [3], "kwargs": {}}
 
 
+FAILED_STEP = {"step": 1, "name": "s", "status": "failed"}
+
+
 @pytest.mark.parametrize(
     ("call", "field"),
     [
@@ -358,9 +381,11 @@ def test_a_workflow_bound_to_its_hive(hive: Hive) -> None:
         (lambda h: h.start_workflow("w", namespace=NS, workflow_id="a", inputs={"x": float("nan")}), "inputs"),
         (lambda h: h.workflows(status="done"), "status"),
         (lambda h: h.workflows(limit=0), "limit"),
-        (lambda h: h.record_step("a", 0, "s", namespace=NS), "step"),
-        (lambda h: h.record_step("a", 1, "s", namespace=NS, status="ok"), "status"),
-        (lambda h: h.record_step("a", 1, "s", namespace=NS, status="failed", error={"x": 1}), "error"),
+        (lambda h: h.record_steps("a", [{"step": 0, "name": "s"}], namespace=NS), "steps[0].step"),
+        (lambda h: h.record_steps("a", [{"step": 1, "name": "s", "status": "ok"}], namespace=NS), "steps[0].status"),
+        (lambda h: h.record_steps("a", [{"step": 1, "name": "s", "colour": 1}], namespace=NS), "steps[0].colour"),
+        (lambda h: h.record_steps("a", [], namespace=NS), "steps"),
+        (lambda h: h.record_steps("a", [{**FAILED_STEP, "error": {"x": 1}}], namespace=NS), "steps[0].error"),
         (lambda h: h.finish_workflow("a", namespace=NS, status="running"), "status"),
     ],
 )

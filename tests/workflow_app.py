@@ -47,6 +47,12 @@ def five_steps(hive: hivemem.Hive, run: int) -> list[Any]:
     return [write_twice(hive, run, number) for number in range(1, 6)]
 
 
+@hivemem.workflow("test.five_steps_async", namespace=NAMESPACE, lease_ttl=LEASE_TTL, wait=30, durability="async")
+def five_steps_async(hive: hivemem.Hive, run: int) -> list[Any]:
+    """The same with checkpoints committed in the background, in groups."""
+    return [write_twice(hive, run, number) for number in range(1, 6)]
+
+
 @hivemem.workflow("test.five_steps_steady", namespace=NAMESPACE, lease_ttl=10, wait=30)
 def five_steps_steady(hive: hivemem.Hive, run: int) -> list[Any]:
     """The same with a lease no busy machine lets lapse: a live executor is never taken over."""
@@ -56,7 +62,7 @@ def five_steps_steady(hive: hivemem.Hive, run: int) -> list[Any]:
 def recover_until_done(hive: hivemem.Hive) -> None:
     """Resume unfinished runs until none is left (waiting out a killed executor's lease)."""
     while True:
-        counts = hive.recover(["test.five_steps"])
+        counts = hive.recover(["test.five_steps", "test.five_steps_async"])
         if counts["held"] == 0:
             return
         time.sleep(0.02)
@@ -75,8 +81,8 @@ def churn(target: str, log: str, final: bool, ready: Any = None) -> None:
         if final:
             return
         run = len(hive.workflows(namespace=NAMESPACE, limit=1000))
-        while True:
-            five_steps.with_id(f"run-{run}")(hive, run)
+        while True:  # even runs check each step's checkpoint before the next step, odd ones in the background
+            (five_steps if run % 2 == 0 else five_steps_async).with_id(f"run-{run}")(hive, run)
             run += 1
 
 

@@ -149,6 +149,6 @@ class AsyncRemoteHive(RemoteBase):
     workflows = _routed(Hive.workflows)
     get_workflow = _routed(Hive.get_workflow)
     claim_workflow = _routed(Hive.claim_workflow)
-    record_step = _routed(Hive.record_step)
+    record_steps = _routed(Hive.record_steps)
     finish_workflow = _routed(Hive.finish_workflow)
     cancel_workflow = _routed(Hive.cancel_workflow)

@@ -23,6 +23,7 @@ from hivemem import validation as v
 from hivemem.clock import utc
 from hivemem.errors import InvalidInput, NotFound, WorkflowCancelled, WorkflowDiverged
 from hivemem.leases import Fence, check_fence
+from hivemem.storage.base import STEP_COLUMNS
 
 if TYPE_CHECKING:
     from hivemem.hive import Hive
@@ -358,36 +359,53 @@ def claim_run(hive: Hive, wid: object, namespace: object, fence: object) -> Work
     return hive.store.write(write)
 
 
-def record(
-    hive: Hive,
-    wid: object,
-    number: object,
-    name: object,
-    namespace: object,
-    status: object,
-    result: object,
-    error: object,
-    attempts: object,
-    started_at: object,
-    fence: object,
-) -> StepRecord:
-    """:meth:`Hive.record_step`."""
+#: What one item of :meth:`Hive.record_steps` may hold.
+STEP_ITEM_FIELDS = frozenset({"step", "name", "status", "result", "error", "attempts", "started_at"})
+MAX_STEPS = 1000
+
+
+def _step_item(hive: Hive, item: object, where: str) -> dict[str, Any]:
+    """One checked step of a :meth:`Hive.record_steps` call, as its row lacks only the times."""
+    if not isinstance(item, Mapping):
+        raise InvalidInput(where, "must be a step: {'step': n, 'name': ..., 'status': ..., 'result' or 'error': ...}")
+    unknown = sorted(set(item) - STEP_ITEM_FIELDS)
+    if unknown:
+        raise InvalidInput(f"{where}.{unknown[0]}", "unknown field of a step")
+    status = item.get("status", "succeeded")
+    if status not in ("succeeded", "failed"):
+        raise InvalidInput(f"{where}.status", "must be succeeded or failed", value=repr(status))
+    result_text = to_json_text(item.get("result"), f"{where}.result") if status == "succeeded" else None
+    if result_text is not None and len(result_text.encode()) > hive.config.max_data_bytes:
+        raise InvalidInput(f"{where}.result", f"is over {hive.config.max_data_bytes} bytes as JSON")
+    error = item.get("error")
+    error_text = to_json_text(error_record(error, f"{where}.error"), "error") if status == "failed" else None
+    began = item.get("started_at")
+    if began is not None and (isinstance(began, bool) or not isinstance(began, int | float) or not began >= 0):
+        raise InvalidInput(f"{where}.started_at", "must be Unix seconds", value=repr(began))
+    return {
+        "step": v.positive_int(item.get("step"), f"{where}.step", 1_000_000),
+        "name": workflow_name(item.get("name"), f"{where}.name"),
+        "status": status,
+        "result": result_text,
+        "error": error_text,
+        "attempts": v.positive_int(item.get("attempts", 1), f"{where}.attempts", 1_000_000),
+        "started_at": None if began is None else float(began),
+    }
+
+
+def record_many(hive: Hive, wid: object, namespace: object, steps: object, fence: object) -> list[StepRecord]:
+    """:meth:`Hive.record_steps`."""
     ns = _checked_ns(hive, namespace, "write")
     checked_id = check_id(wid)
-    step_number = v.positive_int(number, "step", 1_000_000)
-    checked_name = workflow_name(name)
-    if status not in ("succeeded", "failed"):
-        raise InvalidInput("status", "must be succeeded or failed", value=repr(status))
-    result_text = to_json_text(result, "result") if status == "succeeded" else None
-    if result_text is not None and len(result_text.encode()) > hive.config.max_data_bytes:
-        raise InvalidInput("result", f"is over {hive.config.max_data_bytes} bytes as JSON")
-    error_text = to_json_text(error_record(error), "error") if status == "failed" else None
-    tries = v.positive_int(attempts, "attempts", 1_000_000)
-    began = v.timestamp(started_at, "started_at")
+    if isinstance(steps, str | bytes | Mapping) or not isinstance(steps, Iterable):
+        raise InvalidInput("steps", "must be a list of steps")
+    items = [_step_item(hive, item, f"steps[{i}]") for i, item in enumerate(steps)]
+    if not items or len(items) > MAX_STEPS:
+        raise InvalidInput("steps", f"must hold 1 to {MAX_STEPS} steps")
     fenced = None if fence is None else Fence.of(fence)
     root = v.root_of(ns)
 
-    def write(tx: Any) -> StepRecord:
+    def write(tx: Any) -> list[StepRecord]:
         if fenced is not None:
             check_fence(tx, fenced)
         found = _found(tx, hive, ns, checked_id)
@@ -396,23 +414,25 @@ def record(
         if found.finished:
             raise InvalidInput("workflow_id", f"run {checked_id} has {found.status}; it records no more steps")
         now = hive.clock.now()
-        row = {
-            "workflow_id": checked_id,
-            "step": step_number,
-            "name": checked_name,
-            "status": status,
-            "result": result_text,
-            "error": error_text,
-            "attempts": tries,
-            "started_at": now if began is None else min(began, now),
-            "finished_at": now,
-        }
-        if tx.put_step(root, row):
-            return StepRecord.from_row(tuple(row.values()))
-        existing = next(StepRecord.from_row(r) for r in tx.workflow_steps(root, checked_id) if r[1] == step_number)
-        if existing.name != checked_name:
-            raise diverged(checked_id, step_number, existing.name, checked_name)
-        return existing
+        out = []
+        for item in items:
+            began = item["started_at"]
+            row = {
+                **item,
+                "workflow_id": checked_id,
+                "started_at": now if began is None else min(began, now),
+                "finished_at": now,
+            }
+            row = {name: row[name] for name in STEP_COLUMNS}
+            if tx.put_step(root, row):
+                out.append(StepRecord.from_row(tuple(row.values())))
+                continue
+            number = item["step"]
+            existing = next(StepRecord.from_row(r) for r in tx.workflow_steps(root, checked_id) if r[1] == number)
+            if existing.name != item["name"]:
+                raise diverged(checked_id, number, existing.name, item["name"])
+            out.append(existing)
+        return out
 
     return hive.store.write(write)
 

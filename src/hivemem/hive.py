@@ -1351,6 +1351,7 @@ class Hive:
         timeout: float | None = None,
         lease_ttl: float = workflows.LEASE_TTL,
         wait: float = 60.0,
+        durability: str = "sync",
     ) -> Callable[[Callable[..., Any]], WorkflowFunction]:
         """Decorate a plain or async function as a durable workflow that runs on this Hive.
 
@@ -1359,7 +1360,9 @@ class Hive:
         come back from their checkpoints, the first unfinished one runs next.
         See :func:`hivemem.workflows.workflow` for every argument.
         """
-        return workflows.workflow(name, namespace=namespace, timeout=timeout, lease_ttl=lease_ttl, wait=wait, hive=self)
+        return workflows.workflow(
+            name, namespace=namespace, timeout=timeout, lease_ttl=lease_ttl, wait=wait, durability=durability, hive=self
+        )
 
     def step(
         self, name: str | None = None, *, retry: Retry | None = None, timeout: float | None = None
@@ -1418,46 +1421,37 @@ class Hive:
         """
         return checkpoints.claim_run(self, workflow_id, namespace, fence)
 
-    def record_step(
+    def record_steps(
         self,
         workflow_id: str,
-        step: int,
-        name: str,
+        steps: Sequence[Mapping[str, Any]],
         *,
         namespace: str,
-        status: str = "succeeded",
-        result: Any = None,
-        error: Mapping[str, Any] | None = None,
-        attempts: int = 1,
-        started_at: datetime | None = None,
         fence: Lease | Fence | None = None,
-    ) -> StepRecord:
-        """Record a finished step: its result (``succeeded``) or error (``failed``).
+    ) -> builtins.list[StepRecord]:
+        """Record finished steps of a run, all in one transaction (one durable commit).
 
-        Recording a step number twice keeps the first record and returns it.
+        A step number recorded already keeps its first record, which is returned.
 
         Args:
             workflow_id: The run.
-            step: The step's number (1, 2, ...).
-            name: The step's name.
+            steps: Each ``{"step": n, "name": ..., "status": "succeeded" | "failed",
+                "result": <JSON>, "error": {"type", "message"}, "attempts": n,
+                "started_at": <Unix seconds>}`` (status, attempts and started_at optional).
             namespace: The run's namespace.
-            status: ``succeeded`` or ``failed``.
-            result: The JSON result of a success.
-            error: ``{"type": ..., "message": ...}`` of a failure.
-            attempts: How many attempts it took.
-            started_at: When its first attempt began.
             fence: The executor's lease: refused once a newer executor holds the run.
+
+        Returns:
+            The steps as recorded, in the order given.
 
         Raises:
             NotFound: No such run.
-            WorkflowDiverged: The step number is recorded under another name.
+            WorkflowDiverged: A step number is recorded under another name.
             WorkflowCancelled: The run was cancelled.
             StaleFencingToken: ``fence`` was superseded.
-            InvalidInput: A bad argument, or the run has ended.
+            InvalidInput: A bad step (``field`` reads ``steps[2].result``...), or the run has ended.
         """
-        return checkpoints.record(
-            self, workflow_id, step, name, namespace, status, result, error, attempts, started_at, fence
-        )
+        return checkpoints.record_many(self, workflow_id, namespace, steps, fence)
 
     def finish_workflow(
         self,

@@ -35,7 +35,7 @@ from hivemem.validation import timestamp
 WORKFLOW_PRIMITIVES = (
     "start_workflow",
     "claim_workflow",
-    "record_step",
+    "record_steps",
     "finish_workflow",
     "cancel_workflow",
     "workflows",
@@ -164,7 +164,7 @@ ROUTES: tuple[Route, ...] = (
     Route("workflows", "POST", "/v1/workflows/list", _each(Workflow.from_dict)),
     Route("get_workflow", "GET", "/v1/workflows/{workflow_id}", Workflow.from_dict),
     Route("claim_workflow", "POST", "/v1/workflows/{workflow_id}/claim", Workflow.from_dict),
-    Route("record_step", "POST", "/v1/workflows/{workflow_id}/steps", StepRecord.from_dict),
+    Route("record_steps", "POST", "/v1/workflows/{workflow_id}/steps", _each(StepRecord.from_dict)),
     Route("finish_workflow", "POST", "/v1/workflows/{workflow_id}/finish", Workflow.from_dict),
     Route("cancel_workflow", "POST", "/v1/workflows/{workflow_id}/cancel", Workflow.from_dict),
 )

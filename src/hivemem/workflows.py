@@ -67,6 +67,7 @@ from typing import TYPE_CHECKING, Any
 
 from hivemem import validation as v
 from hivemem.checkpoints import (
+    MAX_STEPS,
     UNFINISHED,
     StepRecord,
     Workflow,
@@ -291,6 +292,7 @@ def workflow(
     timeout: float | None = None,
     lease_ttl: float = LEASE_TTL,
     wait: float = 60.0,
+    durability: str = "sync",
     hive: Hive | None = None,
 ) -> Callable[[Callable[..., Any]], WorkflowFunction]:
     """Make a function a durable workflow (see the module docstring).
@@ -311,6 +313,11 @@ def workflow(
         lease_ttl: Seconds an executor's lease lasts unless renewed; a crashed
             executor's run can be resumed after this long.
         wait: Seconds a call waits for another executor of the same run to let go.
+        durability: ``sync``: each step's checkpoint commits before the next step
+            starts. ``async``: checkpoints commit in the background, in order and
+            in groups, while the next steps run (see :class:`_Pipeline`); a crash
+            may then run again steps that had finished, with their HiveMem writes
+            still applied once. Async workflows (``async def``) always use sync.
         hive: The Hive it runs on (``hive.workflow``), or None to take it as first argument.
 
     Raises:
@@ -318,6 +325,8 @@ def workflow(
     """
     ns = v.namespace(namespace)
     checked_timeout = _seconds(timeout, "timeout")
+    if durability not in ("sync", "async"):
+        raise InvalidInput("durability", "must be sync or async", value=repr(durability))
     ttl = v.positive_float(lease_ttl, "lease_ttl")
     if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 <= wait <= 3600:
         raise InvalidInput("wait", "must be seconds from 0 to 3600", value=repr(wait))
@@ -326,7 +335,7 @@ def workflow(
         if not callable(fn):
             raise InvalidInput("workflow", "decorates a function")
         chosen = workflow_name(name if name is not None else f"{fn.__module__}.{fn.__qualname__}")
-        function = WorkflowFunction(fn, chosen, ns, hive, checked_timeout, ttl, float(wait))
+        function = WorkflowFunction(fn, chosen, ns, hive, checked_timeout, ttl, float(wait), durability)
         REGISTRY.add(function)
         return function
 
@@ -377,11 +386,32 @@ class _Run:
     lease: Lease
     recorded: dict[int, StepRecord]
     deadline: float | None
+    pipeline: _Pipeline | None = None
     done: int = 0
     diverged: WorkflowDiverged | None = None
 
+    def record(self, item: dict[str, Any]) -> StepRecord:
+        """Record a finished step: now (sync durability), or queued for the next group commit (async)."""
+        wf = self.workflow
+        if self.pipeline is None:
+            (recorded,) = self.hive.record_steps(wf.id, [item], namespace=wf.namespace, fence=self.lease)
+            return recorded  # type: ignore[no-any-return]
+        self.pipeline.submit(item)
+        now = utc(time.time())
+        error = None if item["status"] == "succeeded" else item["error"]
+        result = item.get("result")
+        return StepRecord(wf.id, item["step"], item["name"], item["status"], result, error, item["attempts"], now, now)
+
+    async def arecord(self, item: dict[str, Any]) -> StepRecord:
+        """:meth:`record` from async code (always sync durability)."""
+        wf = self.workflow
+        (recorded,) = await _acall(self.hive.record_steps, wf.id, [item], namespace=wf.namespace, fence=self.lease)
+        return recorded  # type: ignore[no-any-return]
+
     def next_step(self, name: str) -> tuple[int, StepRecord | None]:
         """The next step's number and its record, if any; a different recorded name is divergence."""
+        if self.pipeline is not None:
+            self.pipeline.check()
         self.done += 1
         number = self.done
         found = self.recorded.get(number)
@@ -495,6 +525,78 @@ _KEEPER = _Keeper()
 _STEP_THREADS = ThreadPoolExecutor(32, thread_name_prefix="hivemem-step")
 
 
+class _Pipeline:
+    """A run's step checkpoints with ``durability="async"``: committed in order, in groups, in the background.
+
+    A step's checkpoint is queued and the next step starts at once; a writer
+    thread commits every queued checkpoint of the run in one transaction
+    (:meth:`Hive.record_steps`), then the ones queued meanwhile, and so on. A
+    crash before a checkpoint commits runs that step again on resume, which is
+    what a crash inside a step does anyway: its HiveMem writes are keyed, so they
+    still apply once, and its external effects are at least once. Checkpoints
+    commit in step order, so what is recorded is always a prefix of the run.
+    A checkpoint refused (the run cancelled, the lease superseded) is raised at
+    the next step or at the end; the run is finished only after every
+    checkpoint before it has committed.
+    """
+
+    def __init__(self, hive: Any, wf: Workflow, lease: Lease) -> None:
+        self._hive = hive
+        self._wf = wf
+        self._lease = lease
+        self._changed = threading.Condition()
+        self._queued: list[dict[str, Any]] = []
+        self._writing = False
+        self._error: BaseException | None = None
+
+    def submit(self, item: dict[str, Any]) -> None:
+        """Queue a finished step's checkpoint."""
+        with self._changed:
+            self._queued.append(item)
+            if not self._writing:
+                self._writing = True
+                _CHECKPOINT_THREADS.submit(self._drain)
+
+    def check(self) -> None:
+        """Raise the error a background commit met, if any."""
+        with self._changed:
+            if self._error is not None:
+                raise self._error
+
+    def settle(self) -> None:
+        """Wait until no checkpoint is being written."""
+        with self._changed:
+            self._changed.wait_for(lambda: not self._writing)
+
+    def flush(self) -> None:
+        """Wait until every queued checkpoint has committed; raise what stopped one."""
+        with self._changed:
+            self._changed.wait_for(lambda: not self._writing)
+            if self._error is not None:
+                raise self._error
+
+    def _drain(self) -> None:
+        while True:
+            with self._changed:
+                batch, self._queued = self._queued, []
+                if not batch or self._error is not None:
+                    self._writing = False
+                    self._changed.notify_all()
+                    return
+            try:
+                for start in range(0, len(batch), MAX_STEPS):
+                    chunk = batch[start : start + MAX_STEPS]
+                    self._hive.record_steps(self._wf.id, chunk, namespace=self._wf.namespace, fence=self._lease)
+            except Exception as exc:
+                with self._changed:
+                    self._error = exc
+                    self._queued = []
+
+
+#: The writers of async checkpoints: a few threads for every run (each keeps a SQLite connection).
+_CHECKPOINT_THREADS = ThreadPoolExecutor(4, thread_name_prefix="hivemem-checkpoint")
+
+
 class WorkflowFunction:
     """A durable workflow (made by :func:`workflow`); call it to run or resume a run."""
 
@@ -507,6 +609,7 @@ class WorkflowFunction:
         timeout: float | None,
         lease_ttl: float,
         wait: float,
+        durability: str = "sync",
     ) -> None:
         self.fn = fn
         self.name = name
@@ -515,6 +618,7 @@ class WorkflowFunction:
         self.timeout = timeout
         self.lease_ttl = lease_ttl
         self.wait = wait
+        self.durability = durability
         self.is_async = inspect.iscoroutinefunction(fn)
         self.__doc__ = fn.__doc__
         self.__name__ = getattr(fn, "__name__", name)
@@ -585,15 +689,25 @@ class WorkflowFunction:
             wf = hive.claim_workflow(wf.id, namespace=wf.namespace, fence=held)
             if wf.finished:
                 return _outcome(wf)
-            run = _Run(hive, wf, held, {s.step: s for s in wf.steps}, _deadline(wf))
+            pipeline = _Pipeline(hive, wf, held) if self.durability == "async" else None
+            run = _Run(hive, wf, held, {s.step: s for s in wf.steps}, _deadline(wf), pipeline)
             args, kwargs = self._call_args(hive, wf.inputs)
             token = _RUN.set(run)
             try:
                 result = self.fn(*args, **kwargs)
                 run.check_complete()
                 text = _json_copy(result, "result")
+                if pipeline is not None:
+                    pipeline.flush()
             except Exception as exc:
+                if pipeline is not None:
+                    with contextlib.suppress(Exception):
+                        pipeline.flush()  # the steps before the failure are recorded before it
                 self._fail(hive, wf, held, exc)
+                raise
+            except BaseException:
+                if pipeline is not None:
+                    pipeline.settle()  # nothing is written once the lease is let go
                 raise
             finally:
                 _RUN.reset(token)
@@ -740,14 +854,10 @@ class StepFunction:
                 if self.retry.retries(exc) and attempt < self.retry.attempts:
                     time.sleep(self.retry.delay(attempt))
                     continue
-                record = run.hive.record_step(
-                    run.workflow.id, number, self.name, **_failure(run, exc, attempt, started)
-                )
-                raise _step_failed(record) from exc
+                raise _step_failed(run.record(_failure(number, self.name, exc, attempt, started))) from exc
             finally:
                 _STEP.reset(token)
-            record = run.hive.record_step(run.workflow.id, number, self.name, **_success(run, result, attempt, started))
-            return _replayed(record)
+            return _replayed(run.record(_success(number, self.name, result, attempt, started)))
 
     def _attempt(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if self.timeout is None:
@@ -783,37 +893,32 @@ class StepFunction:
                 if self.retry.retries(exc) and attempt < self.retry.attempts:
                     await asyncio.sleep(self.retry.delay(attempt))
                     continue
-                record = await _acall(
-                    run.hive.record_step, run.workflow.id, number, self.name, **_failure(run, exc, attempt, started)
-                )
-                raise _step_failed(record) from exc
+                failed = await run.arecord(_failure(number, self.name, exc, attempt, started))
+                raise _step_failed(failed) from exc
             finally:
                 _STEP.reset(token)
-            record = await _acall(
-                run.hive.record_step, run.workflow.id, number, self.name, **_success(run, result, attempt, started)
-            )
-            return _replayed(record)
+            return _replayed(await run.arecord(_success(number, self.name, result, attempt, started)))
 
 
-def _success(run: _Run, result: Any, attempts: int, started: float) -> dict[str, Any]:
+def _success(number: int, name: str, result: Any, attempts: int, started: float) -> dict[str, Any]:
     return {
-        "namespace": run.workflow.namespace,
+        "step": number,
+        "name": name,
         "status": "succeeded",
         "result": result,
         "attempts": attempts,
-        "started_at": utc(started),
-        "fence": run.lease,
+        "started_at": started,
     }
 
 
-def _failure(run: _Run, exc: BaseException, attempts: int, started: float) -> dict[str, Any]:
+def _failure(number: int, name: str, exc: BaseException, attempts: int, started: float) -> dict[str, Any]:
     return {
-        "namespace": run.workflow.namespace,
+        "step": number,
+        "name": name,
         "status": "failed",
         "error": error_of(exc),
         "attempts": attempts,
-        "started_at": utc(started),
-        "fence": run.lease,
+        "started_at": started,
     }
 
 
