@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,postgres,server,mcp]'
+	$(PY) -m pip install -q -e '.[dev,postgres,server,mcp,bench]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -32,6 +32,7 @@ bench-quick: $(STAMP)
 	$(PY) bench/events.py --quick
 	$(PY) bench/load.py --quick
 	$(PY) bench/versioned.py --quick
+	$(PY) bench/workflows.py --quick
 
 bench: $(STAMP)
 	$(PY) bench/ingest.py
@@ -43,3 +44,4 @@ bench: $(STAMP)
 	$(PY) bench/events.py
 	$(PY) bench/load.py
 	$(PY) bench/versioned.py
+	$(PY) bench/workflows.py

@@ -369,6 +369,7 @@ def test_a_workflow_bound_to_its_hive(hive: Hive) -> None:
 
 
 FAILED_STEP = {"step": 1, "name": "s", "status": "failed"}
+FAR_FUTURE = {"step": 1, "name": "s", "started_at": 1e300}
 
 
 @pytest.mark.parametrize(
@@ -387,6 +388,8 @@ FAILED_STEP = {"step": 1, "name": "s", "status": "failed"}
         (lambda h: h.record_steps("a", [], namespace=NS), "steps"),
         (lambda h: h.record_steps("a", [{**FAILED_STEP, "error": {"x": 1}}], namespace=NS), "steps[0].error"),
         (lambda h: h.finish_workflow("a", namespace=NS, status="running"), "status"),
+        (lambda h: h.claim_workflow("a", namespace=NS, fence={"resource": "team-a/x", "token": 1}), "fence"),
+        (lambda h: h.record_steps("a", [{**FAR_FUTURE}], namespace=NS), "steps[0].started_at"),
     ],
 )
 def test_bad_workflow_arguments_are_refused(hive: Hive, call: Any, field: str) -> None:

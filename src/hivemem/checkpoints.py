@@ -301,6 +301,18 @@ def _found(tx: Any, hive: Hive, ns: str, wid: str) -> Workflow:
     return Workflow.from_row(row)
 
 
+def _run_fence(fence: object, ns: str, wid: str) -> Fence:
+    """The executor's fence, which must be on the run's own lease resource.
+
+    Raises:
+        InvalidInput: Not a fence, or a fence on another resource.
+    """
+    fenced = Fence.of(fence)
+    if fenced.resource != resource_of(ns, wid):
+        raise InvalidInput("fence", f"must be the lease on {resource_of(ns, wid)}", resource=fenced.resource)
+    return fenced
+
+
 def start_run(hive: Hive, name: object, namespace: object, wid: object, inputs: object, deadline: object) -> Workflow:
     """:meth:`Hive.start_workflow`."""
     checked_name = workflow_name(name)
@@ -345,7 +357,7 @@ def claim_run(hive: Hive, wid: object, namespace: object, fence: object) -> Work
     """:meth:`Hive.claim_workflow`."""
     ns = _checked_ns(hive, namespace, "write")
     checked_id = check_id(wid)
-    fenced = Fence.of(fence)
+    fenced = _run_fence(fence, ns, checked_id)
 
     def write(tx: Any) -> Workflow:
         check_fence(tx, fenced)
@@ -362,6 +374,8 @@ def claim_run(hive: Hive, wid: object, namespace: object, fence: object) -> Work
 #: What one item of :meth:`Hive.record_steps` may hold.
 STEP_ITEM_FIELDS = frozenset({"step", "name", "status", "result", "error", "attempts", "started_at"})
 MAX_STEPS = 1000
+#: The latest ``started_at`` a step may carry (3000-01-01): later ones are no time a datetime holds.
+_LAST_SECOND = 32_503_680_000.0
 
 
 def _step_item(hive: Hive, item: object, where: str) -> dict[str, Any]:
@@ -380,8 +394,10 @@ def _step_item(hive: Hive, item: object, where: str) -> dict[str, Any]:
     error = item.get("error")
     error_text = to_json_text(error_record(error, f"{where}.error"), "error") if status == "failed" else None
     began = item.get("started_at")
-    if began is not None and (isinstance(began, bool) or not isinstance(began, int | float) or not began >= 0):
-        raise InvalidInput(f"{where}.started_at", "must be Unix seconds", value=repr(began))
+    if began is not None and (
+        isinstance(began, bool) or not isinstance(began, int | float) or not 0 <= began <= _LAST_SECOND
+    ):
+        raise InvalidInput(f"{where}.started_at", "must be Unix seconds before the year 3000", value=repr(began))
     return {
         "step": v.positive_int(item.get("step"), f"{where}.step", 1_000_000),
         "name": workflow_name(item.get("name"), f"{where}.name"),
@@ -402,7 +418,7 @@ def record_many(hive: Hive, wid: object, namespace: object, steps: object, fence
     items = [_step_item(hive, item, f"steps[{i}]") for i, item in enumerate(steps)]
     if not items or len(items) > MAX_STEPS:
         raise InvalidInput("steps", f"must hold 1 to {MAX_STEPS} steps")
-    fenced = None if fence is None else Fence.of(fence)
+    fenced = None if fence is None else _run_fence(fence, ns, checked_id)
     root = v.root_of(ns)
 
     def write(tx: Any) -> list[StepRecord]:
@@ -449,7 +465,7 @@ def finish(
     if result_text is not None and len(result_text.encode()) > hive.config.max_data_bytes:
         raise InvalidInput("result", f"is over {hive.config.max_data_bytes} bytes as JSON")
     error_text = to_json_text(error_record(error), "error") if status == "failed" else None
-    fenced = None if fence is None else Fence.of(fence)
+    fenced = None if fence is None else _run_fence(fence, ns, checked_id)
 
     def write(tx: Any) -> Workflow:
         if fenced is not None:
