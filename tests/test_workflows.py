@@ -100,6 +100,17 @@ def test_steps_are_recorded_and_a_second_call_replays_them(hive: Hive) -> None:
     assert len(hive.workflows(status="succeeded")) == 2
 
 
+def test_a_given_id_is_one_run_of_one_workflow_with_one_set_of_inputs(hive: Hive) -> None:
+    three_notes.with_id("fixed")(hive, "a")
+    with pytest.raises(InvalidInput) as other_inputs:
+        three_notes.with_id("fixed")(hive, "b")
+    assert other_inputs.value.details["field"] == "inputs"
+    with pytest.raises(InvalidInput) as other_workflow:
+        three_notes_async.with_id("fixed")(hive, "a")
+    assert other_workflow.value.details["field"] == "workflow_id"
+    assert executed == ["a 0", "a 1", "a 2"]
+
+
 def test_a_run_interrupted_inside_a_step_resumes_there_and_writes_once(hive: Hive) -> None:
     crash_at["a 1"] = 2  # dies twice after step 2's write, before its checkpoint
     for _ in range(2):
@@ -370,6 +381,7 @@ def test_a_workflow_bound_to_its_hive(hive: Hive) -> None:
 
 FAILED_STEP = {"step": 1, "name": "s", "status": "failed"}
 FAR_FUTURE = {"step": 1, "name": "s", "started_at": 1e300}
+FOREIGN_FENCE = {"resource": "team-a/x", "token": 1}
 
 
 @pytest.mark.parametrize(
@@ -388,7 +400,7 @@ FAR_FUTURE = {"step": 1, "name": "s", "started_at": 1e300}
         (lambda h: h.record_steps("a", [], namespace=NS), "steps"),
         (lambda h: h.record_steps("a", [{**FAILED_STEP, "error": {"x": 1}}], namespace=NS), "steps[0].error"),
         (lambda h: h.finish_workflow("a", namespace=NS, status="running"), "status"),
-        (lambda h: h.claim_workflow("a", namespace=NS, fence={"resource": "team-a/x", "token": 1}), "fence"),
+        (lambda h: h.start_workflow("w", namespace=NS, workflow_id="a", fence=FOREIGN_FENCE), "fence"),
         (lambda h: h.record_steps("a", [{**FAR_FUTURE}], namespace=NS), "steps[0].started_at"),
     ],
 )

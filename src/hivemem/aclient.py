@@ -148,7 +148,6 @@ class AsyncRemoteHive(RemoteBase):
     start_workflow = _routed(Hive.start_workflow)
     workflows = _routed(Hive.workflows)
     get_workflow = _routed(Hive.get_workflow)
-    claim_workflow = _routed(Hive.claim_workflow)
     record_steps = _routed(Hive.record_steps)
     finish_workflow = _routed(Hive.finish_workflow)
     cancel_workflow = _routed(Hive.cancel_workflow)

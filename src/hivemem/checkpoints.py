@@ -1,8 +1,8 @@
 """What a workflow run records, and the Hive's primitives that record it (:mod:`hivemem.workflows`).
 
 The records (:class:`Workflow`, :class:`StepRecord`), the checks of their
-arguments, and one store transaction per primitive: start a run, claim it for
-an executor (fenced by its lease), record a finished step, finish, cancel,
+arguments, and one store transaction per primitive: start a run (and claim it
+for an executor, fenced by its lease), record finished steps, finish, cancel,
 show and list. They are Hive methods with HTTP routes, so a workflow runs in
 the caller's process whatever the deployment; the decorators and the runner
 that call them live in :mod:`hivemem.workflows`. Each primitive is idempotent
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from hivemem import validation as v
 from hivemem.clock import utc
 from hivemem.errors import InvalidInput, NotFound, WorkflowCancelled, WorkflowDiverged
-from hivemem.leases import Fence, check_fence
+from hivemem.leases import Fence, Lease, check_fence
 from hivemem.storage.base import STEP_COLUMNS
 
 if TYPE_CHECKING:
@@ -116,7 +116,7 @@ class Workflow:
         updated_at: When its status last changed.
         result: Its JSON result once succeeded.
         error: ``{"type", "message"}`` once failed (or cancelled).
-        steps: Its recorded steps, in order (only where asked for: get_workflow, claim_workflow).
+        steps: Its recorded steps, in order (only where asked for: get_workflow, start_workflow with a fence).
     """
 
     id: str
@@ -313,7 +313,9 @@ def _run_fence(fence: object, ns: str, wid: str) -> Fence:
     return fenced
 
 
-def start_run(hive: Hive, name: object, namespace: object, wid: object, inputs: object, deadline: object) -> Workflow:
+def start_run(
+    hive: Hive, name: object, namespace: object, wid: object, inputs: object, deadline: object, fence: object
+) -> Workflow:
     """:meth:`Hive.start_workflow`."""
     checked_name = workflow_name(name)
     ns = _checked_ns(hive, namespace, "write")
@@ -322,9 +324,12 @@ def start_run(hive: Hive, name: object, namespace: object, wid: object, inputs: 
     if len(text.encode()) > hive.config.max_data_bytes:
         raise InvalidInput("inputs", f"are over {hive.config.max_data_bytes} bytes as JSON")
     ends = v.timestamp(deadline, "deadline")
+    fenced = None if fence is None else _run_fence(fence, ns, checked_id)
     root = v.root_of(ns)
 
     def write(tx: Any) -> Workflow:
+        if fenced is not None:
+            check_fence(tx, fenced)
         now = hive.clock.now()
         row = {
             "root": root,
@@ -342,30 +347,17 @@ def start_run(hive: Hive, name: object, namespace: object, wid: object, inputs: 
             "error": None,
         }
         if tx.put_workflow(row):
-            return Workflow.from_row(tuple(row.values()))
-        found = _found(tx, hive, ns, checked_id)
-        if found.name != checked_name:
-            raise InvalidInput("workflow_id", f"is taken by a run of workflow {found.name!r}", workflow_id=checked_id)
-        if found.inputs != json.loads(text):
-            raise InvalidInput("inputs", f"differ from those run {checked_id} was started with", workflow_id=checked_id)
-        return found
-
-    return hive.store.write(write)
-
-
-def claim_run(hive: Hive, wid: object, namespace: object, fence: object) -> Workflow:
-    """:meth:`Hive.claim_workflow`."""
-    ns = _checked_ns(hive, namespace, "write")
-    checked_id = check_id(wid)
-    fenced = _run_fence(fence, ns, checked_id)
-
-    def write(tx: Any) -> Workflow:
-        check_fence(tx, fenced)
-        found = _found(tx, hive, ns, checked_id)
-        root = v.root_of(ns)
+            found = Workflow.from_row(tuple(row.values()))
+        else:
+            found = _found(tx, hive, ns, checked_id)
+            if found.name != checked_name:
+                raise InvalidInput("workflow_id", f"is taken by a run of {found.name!r}", workflow_id=checked_id)
+            if found.inputs != json.loads(text):
+                raise InvalidInput("inputs", f"differ from those run {checked_id} began with", workflow_id=checked_id)
+        if fenced is None:
+            return found
         if not found.finished:
-            owner = f"{hive.principal.name}#{fenced.token}"
-            tx.set_workflow(root, checked_id, "running", owner, None, None, hive.clock.now())
+            tx.set_workflow(root, checked_id, "running", f"{hive.principal.name}#{fenced.token}", None, None, now)
         return Workflow.from_row(tx.workflow(root, checked_id), tx.workflow_steps(root, checked_id))
 
     return hive.store.write(write)
@@ -454,7 +446,7 @@ def record_many(hive: Hive, wid: object, namespace: object, steps: object, fence
 
 
 def finish(
-    hive: Hive, wid: object, namespace: object, status: object, result: object, error: object, fence: object
+    hive: Hive, wid: object, namespace: object, status: object, result: object, error: object, lease: object
 ) -> Workflow:
     """:meth:`Hive.finish_workflow`."""
     ns = _checked_ns(hive, namespace, "write")
@@ -465,16 +457,18 @@ def finish(
     if result_text is not None and len(result_text.encode()) > hive.config.max_data_bytes:
         raise InvalidInput("result", f"is over {hive.config.max_data_bytes} bytes as JSON")
     error_text = to_json_text(error_record(error), "error") if status == "failed" else None
-    fenced = None if fence is None else _run_fence(fence, ns, checked_id)
+    held = None if lease is None else Lease.of(lease)
+    fenced = None if held is None else _run_fence(held, ns, checked_id)
 
     def write(tx: Any) -> Workflow:
         if fenced is not None:
             check_fence(tx, fenced)
         found = _found(tx, hive, ns, checked_id)
-        if found.finished:
-            return found
         root = v.root_of(ns)
-        tx.set_workflow(root, checked_id, str(status), found.owner, result_text, error_text, hive.clock.now())
+        if not found.finished:
+            tx.set_workflow(root, checked_id, str(status), found.owner, result_text, error_text, hive.clock.now())
+        if held is not None:
+            tx.release_lease(v.root_of(held.resource), held.resource, held.lease_id, hive.principal.name, tx.db_now())
         return Workflow.from_row(tx.workflow(root, checked_id))
 
     return hive.store.write(write)

@@ -1393,11 +1393,15 @@ class Hive:
         workflow_id: str,
         inputs: Any = None,
         deadline: datetime | None = None,
+        fence: Lease | Fence | None = None,
     ) -> Workflow:
         """Record a new run (status ``pending``), or return the run of that id if it exists.
 
-        A primitive of :mod:`hivemem.workflows` (the decorators call it); public so
-        that workflows run in a client's process over HTTP.
+        With ``fence`` (the executor's lease on ``<namespace>/wf.<id>``) it also
+        claims the run in the same transaction: an unfinished run becomes
+        ``running`` and comes back with its recorded steps. A primitive of
+        :mod:`hivemem.workflows` (the decorators call it); public so that
+        workflows run in a client's process over HTTP.
 
         Args:
             name: The workflow's registered name.
@@ -1405,21 +1409,14 @@ class Hive:
             workflow_id: The run's id (letters, digits, ``_.:@-``, at most 60).
             inputs: Its JSON inputs.
             deadline: When it times out (an aware datetime), if ever.
+            fence: The executor's lease, to claim the run.
 
         Raises:
             InvalidInput: A bad argument, or the id is taken by a run of another
                 workflow or with other inputs.
-        """
-        return checkpoints.start_run(self, name, namespace, workflow_id, inputs, deadline)
-
-    def claim_workflow(self, workflow_id: str, *, namespace: str, fence: Lease | Fence) -> Workflow:
-        """Mark a run ``running`` under the executor's lease; the run with its recorded steps.
-
-        Raises:
-            NotFound: No such run.
             StaleFencingToken: ``fence`` was superseded by a newer executor.
         """
-        return checkpoints.claim_run(self, workflow_id, namespace, fence)
+        return checkpoints.start_run(self, name, namespace, workflow_id, inputs, deadline, fence)
 
     def record_steps(
         self,
@@ -1461,18 +1458,26 @@ class Hive:
         status: str,
         result: Any = None,
         error: Mapping[str, Any] | None = None,
-        fence: Lease | Fence | None = None,
+        lease: Lease | None = None,
     ) -> Workflow:
         """End a run as ``succeeded`` (with its JSON result) or ``failed`` (with its error).
 
         A run that has ended already (cancelled, say) is returned unchanged.
 
+        Args:
+            workflow_id: The run.
+            namespace: The run's namespace.
+            status: ``succeeded`` or ``failed``.
+            result: The JSON result of a success.
+            error: ``{"type": ..., "message": ...}`` of a failure.
+            lease: The executor's lease: fences this write, and is released in its transaction.
+
         Raises:
             NotFound: No such run.
-            StaleFencingToken: ``fence`` was superseded.
-            InvalidInput: A bad status, result or error.
+            StaleFencingToken: ``lease`` was superseded.
+            InvalidInput: A bad status, result, error or lease.
         """
-        return checkpoints.finish(self, workflow_id, namespace, status, result, error, fence)
+        return checkpoints.finish(self, workflow_id, namespace, status, result, error, lease)
 
     def cancel_workflow(self, workflow_id: str, *, namespace: str) -> Workflow:
         """Cancel a run: its executor records no further step and raises WorkflowCancelled.

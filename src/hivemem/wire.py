@@ -34,7 +34,6 @@ from hivemem.validation import timestamp
 #: Workflow checkpoints are idempotent by design (a step number keeps its first record), so they need no key.
 WORKFLOW_PRIMITIVES = (
     "start_workflow",
-    "claim_workflow",
     "record_steps",
     "finish_workflow",
     "cancel_workflow",
@@ -163,7 +162,6 @@ ROUTES: tuple[Route, ...] = (
     Route("start_workflow", "POST", "/v1/workflows", Workflow.from_dict),
     Route("workflows", "POST", "/v1/workflows/list", _each(Workflow.from_dict)),
     Route("get_workflow", "GET", "/v1/workflows/{workflow_id}", Workflow.from_dict),
-    Route("claim_workflow", "POST", "/v1/workflows/{workflow_id}/claim", Workflow.from_dict),
     Route("record_steps", "POST", "/v1/workflows/{workflow_id}/steps", _each(StepRecord.from_dict)),
     Route("finish_workflow", "POST", "/v1/workflows/{workflow_id}/finish", Workflow.from_dict),
     Route("cancel_workflow", "POST", "/v1/workflows/{workflow_id}/cancel", Workflow.from_dict),

@@ -85,6 +85,7 @@ from hivemem.errors import (
     InvalidInput,
     LeaseExpired,
     LockHeld,
+    NotFound,
     StaleFencingToken,
     StepFailed,
     WorkflowCancelled,
@@ -675,18 +676,20 @@ class WorkflowFunction:
     def _run(
         self, hive: Any, inputs: Any, wid: str | None, lease: Lease | None = None, namespace: str | None = None
     ) -> Any:
+        # A finished run is answered from one read; an unfinished one costs three commits besides its
+        # steps: the lease, the start (with the claim), and the finish (with the release).
         start = self._start_args(inputs, wid, namespace)
-        wf = hive.start_workflow(self.name, **start)
-        if wf.finished:
-            return _outcome(wf)
-        resource = resource_of(wf.namespace, wf.id)
         if lease is None:
-            lease = hive.lock(resource, ttl=self.lease_ttl, wait=self.wait)
+            known = _existing(hive, start)
+            if known is not None and known.finished:
+                return _outcome(self._same(known, start))
+            lease = hive.lock(resource_of(start["namespace"], start["workflow_id"]), ttl=self.lease_ttl, wait=self.wait)
         assert lease is not None
         held = lease
         keeper = _KEEPER.keep(hive, held, self.lease_ttl)
+        released = False
         try:
-            wf = hive.claim_workflow(wf.id, namespace=wf.namespace, fence=held)
+            wf = hive.start_workflow(self.name, **start, fence=held)
             if wf.finished:
                 return _outcome(wf)
             pipeline = _Pipeline(hive, wf, held) if self.durability == "async" else None
@@ -703,7 +706,14 @@ class WorkflowFunction:
                 if pipeline is not None:
                     with contextlib.suppress(Exception):
                         pipeline.flush()  # the steps before the failure are recorded before it
-                self._fail(hive, wf, held, exc)
+                failure = _failure_of(exc)
+                if failure is not None:
+                    released = True
+                    _quietly(
+                        lambda: hive.finish_workflow(
+                            wf.id, namespace=wf.namespace, status="failed", error=failure, lease=held
+                        )
+                    )
                 raise
             except BaseException:
                 if pipeline is not None:
@@ -711,24 +721,22 @@ class WorkflowFunction:
                 raise
             finally:
                 _RUN.reset(token)
-            finished = hive.finish_workflow(wf.id, namespace=wf.namespace, status="succeeded", result=text, fence=held)
+            _KEEPER.drop(keeper)
+            released = True
+            finished = hive.finish_workflow(wf.id, namespace=wf.namespace, status="succeeded", result=text, lease=held)
             return _outcome(finished)
         finally:
             _KEEPER.drop(keeper)
-            _quietly(lambda: hive.release_lease(held))
+            if not released:
+                _quietly(lambda: hive.release_lease(held))
 
-    @staticmethod
-    def _fail(hive: Any, wf: Workflow, lease: Lease, exc: BaseException) -> None:
-        """Record the run failed by ``exc``, unless ``exc`` says this executor may not (or need not)."""
-        if isinstance(exc, WorkflowCancelled | StaleFencingToken | LeaseExpired):
-            return
-        error = exc.details.get("error") if isinstance(exc, WorkflowFailed) else None
-        recorded = error if isinstance(error, Mapping) else error_of(exc)
-        _quietly(
-            lambda: hive.finish_workflow(
-                wf.id, namespace=wf.namespace, status="failed", error=dict(recorded), fence=lease
-            )
-        )
+    def _same(self, wf: Workflow, start: Mapping[str, Any]) -> Workflow:
+        """``wf``, if it is a run of this workflow with these inputs (as start_workflow checks)."""
+        if wf.name != self.name:
+            raise InvalidInput("workflow_id", f"is taken by a run of {wf.name!r}", workflow_id=wf.id)
+        if wf.inputs != start["inputs"]:
+            raise InvalidInput("inputs", f"differ from those run {wf.id} began with", workflow_id=wf.id)
+        return wf
 
     # -- async -----------------------------------------------------------------------------------
 
@@ -736,16 +744,18 @@ class WorkflowFunction:
         self, hive: Any, inputs: Any, wid: str | None, lease: Lease | None = None, namespace: str | None = None
     ) -> Any:
         start = self._start_args(inputs, wid, namespace)
-        wf = await _acall(hive.start_workflow, self.name, **start)
-        if wf.finished:
-            return _outcome(wf)
         if lease is None:
-            lease = await _acall(hive.lock, resource_of(wf.namespace, wf.id), ttl=self.lease_ttl, wait=self.wait)
+            known = await _aexisting(hive, start)
+            if known is not None and known.finished:
+                return _outcome(self._same(known, start))
+            resource = resource_of(start["namespace"], start["workflow_id"])
+            lease = await _acall(hive.lock, resource, ttl=self.lease_ttl, wait=self.wait)
         assert lease is not None
         held = lease
         keeper = asyncio.ensure_future(_akeep(hive, held, self.lease_ttl))
+        released = False
         try:
-            wf = await _acall(hive.claim_workflow, wf.id, namespace=wf.namespace, fence=held)
+            wf = await _acall(hive.start_workflow, self.name, **start, fence=held)
             if wf.finished:
                 return _outcome(wf)
             run = _Run(hive, wf, held, {s.step: s for s in wf.steps}, _deadline(wf))
@@ -756,29 +766,50 @@ class WorkflowFunction:
                 run.check_complete()
                 text = _json_copy(result, "result")
             except Exception as exc:
-                if not isinstance(exc, WorkflowCancelled | StaleFencingToken | LeaseExpired):
-                    error = exc.details.get("error") if isinstance(exc, WorkflowFailed) else None
-                    recorded = dict(error) if isinstance(error, Mapping) else error_of(exc)
-                    await _aquietly(
-                        _acall(
-                            hive.finish_workflow,
-                            wf.id,
-                            namespace=wf.namespace,
-                            status="failed",
-                            error=recorded,
-                            fence=held,
-                        )
+                failure = _failure_of(exc)
+                if failure is not None:
+                    released = True
+                    finish = _acall(
+                        hive.finish_workflow, wf.id, namespace=wf.namespace, status="failed", error=failure, lease=held
                     )
+                    await _aquietly(finish)
                 raise
             finally:
                 _RUN.reset(token)
+            keeper.cancel()
+            released = True
             finished = await _acall(
-                hive.finish_workflow, wf.id, namespace=wf.namespace, status="succeeded", result=text, fence=held
+                hive.finish_workflow, wf.id, namespace=wf.namespace, status="succeeded", result=text, lease=held
             )
             return _outcome(finished)
         finally:
             keeper.cancel()
-            await _aquietly(_acall(hive.release_lease, held))
+            if not released:
+                await _aquietly(_acall(hive.release_lease, held))
+
+
+def _failure_of(exc: BaseException) -> dict[str, Any] | None:
+    """How ``exc`` fails the run, or None if this executor may not (or need not) record it."""
+    if isinstance(exc, WorkflowCancelled | StaleFencingToken | LeaseExpired):
+        return None
+    error = exc.details.get("error") if isinstance(exc, WorkflowFailed) else None
+    return dict(error) if isinstance(error, Mapping) else error_of(exc)
+
+
+def _existing(hive: Any, start: Mapping[str, Any]) -> Workflow | None:
+    try:
+        found: Workflow = hive.get_workflow(start["workflow_id"], namespace=start["namespace"])
+    except NotFound:
+        return None
+    return found
+
+
+async def _aexisting(hive: Any, start: Mapping[str, Any]) -> Workflow | None:
+    try:
+        found: Workflow = await _acall(hive.get_workflow, start["workflow_id"], namespace=start["namespace"])
+    except NotFound:
+        return None
+    return found
 
 
 def _deadline(wf: Workflow) -> float | None:
