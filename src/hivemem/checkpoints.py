@@ -416,11 +416,14 @@ def record_many(hive: Hive, wid: object, namespace: object, steps: object, fence
     def write(tx: Any) -> list[StepRecord]:
         if fenced is not None:
             check_fence(tx, fenced)
-        found = _found(tx, hive, ns, checked_id)
-        if found.status == "cancelled":
+        row = tx.workflow(root, checked_id)
+        if row is None or row[2] != ns:  # read access follows from write access (checked above)
+            raise NotFound(f"no workflow {checked_id} in {ns}", workflow_id=checked_id, namespace=ns)
+        status = row[5]  # the status alone: a step's checkpoint parses none of the run's JSON
+        if status == "cancelled":
             raise WorkflowCancelled(f"workflow {checked_id} was cancelled", workflow_id=checked_id)
-        if found.finished:
-            raise InvalidInput("workflow_id", f"run {checked_id} has {found.status}; it records no more steps")
+        if status not in UNFINISHED:
+            raise InvalidInput("workflow_id", f"run {checked_id} has {status}; it records no more steps")
         now = hive.clock.now()
         out = []
         for item in items:
