@@ -248,11 +248,24 @@ class _SqliteTx(SqlTx):
 
     dialect = DIALECT
 
-    def __init__(self, conn: apsw.Connection, seq: int = 0) -> None:
+    def __init__(self, conn: apsw.Connection, seq: int | None = 0) -> None:
         super().__init__(conn)
-        self.seq = seq
+        self._seq = seq
         # The first row id this transaction inserted that is not in the full-text index yet.
         self._unindexed_from: int | None = None
+
+    @property
+    def seq(self) -> int:
+        """This write's change number, which memories it writes (and deletes) carry for the matrix index.
+
+        Taken on first use: a write that changes no memory (a lease, an event, a
+        workflow checkpoint) leaves the counter alone, so its commit writes one
+        page less.
+        """
+        if self._seq is None:
+            bumped = self.conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'seq' RETURNING value")
+            self._seq = int(_one(bumped)[0])
+        return self._seq
 
     def index_new_rows(self) -> None:
         """Add the rows this transaction inserted to the full-text index.
@@ -294,6 +307,7 @@ class _SqliteTx(SqlTx):
 
     def delete(self, ids: Sequence[str]) -> int:
         self.index_new_rows()
+        _ = self.seq  # the deletion log's trigger reads this write's number from meta
         return super().delete(ids)
 
     def expired_ids(self, now: float, limit: int) -> builtins.list[str]:
@@ -529,8 +543,7 @@ class SqliteStore(Store):
         conn = self._connection()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            seq = _one(conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'seq' RETURNING value"))[0]
-            tx = _SqliteTx(conn, seq)
+            tx = _SqliteTx(conn, None)
             result = fn(tx)
             tx.index_new_rows()
             evented = tx.flush_events()
