@@ -32,6 +32,7 @@ bench-quick: $(STAMP)
 	$(PY) bench/events.py --quick
 	$(PY) bench/load.py --quick
 	$(PY) bench/versioned.py --quick
+	$(PY) bench/tokens.py --quick
 	$(PY) bench/workflows.py --quick
 
 bench: $(STAMP)
@@ -44,4 +45,5 @@ bench: $(STAMP)
 	$(PY) bench/events.py
 	$(PY) bench/load.py
 	$(PY) bench/versioned.py
+	$(PY) bench/tokens.py
 	$(PY) bench/workflows.py

@@ -3,7 +3,8 @@
 Each worker is its own process with its own Hive (no embedder), as separate
 agents would be. A cycle is ``hive.lock(resource)`` followed by
 ``lease.release()``: two write transactions, the grant durable (its fencing
-token must never go back after a crash), the release too.
+token must never go back after a crash), the release on SQLite committed
+without waiting for fsync (a release lost in a power failure lapses at its ttl).
 
 * uncontended: one process, each cycle on the same resource, nothing waiting;
 * contended: 8 processes cycling on one resource at once (``wait`` long

@@ -137,3 +137,27 @@ def test_the_http_client_sets_its_own_idempotency_keys(open_hive: OpenHive, depl
         pytest.skip("a client-only rule")
     with pytest.raises(hivemem.ConfigError):
         open_hive().run_once("k", lambda h: h.remember("ns", "x"), Memory.to_dict)
+
+
+def test_plans_and_agents_follow_the_grants(hive: hivemem.Hive) -> None:
+    hive.create_plan("team-b", [{"id": "a", "description": "secret work"}], plan_id="p")
+    hive.register_agent("team-b", "spy", specializations=["secrets"])
+    hive.record_outcome("spy", "secret work", namespace="team-b", success=True)
+    view = hive.as_principal(_principal("a", "write:team-a", "read:shared"))
+    with pytest.raises(hivemem.NotFound):
+        view.plan("p", namespace="team-b")
+    assert view.plans("team-b") == [] and view.agents() == [] and view.select_agent("secret work") == []
+    with pytest.raises(hivemem.Forbidden):
+        view.assign_task("p", "a", "me", namespace="team-b")
+    with pytest.raises(hivemem.Forbidden):
+        view.create_plan("team-b", [{"id": "a", "description": "x"}])
+    with pytest.raises(hivemem.Forbidden):
+        view.record_outcome("spy", "secret work", namespace="team-b", success=False)
+    assert view.context_for("spy", "secret work").memory_ids == ()
+    assert hive.plan("p", namespace="team-b").task("a").state == "pending"
+    mine = view.create_plan("team-a", [{"id": "a", "description": "x"}], plan_id="p")
+    assert view.assign_task(mine.id, "a", "me", namespace="team-a").agent == "me"
+    reader = hive.as_principal(_principal("r", "read:team-a"))
+    assert reader.plan("p", namespace="team-a").task("a").agent == "me"
+    with pytest.raises(hivemem.Forbidden):
+        reader.transition_task("p", "a", "running", namespace="team-a", agent="me")

@@ -291,3 +291,30 @@ def test_a_closed_client_refuses_calls(served: Served) -> None:
             await hive.stats()
 
     asyncio.run(scenario())
+
+
+def test_plans_and_agents_over_the_async_client(served: Served) -> None:
+    sync = served.sync
+    tasks = [{"id": "a", "description": "migrate orders schema"}, {"id": "b", "description": "y", "depends_on": ["a"]}]
+
+    async def scenario() -> None:
+        async with hivemem.open_async(served.url) as hive:
+            plan = await hive.create_plan("team", tasks, plan_id="p")
+            assert plan == sync.plan("p", namespace="team") == await hive.plan("p", namespace="team")
+            claims = await asyncio.gather(
+                *(hive.assign_task("p", "a", f"agent-{i}", namespace="team") for i in range(4)), return_exceptions=True
+            )
+            assert sum(isinstance(c, hivemem.InvalidTransition) for c in claims) == 3
+            assert await hive.plans("team") == sync.plans("team")
+            moved = await hive.transition_task("p", "a", "pending", namespace="team")
+            assert moved == sync.plan("p", namespace="team").task("a")
+            await hive.register_agent("team", "dba", specializations=["database"])
+            outcome = await hive.record_outcome("dba", "migrate orders schema", namespace="team", success=True)
+            assert outcome.profile == (await hive.agents("team"))[0] == sync.agents("team")[0]
+            ranking = await hive.select_agent("migrate orders schema", namespace="team")
+            assert ranking == sync.select_agent("migrate orders schema", namespace="team")
+            context = await hive.context_for("dba", "migrate orders schema", token_budget=100)
+            assert context == sync.context_for("dba", "migrate orders schema", token_budget=100)
+            assert context.memory_ids == (outcome.episode.id,)
+
+    asyncio.run(scenario())

@@ -173,3 +173,37 @@ def test_events_lists_and_follows_committed_changes(db: str, tmp_path: Path) -> 
         finally:
             follower.kill()
     assert [(e["seq"], e["subject"]) for e in seen] == [(1, note.id), (2, note.id), (3, later.id)]
+
+
+def test_plans_show_and_agents(db: str) -> None:
+    with hivemem.open(db, embedder=None) as hive:
+        tasks = [
+            {"id": "fetch", "description": "fetch the invoices"},
+            {"id": "load", "description": "load the invoices", "depends_on": ["fetch"]},
+        ]
+        hive.create_plan("team", tasks, plan_id="p1", title="invoices")
+        hive.assign_task("p1", "fetch", "alice", namespace="team")
+        hive.register_agent("team", "alice", specializations=["invoices"])
+        hive.register_agent("team", "bob", specializations=["frontend"])
+        hive.record_outcome("alice", "load the invoices", namespace="team", success=True, duration=4)
+    shown = run(db, "plans", "show", "p1", "-n", "team")
+    assert "fetch" in shown.output and "assigned" in shown.output and "alice" in shown.output
+    assert "0% done" in shown.output
+    plan = as_json(run(db, "plans", "show", "p1", "-n", "team", "--json"))
+    assert isinstance(plan, dict)
+    assert plan["levels"] == [["fetch"], ["load"]] and plan["progress"]["by_state"]["assigned"] == 1
+    assert "p1" in run(db, "plans", "list", "-n", "team").output
+    assert [p["id"] for p in as_json(run(db, "plans", "list", "-n", "team", "--json"))] == ["p1"]  # type: ignore[union-attr]
+    missing = run(db, "plans", "show", "nope", "-n", "team", ok=False)
+    assert missing.exit_code == 3 and "no plan" in missing.output
+    listed = run(db, "agents", "-n", "team")
+    assert "alice" in listed.output and "0.67" in listed.output and "bob" in listed.output
+    profiles = as_json(run(db, "--json", "agents", "list", "-n", "team"))
+    assert isinstance(profiles, list)
+    assert [(p["name"], p["successes"]) for p in profiles] == [("alice", 1), ("bob", 0)]
+    ranking = as_json(run(db, "agents", "select", "load invoices", "-n", "team", "--json"))
+    assert isinstance(ranking, list)
+    assert [r["agent"] for r in ranking] == ["alice", "bob"]
+    assert set(ranking[0]) >= {"score", "specialization", "experience", "performance"}
+    table = run(db, "agents", "select", "load invoices", "-n", "team", "--skill", "frontend")
+    assert table.output.index("bob") < table.output.index("alice")

@@ -303,3 +303,29 @@ def test_a_fence_beyond_64_bits_is_refused(hive: Hive) -> None:
     with pytest.raises(InvalidInput):
         hive.update(record.id, content="y", fence={"resource": "team-a/x", "token": 2**64})  # type: ignore[arg-type]
     assert hive.get(record.id).version == 1
+
+
+# -- a release commits without waiting for fsync (SQLite) -----------------------------------------
+
+
+def _release_then_die(path: str, released: Any) -> None:
+    hive = hivemem.open(path, embedder=None)
+    hive.lock("team-a/job", ttl=600).release()
+    released.set()
+    time.sleep(60)  # killed here, before any later commit could sync the release
+
+
+def test_an_unsynced_release_survives_a_killed_process_and_later_writes_stay_synced(tmp_path: Path) -> None:
+    path = str(tmp_path / "hive.db")
+    released = SPAWN.Event()
+    proc = SPAWN.Process(target=_release_then_die, args=(path, released))
+    proc.start()
+    assert released.wait(timeout=60)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join()
+    with hivemem.open(path, embedder=None) as hive:
+        lease = hive.lock("team-a/job", wait=0)  # the ttl was 600 s: only the release can have freed it
+        assert lease.token == 2
+        lease.release()
+        # The release lowered synchronous for its own commit only.
+        assert hive.store._connection().execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL

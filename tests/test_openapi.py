@@ -157,3 +157,25 @@ def test_an_operation_reads_its_hive_method_once() -> None:
     forget = Operation.of(ROUTES_BY_NAME["forget"])
     assert forget.flags == frozenset({"cascade"})
     assert Operation.of(ROUTES_BY_NAME["remember"]).takes_options
+
+
+def test_plans_and_agents_answer_typed_records(spec: dict[str, Any]) -> None:
+    def answer(name: str) -> Any:
+        route = ROUTES_BY_NAME[name]
+        return operation(spec, name)["responses"][str(route.status)]["content"]["application/json"]["schema"]
+
+    assert answer("create_plan") == {"$ref": "#/components/schemas/Plan"}
+    assert answer("transition_task") == {"$ref": "#/components/schemas/Task"}
+    assert answer("select_agent") == {"type": "array", "items": {"$ref": "#/components/schemas/AgentScore"}}
+    assert answer("context_for") == {"$ref": "#/components/schemas/ExperienceContext"}
+    schemas = spec["components"]["schemas"]
+    assert schemas["Plan"]["properties"]["levels"] == {
+        "type": "array",
+        "items": {"type": "array", "items": {"type": "string"}},
+        "description": "Task ids in parallel levels: each level depends only on earlier ones.",
+    }
+    assert {"Task", "PlanProgress", "AgentProfile", "Outcome"} <= set(schemas)
+    moved = operation(spec, "transition_task")["responses"]["409"]["content"][PROBLEM]["schema"]["allOf"]
+    assert set(moved[1]["properties"]["code"]["enum"]) == {"version_conflict", "invalid_transition"}
+    assert "Idempotency-Key" in parameters(spec, "assign_task")
+    assert "Idempotency-Key" not in parameters(spec, "select_agent")

@@ -10,9 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from hivemem.aclient import AsyncRemoteHive
+from hivemem.agents import AgentProfile, AgentScore, ExperienceContext, Outcome
 from hivemem.checkpoints import StepRecord, Workflow
 from hivemem.clock import Clock, ManualClock, SystemClock
-from hivemem.config import HiveConfig, RankingWeights
+from hivemem.config import HiveConfig, RankingWeights, SelectionWeights
 from hivemem.conflicts import ConflictResolver
 from hivemem.errors import (
     ConfigError,
@@ -20,6 +21,7 @@ from hivemem.errors import (
     Forbidden,
     HiveError,
     InvalidInput,
+    InvalidTransition,
     LeaseExpired,
     LockHeld,
     NotFound,
@@ -37,13 +39,19 @@ from hivemem.errors import (
 from hivemem.hive import Hive
 from hivemem.leases import Fence, Lease, LeaseSet
 from hivemem.models import Conflict, Group, Hit, Memory, Page, Related, Relation
+from hivemem.plans import Plan, PlanProgress, Task
 from hivemem.records import KeyedOptions, MemoryOptions, RememberOptions
+from hivemem.redaction import Redactor
+from hivemem.resources import MemoryResource, ResourceRegistry
 from hivemem.retrieval.embedders import Embedder, MiniLMEmbedder, OpenAIEmbedder, make_embedder
+from hivemem.tokens import TokenCounter, counter_for
 from hivemem.workflows import Retry, StepContext, current_step, step, workflow
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AgentProfile",
+    "AgentScore",
     "AsyncRemoteHive",
     "Clock",
     "ConfigError",
@@ -51,6 +59,7 @@ __all__ = [
     "ConflictResolver",
     "Embedder",
     "EmbedderUnavailable",
+    "ExperienceContext",
     "Fence",
     "Forbidden",
     "Group",
@@ -59,6 +68,7 @@ __all__ = [
     "HiveConfig",
     "HiveError",
     "InvalidInput",
+    "InvalidTransition",
     "KeyedOptions",
     "Lease",
     "LeaseExpired",
@@ -67,23 +77,32 @@ __all__ = [
     "ManualClock",
     "Memory",
     "MemoryOptions",
+    "MemoryResource",
     "MiniLMEmbedder",
     "NotFound",
     "OpenAIEmbedder",
+    "Outcome",
     "Page",
     "PayloadTooLarge",
+    "Plan",
+    "PlanProgress",
     "QuotaExceeded",
     "RankingWeights",
+    "Redactor",
     "Related",
     "Relation",
     "RememberOptions",
+    "ResourceRegistry",
     "Retry",
+    "SelectionWeights",
     "StaleFencingToken",
     "StepContext",
     "StepFailed",
     "StepRecord",
     "StorageUnavailable",
     "SystemClock",
+    "Task",
+    "TokenCounter",
     "Unauthenticated",
     "VersionConflict",
     "Workflow",
@@ -91,6 +110,7 @@ __all__ = [
     "WorkflowDiverged",
     "WorkflowFailed",
     "__version__",
+    "counter_for",
     "current_step",
     "make_embedder",
     "open",

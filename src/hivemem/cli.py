@@ -8,6 +8,7 @@ input, 3 for not found, 1 for anything else.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -508,6 +509,169 @@ def demo(obj: Context) -> None:
     from hivemem.demo import run_demo
 
     run_demo(obj.config, obj.console, explicit_db=obj.db_given)
+
+
+@main.group()
+def plans() -> None:
+    """Plans: tasks with dependencies, in parallel levels, and their states."""
+
+
+@plans.command("show")
+@click.argument("plan_id")
+@click.option("--namespace", "-n", required=True, help="Where the plan is stored.")
+@_command
+def plans_show(obj: Context, plan_id: str, namespace: str) -> None:
+    """A plan's levels, each task's state and agent, and its progress."""
+    with obj.open() as hive:
+        plan = hive.plan(plan_id, namespace=namespace)
+
+    def render() -> None:
+        progress = plan.progress
+        title = f" ({plan.title})" if plan.title else ""
+        obj.console.print(f"plan {plan.id}{title} in {plan.namespace}: {progress.fraction:.0%} done")
+        table = Table("level", "task", "state", "agent", "depends on", "description")
+        for number, level in enumerate(plan.levels):
+            for task_id in level:
+                task = plan.task(task_id)
+                table.add_row(
+                    str(number),
+                    task.id,
+                    task.state,
+                    task.agent or "",
+                    ", ".join(task.depends_on),
+                    _short(task.description, 60),
+                )
+        obj.console.print(table)
+        counts = ", ".join(f"{state} {n}" for state, n in progress.by_state.items() if n)
+        obj.console.print(f"{progress.total} tasks: {counts}")
+
+    obj.emit(plan.to_dict(), render)
+
+
+@plans.command("list")
+@click.option("--namespace", "-n", required=True, help="Prefix the plans are stored under.")
+@click.option("--limit", type=int, default=20, show_default=True)
+@_command
+def plans_list(obj: Context, namespace: str, limit: int) -> None:
+    """The plans under a prefix, newest first, with their progress."""
+    with obj.open() as hive:
+        found = hive.plans(namespace, limit=limit)
+
+    def render() -> None:
+        table = Table("plan", "namespace", "title", "tasks", "done", "created")
+        for plan in found:
+            table.add_row(
+                plan.id,
+                plan.namespace,
+                _short(plan.title or "", 40),
+                str(plan.progress.total),
+                f"{plan.progress.fraction:.0%}",
+                plan.created_at.isoformat()[:19],
+            )
+        obj.console.print(table)
+
+    obj.emit([p.to_dict() for p in found], render)
+
+
+@main.group(invoke_without_command=True)
+@click.option("--namespace", "-n", help="Prefix the agents are registered under.")
+@click.pass_context
+def agents(ctx: click.Context, namespace: str | None) -> None:
+    """Registered agents with their specializations and success rates (``agents select`` ranks them)."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(agents_list, namespace=namespace)
+
+
+@agents.command("list")
+@click.option("--namespace", "-n", help="Prefix the agents are registered under (default: all).")
+@_command
+def agents_list(obj: Context, namespace: str | None) -> None:
+    """Every agent registered under the prefix."""
+    with obj.open() as hive:
+        profiles = hive.agents(namespace)
+
+    def render() -> None:
+        table = Table("agent", "namespace", "specializations", "ok", "failed", "rate", "mean s")
+        for p in profiles:
+            mean = "" if p.mean_duration is None else f"{p.mean_duration:.1f}"
+            table.add_row(
+                p.name,
+                p.namespace,
+                ", ".join(p.specializations),
+                str(p.successes),
+                str(p.failures),
+                f"{p.success_rate:.2f}",
+                mean,
+            )
+        obj.console.print(table)
+
+    obj.emit([p.to_dict() for p in profiles], render)
+
+
+@agents.command("select")
+@click.argument("task")
+@click.option("--namespace", "-n", help="Prefix the agents are registered under (default: all).")
+@click.option("--skill", "skills", multiple=True, help="A skill the task needs; repeat for several.")
+@click.option("--candidate", "candidates", multiple=True, help="Only this agent; repeat for several.")
+@_command
+def agents_select(
+    obj: Context, task: str, namespace: str | None, skills: tuple[str, ...], candidates: tuple[str, ...]
+) -> None:
+    """Rank the agents for a task, with the score's three parts."""
+    with obj.open() as hive:
+        ranking = hive.select_agent(task, namespace=namespace, skills=skills, candidates=candidates or None)
+
+    def render() -> None:
+        table = Table("agent", "score", "specialization", "experience", "performance")
+        for s in ranking:
+            table.add_row(
+                s.agent, f"{s.score:.3f}", f"{s.specialization:.3f}", f"{s.experience:.3f}", f"{s.performance:.3f}"
+            )
+        obj.console.print(table)
+
+    obj.emit([s.to_dict() for s in ranking], render)
+
+
+@main.group()
+def resources() -> None:
+    """Memory resources files: the settings of working-memory buffers."""
+
+
+@resources.command("check")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@_command
+def resources_check(obj: Context, file: Path) -> None:
+    """Check a resources file: list its resources, or print every error and exit with 2."""
+    from hivemem.resources import ResourceRegistry
+
+    try:
+        registry = ResourceRegistry.load(file)
+    except ConfigError as exc:
+        if obj.as_json:
+            click.echo(json.dumps({"error": exc.to_dict()}, default=str), err=True)
+        else:
+            for line in exc.details.get("errors") or [exc.message]:
+                click.echo(f"error: {line}", err=True)
+        sys.exit(2)
+    rows = [dataclasses.asdict(registry.get(rid)) for rid in registry.ids()]
+
+    def render() -> None:
+        table = Table("id", "type", "limits", "strategy", "key template", "ttl (s)", "counter")
+        for row in rows:
+            limits = [f"{row[f'max_{unit}']} {unit}" for unit in ("tokens", "messages") if row[f"max_{unit}"]]
+            ttl = "" if row["ttl"] is None else f"{row['ttl']:g}"
+            table.add_row(
+                row["id"],
+                row["type"],
+                ", ".join(limits),
+                row["strategy"],
+                row["key_template"],
+                ttl,
+                row["counter"] or "",
+            )
+        obj.console.print(table)
+
+    obj.emit(rows, render)
 
 
 @main.group()

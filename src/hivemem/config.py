@@ -9,6 +9,7 @@ environment on its own), then the defaults below.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +53,43 @@ class RankingWeights:
     candidates: int = 100
 
 
+@dataclass(frozen=True, slots=True)
+class SelectionWeights:
+    """How :meth:`hivemem.Hive.select_agent` scores an agent for a task.
+
+    ``score = specialization * match + experience * relevant_success + performance * success_rate``
+    (see :mod:`hivemem.agents` for each part, all 0..1). The defaults sum to 1,
+    so a score is 0..1 too; any non-negative weights work.
+
+    Attributes:
+        specialization: Weight of the match between the task and the agent's specializations.
+        experience: Weight of the agent's relevant successful episodes, found by recall.
+        performance: Weight of the agent's overall (smoothed) success rate.
+        prior_successes: Successes every agent starts with when its rate is computed.
+        prior_failures: Failures every agent starts with: with 1 and 1 a new agent
+            rates 0.5 and one success makes 0.67, not a perfect 1.
+        experience_pool: How many episodes the one recall behind ``experience`` returns.
+    """
+
+    specialization: float = 0.4
+    experience: float = 0.3
+    performance: float = 0.3
+    prior_successes: float = 1.0
+    prior_failures: float = 1.0
+    experience_pool: int = 50
+
+    def __post_init__(self) -> None:
+        for name in ("specialization", "experience", "performance", "prior_successes", "prior_failures"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+                raise ConfigError(f"selection.{name} must be a number of at least 0, not {value!r}")
+        if not (self.specialization or self.experience or self.performance):
+            raise ConfigError("selection: at least one of specialization, experience, performance must be above 0")
+        pool = self.experience_pool
+        if isinstance(pool, bool) or not isinstance(pool, int) or not 1 <= pool <= 1000:
+            raise ConfigError(f"selection.experience_pool must be a whole number from 1 to 1000, not {pool!r}")
+
+
 _BOOLEANS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 
 
@@ -83,6 +121,7 @@ class HiveConfig:
         idempotency_ttl_seconds: How long :meth:`Hive.run_once` (the server's
             ``Idempotency-Key``) remembers a key and its result.
         ranking: Recall weights.
+        selection: Agent selection weights (``select_agent``).
     """
 
     url: str = "hive.db"
@@ -100,6 +139,7 @@ class HiveConfig:
     max_batch: int = 10_000
     idempotency_ttl_seconds: int = 24 * 3600
     ranking: RankingWeights = field(default_factory=RankingWeights)
+    selection: SelectionWeights = field(default_factory=SelectionWeights)
 
     def __post_init__(self) -> None:
         if self.synchronous not in ("full", "normal", "extra"):
@@ -130,6 +170,12 @@ class HiveConfig:
         ranking = options.get("ranking")
         if isinstance(ranking, Mapping):
             options["ranking"] = dataclasses.replace(self.ranking, **ranking)
+        selection = options.get("selection")
+        if isinstance(selection, Mapping):
+            unknown_weights = sorted(set(selection) - {f.name for f in dataclasses.fields(SelectionWeights)})
+            if unknown_weights:
+                raise ConfigError(f"unknown selection option(s): {', '.join(map(str, unknown_weights))}")
+            options["selection"] = dataclasses.replace(self.selection, **selection)
         return dataclasses.replace(self, **options)
 
     @classmethod
@@ -142,7 +188,7 @@ class HiveConfig:
         options: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             raw = environ.get(f"HIVEMEM_{f.name.upper()}")
-            if raw is None or f.name == "ranking":
+            if raw is None or f.name in ("ranking", "selection"):
                 continue
             default = getattr(cls(), f.name)
             if isinstance(default, bool):

@@ -139,6 +139,17 @@ class EmbedderUnavailable(HiveError):
     status = 503
 
 
+class InvalidTransition(HiveError):
+    """A plan task cannot move to the asked state from the one it is in (see ``hivemem.plans.TRANSITIONS``).
+
+    ``details`` name the ``task``, its current ``state`` and the wanted one (``to``);
+    a task whose dependencies are not done also names them (``waiting_on``).
+    """
+
+    code = "invalid_transition"
+    status = 409
+
+
 class ConfigError(HiveError):
     """HiveMem was configured inconsistently (bad URL, embedder mismatch...)."""
 
@@ -196,6 +207,7 @@ ERRORS_BY_CODE: dict[str, type[HiveError]] = {
         StorageUnavailable,
         EmbedderUnavailable,
         ConfigError,
+        InvalidTransition,
         WorkflowDiverged,
         WorkflowCancelled,
         WorkflowFailed,

@@ -46,6 +46,8 @@ TYPES = (
     "lease.released",
     "lease.expired",
     "message",
+    "plan.created",
+    "task.state_changed",
 )
 
 

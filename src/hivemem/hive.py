@@ -13,15 +13,19 @@ import copy
 import dataclasses
 import functools
 import json
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar, Unpack
 
+from hivemem import agents as agent_rules
 from hivemem import checkpoints, leases, workflows
+from hivemem import plans as plan_rules
 from hivemem import validation as v
 from hivemem.access import ApiKey, Grant, Principal, hash_key, key_id_of, new_key
+from hivemem.agents import AgentProfile, AgentScore, ExperienceContext, Outcome
 from hivemem.checkpoints import StepRecord, Workflow
 from hivemem.clock import Clock, SystemClock, new_id, to_datetime, utc
 from hivemem.config import HiveConfig
@@ -31,6 +35,7 @@ from hivemem.errors import Forbidden, InvalidInput, NotFound, PayloadTooLarge, U
 from hivemem.events import MAX_SEQ, Event, Inbox, sequence_number, types_of
 from hivemem.leases import Fence, Lease, LeaseRequest, LeaseSet
 from hivemem.models import Conflict, Group, Hit, Memory, Page, Related, Relation, decode_cursor, encode_cursor
+from hivemem.plans import Plan, Task
 from hivemem.records import (
     UPDATE_FIELDS,
     Draft,
@@ -87,6 +92,10 @@ R = TypeVar("R")
 _SWEEP_BATCH = 1000
 _MAX_K = 1000
 _MAX_PAGE = 1000
+#: Longest plan title (UTF-8 bytes).
+_MAX_TITLE_BYTES = 1000
+#: Kinds of the records plans and agent profiles keep: recall leaves them out unless asked for.
+_COORDINATION_KINDS = (plan_rules.PLAN_KIND, plan_rules.TASK_KIND, agent_rules.AGENT_KIND)
 #: Tries of upsert_entity that embed outside the transaction before one embeds inside it.
 _ENTITY_OPTIMISTIC_TRIES = 3
 
@@ -849,7 +858,8 @@ class Hive:
             query: What the agent is about to do or asks.
             namespace: Namespace prefix: ``"swarm-1"`` also sees ``"swarm-1/agent-a/..."``.
             k: How many hits, 1..1000.
-            kinds: Only these kinds.
+            kinds: Only these kinds. Without it, every kind but the records plans and
+                agent profiles keep (``plan``, ``task``, ``agent``): name them to find those.
             tiers: Only these tiers.
             tags: Only memories carrying all of these tags.
             agent_id: Only this agent's memories.
@@ -869,6 +879,8 @@ class Hive:
         if min_score is not None and (isinstance(min_score, bool) or not isinstance(min_score, int | float)):
             raise InvalidInput("min_score", "must be a number")
         flt = self._filter(namespace, kinds, tiers, tags, agent_id, session_id, since, until, where)
+        if flt.kinds is None:
+            flt = dataclasses.replace(flt, exclude_kinds=_COORDINATION_KINDS)
         return self._retriever.recall(text, flt, k, min_score)
 
     def _filter(
@@ -1341,6 +1353,399 @@ class Hive:
             raise Unauthenticated("the API key is not valid")
         return found[0].principal
 
+    # -- plans and agents (see hivemem.plans and hivemem.agents) -------------------------------
+
+    def create_plan(
+        self,
+        namespace: str,
+        tasks: Sequence[Mapping[str, Any]],
+        *,
+        plan_id: str | None = None,
+        title: str | None = None,
+    ) -> Plan:
+        """Store a plan: tasks with descriptions, required skills and dependencies, all pending.
+
+        The tasks are validated and ordered in parallel levels before anything is
+        written; the plan and its tasks are written in one transaction, with a
+        ``plan.created`` event.
+
+        Args:
+            namespace: Where to store it.
+            tasks: Dicts of ``id``, ``description``, ``skills`` (optional list) and
+                ``depends_on`` (optional list of task ids).
+            plan_id: Its id, unique in the namespace (default: a new time-ordered id).
+            title: What the plan is for.
+
+        Returns:
+            The plan with its levels and tasks.
+
+        Raises:
+            InvalidInput: A bad task (``field`` reads ``tasks[1].depends_on``), an unknown
+                dependency, a dependency cycle (``cycle`` lists it), or the id is taken.
+            PayloadTooLarge: A description or the title is over its limit.
+        """
+        ns = v.namespace(namespace)
+        pid = new_id() if plan_id is None else plan_rules.checked_id(plan_id, "plan_id")
+        heading = text_field(title, "title", optional=True)
+        if heading is not None:
+            v.content(heading, _MAX_TITLE_BYTES, "title")
+        specs = plan_rules.parse_tasks(tasks, self.config.max_content_bytes)
+        ordered = plan_rules.levels(specs)
+        level_of = {task: n for n, level in enumerate(ordered) for task in level}
+        plan_data = {"plan_id": pid, "title": heading, "tasks": [s.id for s in specs], "levels": ordered}
+        drafts = [
+            draft(
+                ns,
+                plan_rules.plan_content(pid, heading, specs, self.config.max_content_bytes),
+                self.config,
+                kind=plan_rules.PLAN_KIND,
+                tier="mid",
+                key=plan_rules.plan_key(pid),
+                data=plan_data,
+            ),
+            *(
+                draft(
+                    ns,
+                    plan_rules.task_content(s),
+                    self.config,
+                    kind=plan_rules.TASK_KIND,
+                    tier="mid",
+                    key=plan_rules.task_key(pid, s.id),
+                    data=plan_rules.task_data(pid, s, level_of[s.id]),
+                )
+                for s in specs
+            ),
+        ]
+        self._may("write", ns)
+        vectors = self._retriever.vectors_for([d.content for d in drafts])
+
+        def write(tx: StoreTx) -> Plan:
+            if tx.get_by_key(ns, plan_rules.plan_key(pid), float("-inf")) is not None:
+                raise InvalidInput("plan_id", f"a plan {pid!r} exists in {ns}", plan_id=pid)
+            now = self.clock.now()
+            Retriever.store_vectors(tx, vectors)
+            stored = [self._write_draft(tx, d, now) for d in drafts]
+            tx.record_event(ns, "plan.created", stored[0].id, {"plan_id": pid, "tasks": len(specs)})
+            return Plan.of(stored[0], stored[1:])
+
+        return self._write(write)
+
+    def plan(self, plan_id: str, *, namespace: str) -> Plan:
+        """A plan with every task's state and the plan's progress.
+
+        Raises:
+            NotFound: No plan with this id in ``namespace``.
+        """
+        ns = v.namespace(namespace)
+        pid = plan_rules.checked_id(plan_id, "plan_id")
+        found = (
+            self.store.read(lambda tx: plan_rules.read_plan(tx, ns, pid, self.clock.now()))
+            if self.principal.allows("read", ns)
+            else None
+        )
+        if found is None:
+            raise NotFound(f"no plan {pid!r} in {ns}", plan_id=pid, namespace=ns)
+        return found
+
+    def plans(self, namespace: str, *, limit: int = 100) -> builtins.list[Plan]:
+        """The plans stored under a namespace prefix, newest first.
+
+        Args:
+            namespace: A namespace prefix.
+            limit: At most this many, 1..1000.
+
+        Raises:
+            InvalidInput: A bad namespace or limit.
+        """
+        if v.namespace_prefix(namespace) is None:
+            raise InvalidInput("namespace", "is required: plans are stored in a namespace")
+        limit = v.positive_int(limit, "limit", _MAX_PAGE)
+        records = self.list(namespace, kinds=plan_rules.PLAN_KIND, order_by="created_at", descending=True, limit=limit)
+
+        def read(tx: StoreTx) -> builtins.list[Plan]:
+            out = [plan_rules.read_plan(tx, m.namespace, m.data.get("plan_id", ""), self.clock.now()) for m in records]
+            return [p for p in out if p is not None]
+
+        return self.store.read(read)
+
+    def transition_task(
+        self,
+        plan_id: str,
+        task_id: str,
+        state: str,
+        *,
+        namespace: str,
+        agent: str | None = None,
+        expected_version: int | None = None,
+        notes: str | None = None,
+    ) -> Task:
+        """Move a plan's task to another state, as :data:`hivemem.plans.TRANSITIONS` allows.
+
+        The task is read and written in one transaction, so of several agents
+        moving one task at once exactly one succeeds. Each transition writes the
+        task record's next version (``history`` keeps them all) and a
+        ``task.state_changed`` event.
+
+        Args:
+            plan_id: The plan.
+            task_id: The task.
+            state: ``pending``, ``assigned``, ``running``, ``done``, ``failed`` or ``cancelled``.
+            namespace: Where the plan is stored.
+            agent: Who acts: required to assign; later moves by another agent than the holder are refused.
+            expected_version: The task version the caller read: a newer one is a VersionConflict.
+            notes: A note kept with the task (a result, a reason for failing...).
+
+        Returns:
+            The task after the move.
+
+        Raises:
+            NotFound: No such plan task.
+            InvalidTransition: The table forbids the move, another agent holds the task,
+                or (to run) a dependency is not done; nothing was written.
+            VersionConflict: ``expected_version`` is stale.
+            InvalidInput: A bad argument.
+        """
+        ns = v.namespace(namespace)
+        pid = plan_rules.checked_id(plan_id, "plan_id")
+        tid = plan_rules.checked_id(task_id, "task_id")
+        to = plan_rules.checked_state(state)
+        who = None if agent is None else agent_rules.checked_name(agent)
+        note = None if notes is None else v.content(notes, self.config.max_content_bytes, "notes")
+        if expected_version is not None:
+            v.positive_int(expected_version, "expected_version")
+        self._may("write", ns)
+
+        move = plan_rules.Move(ns, pid, tid, to, who, note, expected_version)
+        return self._write(lambda tx: move.apply(tx, self.clock.now()))
+
+    def assign_task(
+        self, plan_id: str, task_id: str, agent: str, *, namespace: str, expected_version: int | None = None
+    ) -> Task:
+        """Give a pending task to an agent: :meth:`transition_task` to ``assigned``.
+
+        Of several agents claiming one task at once, exactly one gets it; the
+        others meet InvalidTransition (it is assigned already).
+
+        Raises:
+            NotFound: No such plan task.
+            InvalidTransition: The task is not pending.
+            VersionConflict: ``expected_version`` is stale.
+        """
+        return self.transition_task(
+            plan_id, task_id, "assigned", namespace=namespace, agent=agent, expected_version=expected_version
+        )
+
+    def register_agent(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        specializations: Sequence[str] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> AgentProfile:
+        """Register an agent, or update a registered one's specializations and metadata (its counts stay).
+
+        Args:
+            namespace: Where its profile lives (selection reads profiles under a prefix).
+            name: Its name: also the ``agent_id`` of the episodes its outcomes store.
+            specializations: What it is good at, e.g. ``["python", "database migrations"]``
+                (None keeps the stored ones; a new agent has none).
+            metadata: Anything else (model, cost...); None keeps the stored metadata.
+
+        Raises:
+            InvalidInput: A bad name, specialization or metadata.
+        """
+        ns = v.namespace(namespace)
+        who = agent_rules.checked_name(name, "name")
+        specs = None if specializations is None else agent_rules.checked_specializations(specializations)
+        meta = None if metadata is None else v.data(metadata, self.config.max_data_bytes, "metadata")
+        self._may("write", ns)
+        weights = self.config.selection
+        # The text is made of the specializations: with new ones it is known here and embedded
+        # outside the transaction; when they are kept, it is embedded inside only if new.
+        vectors = self._retriever.vectors_for([agent_rules.profile_content(who, specs)] if specs is not None else [])
+
+        def write(tx: StoreTx) -> AgentProfile:
+            now = self.clock.now()
+            stored = tx.get_by_key(ns, agent_rules.agent_key(who), float("-inf"))
+            # A user's own record under the key (not a profile) is replaced; history keeps it.
+            live = stored if stored is not None and _live(stored, now) and agent_rules.is_profile(stored) else None
+            data = agent_rules.profile_data(live.data if live else None, who, specs, meta)
+            text = agent_rules.profile_content(who, data["specializations"])
+            Retriever.store_vectors(tx, vectors)
+            self._retriever.store_vector_now(tx, text)
+            d = draft(
+                ns,
+                text,
+                self.config,
+                kind=agent_rules.AGENT_KIND,
+                tier="long",
+                key=agent_rules.agent_key(who),
+                data=data,
+            )
+            return AgentProfile.of(self._apply_draft(tx, d, now, stored), weights)
+
+        return self._write(write)
+
+    def agents(self, namespace: str | None = None) -> builtins.list[AgentProfile]:
+        """The agents registered under a namespace prefix (None: everywhere the caller reads), by name.
+
+        Raises:
+            InvalidInput: A bad namespace.
+        """
+        return sorted(self._profiles(namespace), key=lambda p: (p.name, p.namespace))
+
+    def _profiles(self, namespace: object) -> builtins.list[AgentProfile]:
+        prefix = v.namespace_prefix(namespace)
+        page = self.list(prefix, kinds=agent_rules.AGENT_KIND, limit=_MAX_PAGE)
+        records = [m for m in page]
+        while page.next_cursor is not None:
+            page = self.list(prefix, kinds=agent_rules.AGENT_KIND, limit=_MAX_PAGE, cursor=page.next_cursor)
+            records += page.items
+        return [AgentProfile.of(m, self.config.selection) for m in records if agent_rules.is_profile(m)]
+
+    def record_outcome(
+        self,
+        agent: str,
+        task: str,
+        *,
+        namespace: str,
+        success: bool,
+        duration: float | None = None,
+        notes: str | None = None,
+        lesson: str | None = None,
+    ) -> Outcome:
+        """Record how a task went for an agent: an episode, and the agent's counts, in one transaction.
+
+        Args:
+            agent: The registered agent.
+            task: What the task was (the episode's context, matched by later recalls).
+            namespace: Where the agent is registered; the episode is stored there.
+            success: Whether it worked.
+            duration: Seconds it took, if known.
+            notes: What was done (the episode's action).
+            lesson: What to do next time.
+
+        Returns:
+            The episode and the updated profile.
+
+        Raises:
+            NotFound: No agent of that name is registered in ``namespace``.
+            InvalidInput: A bad argument; nothing was written.
+        """
+        ns = v.namespace(namespace)
+        who = agent_rules.checked_name(agent)
+        v.boolean(success, "success")
+        seconds = None if duration is None else _duration(duration)
+        noted = text_field(notes, "notes", optional=True)
+        action = noted if noted is not None else f"{who} carried out the task"
+        outcome = "succeeded" if success else "failed"
+        if seconds is not None:
+            outcome += f" in {seconds:g} s"
+        content, data = episode_fields(
+            task, action, outcome, success, lesson, (), None if seconds is None else {"duration": seconds}
+        )
+        episode = draft(ns, content, self.config, kind="episode", tier="mid", data=data, agent_id=who)
+        self._may("write", ns)
+        vectors = self._retriever.vectors_for([episode.content])
+        weights = self.config.selection
+
+        def write(tx: StoreTx) -> Outcome:
+            now = self.clock.now()
+            profile = tx.get_by_key(ns, agent_rules.agent_key(who), now)
+            if profile is None or not agent_rules.is_profile(profile):
+                raise NotFound(f"no agent {who!r} registered in {ns}", agent=who, namespace=ns)
+            Retriever.store_vectors(tx, vectors)
+            stored = self._write_draft(tx, episode, now)
+            counted = dataclasses.replace(
+                profile,
+                data=agent_rules.counted(profile.data, success, seconds),
+                version=profile.version + 1,
+                updated_at=to_datetime(now),
+            )
+            tx.replace(counted, profile)
+            return Outcome(stored, AgentProfile.of(counted, weights))
+
+        return self._write(write)
+
+    def select_agent(
+        self,
+        task: str,
+        candidates: Sequence[str] | None = None,
+        *,
+        namespace: str | None = None,
+        skills: Sequence[str] = (),
+        weights: Mapping[str, float] | None = None,
+    ) -> builtins.list[AgentScore]:
+        """Rank agents for a task: specialization match, relevant successful experience and success rate.
+
+        ``score = w_spec * specialization + w_exp * experience + w_perf * performance``;
+        see :mod:`hivemem.agents` for each part and :class:`hivemem.config.SelectionWeights`
+        for the default weights (0.4, 0.3, 0.3).
+
+        Args:
+            task: What is to be done.
+            namespace: Prefix under which agents are registered and their episodes stored
+                (None: everywhere the caller reads).
+            candidates: Only these agents (names); None for every registered one.
+            skills: Skills the task needs; without them the task text is matched.
+            weights: Per-call weights (``specialization``, ``experience``, ``performance``).
+
+        Returns:
+            Every candidate with its score and the three parts, best first.
+
+        Raises:
+            NotFound: A candidate is not registered under ``namespace``.
+            InvalidInput: A bad argument.
+        """
+        text = v.content(task, self.config.max_content_bytes, "task")
+        wanted = v.tags(skills, "skills")
+        chosen = agent_rules.selection_weights(self.config.selection, weights)
+        names_given = None
+        if candidates is not None:
+            if isinstance(candidates, str) or not isinstance(candidates, Iterable):
+                raise InvalidInput("candidates", "must be a list of agent names")
+            names_given = [agent_rules.checked_name(c, "candidates") for c in candidates]
+        profiles = self._profiles(namespace)
+        if names_given is not None:
+            known = {p.name for p in profiles}
+            for name in names_given:
+                if name not in known:
+                    raise NotFound(f"no agent {name!r} registered under {namespace or 'any namespace'}", agent=name)
+            profiles = [p for p in profiles if p.name in names_given]
+        hits: builtins.list[Hit] = []
+        if profiles and chosen.experience > 0:
+            hits = self.recall(text, namespace=namespace, kinds="episode", k=min(chosen.experience_pool, _MAX_K))
+        return agent_rules.ranked(text, wanted, profiles, hits, chosen)
+
+    def context_for(
+        self, agent: str, task: str, *, namespace: str | None = None, k: int = 5, token_budget: int | None = None
+    ) -> ExperienceContext:
+        """An agent's past experiences most relevant to a task, formatted for its prompt.
+
+        Recalls the agent's episodes (``agent_id``) under ``namespace``; successful
+        ones come first, each with its action, outcome and lesson, and entries
+        are added best first while the text stays within ``token_budget``.
+
+        Args:
+            agent: Whose experiences.
+            task: What the agent is about to do.
+            namespace: Prefix to recall from (None: everywhere the caller reads).
+            k: At most this many episodes, 1..1000.
+            token_budget: Most tokens the text may take (an estimate of about four bytes
+                per token); None for no limit.
+
+        Raises:
+            InvalidInput: A bad argument.
+        """
+        who = agent_rules.checked_name(agent)
+        text = v.content(task, self.config.max_content_bytes, "task")
+        budget = None if token_budget is None else v.positive_int(token_budget, "token_budget")
+        hits = self.recall(text, namespace=namespace, kinds="episode", agent_id=who, k=k)
+        # Tokens are estimated (agents.estimate_tokens) until HiveMem has a token counter to name;
+        # format_context takes any count(text) -> int.
+        return agent_rules.format_context(who, hits, budget)
+
     # -- workflows (see hivemem.workflows) -------------------------------------------------------
 
     def workflow(
@@ -1543,6 +1948,13 @@ def _agent_id(value: object, field: str) -> str:
     if not isinstance(value, str) or not value or len(value) > 200:
         raise InvalidInput(field, "must be an agent id: a non-empty string of at most 200 characters")
     return value
+
+
+def _duration(value: object) -> float:
+    """A duration in seconds: a finite number of at least 0."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        raise InvalidInput("duration", "must be a number of seconds, at least 0", value=repr(value)[:80])
+    return float(value)
 
 
 def _live(memory: Memory, now: float) -> bool:

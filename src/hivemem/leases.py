@@ -12,7 +12,7 @@ Time is the database's: expiry and renewal compare against the store's clock
 (:meth:`StoreTx.db_now`), never the caller's, so processes with skewed clocks
 agree on who holds what.
 
-Waiting is polling with backoff, with one rule for fairness: a waiting writer
+Waiting is polling with backoff (reads only while the resource is taken), with one rule for fairness: a waiting writer
 registers itself, and while a live writer waits no new reader is granted and
 writers are served oldest first. A stream of readers cannot starve a writer.
 """
@@ -42,7 +42,7 @@ MAX_TTL = 24 * 3600.0
 MAX_WAIT = 3600.0
 #: A waiting writer's registration outlives its last poll by this much, so a crashed waiter stops blocking readers.
 WAITER_TTL = 2.0
-_FIRST_POLL, _LAST_POLL = 0.002, 0.05
+_FIRST_POLL, _LAST_POLL = 0.001, 0.01
 
 
 def lease_ttl(value: object, field: str = "ttl") -> float:
@@ -260,20 +260,26 @@ class LeaseRequest:
 def acquire(store: Store, request: LeaseRequest) -> Lease:
     """Grant ``request`` as soon as the resource allows, polling until its wait runs out.
 
+    The first attempt is the grant itself. While the resource is taken, polls
+    only read; a write transaction runs when the resource looks free (the
+    grant, which checks again under the resource's lock) and, for a waiting
+    writer, to keep its registration alive, unsynced since it is only a hint
+    that lapses by itself.
+
     Raises:
         LockHeld: The resource was not free within ``request.wait`` seconds.
     """
+    root, resource = v.root_of(request.resource), request.resource
     waiter_id = uuid.uuid4().hex
     deadline = time.monotonic() + request.wait
+    registered_until = time.monotonic() + WAITER_TTL / 4  # a refused grant registers a waiting writer
     delay = _FIRST_POLL
-    while True:
-        lease = store.write(lambda tx: _try_grant(tx, request, waiter_id))
-        if lease is not None:
-            return lease
+    lease = store.write(lambda tx: _try_grant(tx, request, waiter_id))
+    while lease is None:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             if request.mode == "write":
-                store.write(lambda tx: tx.drop_waiter(v.root_of(request.resource), request.resource, waiter_id))
+                store.write(lambda tx: tx.drop_waiter(root, resource, waiter_id), sync=False)
             raise LockHeld(
                 f"{request.resource} is held; no {request.mode} lease within {request.wait:g} s",
                 resource=request.resource,
@@ -281,6 +287,25 @@ def acquire(store: Store, request: LeaseRequest) -> Lease:
             )
         time.sleep(min(delay, remaining))
         delay = min(delay * 2, _LAST_POLL)
+        holders, waiting = store.read(lambda tx: tx.lease_state(root, resource), primary=True)
+        if _free(request, waiter_id, holders, waiting):
+            lease = store.write(lambda tx: _try_grant(tx, request, waiter_id))
+        elif request.mode == "write" and time.monotonic() > registered_until:
+            store.write(lambda tx: _register(tx, root, resource, waiter_id), sync=False)
+            registered_until = time.monotonic() + WAITER_TTL / 4
+    return lease
+
+
+def _free(request: LeaseRequest, waiter_id: str, holders: list[str], waiting: list[str]) -> bool:
+    """Whether ``request`` may be granted now: a writer needs no holder and to be the oldest waiter."""
+    if request.mode == "write":
+        return not holders and (not waiting or waiting[0] == waiter_id)
+    return "write" not in holders and not waiting
+
+
+def _register(tx: StoreTx, root: str, resource: str, waiter_id: str) -> None:
+    now = tx.db_now()
+    tx.put_waiter(root, resource, waiter_id, now, now + WAITER_TTL)
 
 
 def _try_grant(tx: StoreTx, request: LeaseRequest, waiter_id: str) -> Lease | None:
@@ -290,11 +315,7 @@ def _try_grant(tx: StoreTx, request: LeaseRequest, waiter_id: str) -> Lease | No
     now = tx.db_now()
     holders = tx.live_lease_modes(root, resource, now)
     waiting = tx.waiting_writers(root, resource, now)
-    if request.mode == "write":
-        free = not holders and (not waiting or waiting[0] == waiter_id)
-    else:
-        free = "write" not in holders and not waiting
-    if not free:
+    if not _free(request, waiter_id, holders, waiting):
         if request.mode == "write":
             tx.put_waiter(root, resource, waiter_id, now, now + WAITER_TTL)
         return None
@@ -331,7 +352,8 @@ def release(store: Store, lease: Lease, principal: str) -> bool:
     def write(tx: StoreTx) -> bool:
         return tx.release_lease(v.root_of(lease.resource), lease.resource, lease.lease_id, principal, tx.db_now())
 
-    return store.write(write)
+    # Unsynced: if a power failure undoes a release, the lease lapses at its ttl, as when a holder dies.
+    return store.write(write, sync=False)
 
 
 def check_fence(tx: StoreTx, fence: Fence) -> None:

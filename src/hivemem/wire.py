@@ -24,11 +24,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from hivemem.agents import AgentProfile, AgentScore, ExperienceContext, Outcome
 from hivemem.checkpoints import StepRecord, Workflow
 from hivemem.errors import InvalidInput
 from hivemem.events import Event
 from hivemem.leases import Fence, Lease
 from hivemem.models import Conflict, Group, Hit, Memory, Page, Related, Relation
+from hivemem.plans import Plan, Task
 from hivemem.validation import timestamp
 
 #: Workflow checkpoints are idempotent by design (a step number keeps its first record), so they need no key.
@@ -43,7 +45,20 @@ WORKFLOW_PRIMITIVES = (
 #: Arguments that are datetimes in Python and ISO 8601 text on the wire.
 TIME_ARGUMENTS = frozenset({"occurred_at", "expires_at", "since", "until", "deadline", "started_at"})
 _PATH_PARAM = re.compile(r"{(\w+)}")
-_NO_KEY = frozenset({"list", "recall", "sweep", "events", "inbox_messages", "conflicts", *WORKFLOW_PRIMITIVES})
+_NO_KEY = frozenset(
+    {
+        "list",
+        "recall",
+        "sweep",
+        "events",
+        "inbox_messages",
+        "conflicts",
+        "plans",
+        "select_agent",
+        "context_for",
+        *WORKFLOW_PRIMITIVES,
+    }
+)
 #: Arguments that take a conflict strategy: a name travels, a function cannot.
 STRATEGY_ARGUMENTS = frozenset({"on_conflict", "strategy"})
 
@@ -159,6 +174,16 @@ ROUTES: tuple[Route, ...] = (
     Route("set_conflict_strategy", "POST", "/v1/conflict-strategies"),
     Route("get_conflict_strategy", "GET", "/v1/conflict-strategies"),
     Route("conflicts", "POST", "/v1/conflicts/list", _each(_conflict)),
+    Route("create_plan", "POST", "/v1/plans", Plan.from_dict, 201),
+    Route("plans", "POST", "/v1/plans/list", _each(Plan.from_dict)),
+    Route("plan", "GET", "/v1/plans/{plan_id}", Plan.from_dict),
+    Route("transition_task", "POST", "/v1/plans/{plan_id}/tasks/{task_id}/state", Task.from_dict),
+    Route("assign_task", "POST", "/v1/plans/{plan_id}/tasks/{task_id}/assign", Task.from_dict),
+    Route("register_agent", "POST", "/v1/agents", AgentProfile.from_dict),
+    Route("agents", "GET", "/v1/agents", _each(AgentProfile.from_dict)),
+    Route("record_outcome", "POST", "/v1/agents/outcomes", Outcome.from_dict, 201),
+    Route("select_agent", "POST", "/v1/agents/select", _each(AgentScore.from_dict)),
+    Route("context_for", "POST", "/v1/agents/context", ExperienceContext.from_dict),
     Route("start_workflow", "POST", "/v1/workflows", Workflow.from_dict),
     Route("workflows", "POST", "/v1/workflows/list", _each(Workflow.from_dict)),
     Route("get_workflow", "GET", "/v1/workflows/{workflow_id}", Workflow.from_dict),
@@ -252,6 +277,8 @@ def _datetime(value: Any, name: str) -> Any:
 def to_json(result: Any) -> Any:
     """A Hive method's result as JSON-ready data (reversed by the route's ``decode``)."""
     if isinstance(result, Memory | Hit | Related | Relation | Group | Lease | Event | Conflict | Workflow | StepRecord):
+        return result.to_dict()
+    if isinstance(result, Plan | Task | AgentProfile | AgentScore | Outcome | ExperienceContext):
         return result.to_dict()
     if isinstance(result, Page):
         return {"items": [m.to_dict() for m in result.items], "next_cursor": result.next_cursor}

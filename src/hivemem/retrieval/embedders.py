@@ -20,7 +20,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Final, Protocol, cast, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -39,6 +39,7 @@ __all__ = [
     "MiniLMEmbedder",
     "OpenAIEmbedder",
     "make_embedder",
+    "minilm_tokenizer",
 ]
 
 FloatArray = npt.NDArray[np.float32]
@@ -179,7 +180,6 @@ class MiniLMEmbedder:
         self._lock = threading.Lock()
         self._session: Any = None
         self._tokenizer: Tokenizer | None = None
-        self._cls_id = 0
         self._sep_id = 0
 
     def __repr__(self) -> str:
@@ -261,29 +261,9 @@ class MiniLMEmbedder:
         return tokenizer
 
     def _build_tokenizer(self) -> Tokenizer:
-        from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-
-        resource = importlib.resources.files("hivemem.data").joinpath(_VOCAB_RESOURCE)
-        try:
-            with importlib.resources.as_file(resource) as vocab_path:
-                model = models.WordPiece.from_file(str(vocab_path), unk_token="[UNK]", max_input_chars_per_word=100)
-        except Exception as exc:
-            raise ConfigError(f"cannot load the MiniLM vocabulary: {exc}", resource=_VOCAB_RESOURCE) from exc
-        # Mirrors tokenizers.BertWordPieceTokenizer and the model's own tokenizer.json.
-        tokenizer = Tokenizer(model)
-        specials = [t for t in ("[UNK]", "[SEP]", "[CLS]", "[PAD]", "[MASK]") if tokenizer.token_to_id(t) is not None]
-        tokenizer.add_special_tokens(specials)
-        tokenizer.normalizer = normalizers.BertNormalizer(
-            clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=True
-        )
-        tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        cls_id = tokenizer.token_to_id("[CLS]")
-        sep_id = tokenizer.token_to_id("[SEP]")
-        if cls_id is None or sep_id is None:
-            raise ConfigError("the MiniLM vocabulary lacks [CLS] or [SEP]", resource=_VOCAB_RESOURCE)
-        tokenizer.post_processor = processors.BertProcessing(("[SEP]", sep_id), ("[CLS]", cls_id))
-        tokenizer.decoder = decoders.WordPiece(prefix="##")
-        self._cls_id, self._sep_id = cls_id, sep_id
+        tokenizer = minilm_tokenizer()
+        # minilm_tokenizer has checked that [SEP] is in the vocabulary.
+        self._sep_id = cast(int, tokenizer.token_to_id("[SEP]"))
         return tokenizer
 
     def _get_session(self) -> Any:
@@ -323,6 +303,42 @@ class MiniLMEmbedder:
             return onnxruntime.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
         except Exception as exc:
             raise ConfigError(f"cannot load MiniLM model {path}: {exc}", path=str(path)) from exc
+
+
+def minilm_tokenizer() -> Tokenizer:
+    """Build the WordPiece tokenizer MiniLM reads, from the vocabulary HiveMem ships.
+
+    It lowercases, strips accents, splits on whitespace, punctuation and CJK
+    characters, and maps a word longer than 100 characters to ``[UNK]``; its
+    post-processor adds ``[CLS]`` and ``[SEP]`` (pass ``add_special_tokens=False``
+    to ``encode`` to leave them out).
+
+    Raises:
+        ConfigError: The vocabulary is missing or lacks ``[CLS]``/``[SEP]``.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    resource = importlib.resources.files("hivemem.data").joinpath(_VOCAB_RESOURCE)
+    try:
+        with importlib.resources.as_file(resource) as vocab_path:
+            model = models.WordPiece.from_file(str(vocab_path), unk_token="[UNK]", max_input_chars_per_word=100)
+    except Exception as exc:
+        raise ConfigError(f"cannot load the MiniLM vocabulary: {exc}", resource=_VOCAB_RESOURCE) from exc
+    # Mirrors tokenizers.BertWordPieceTokenizer and the model's own tokenizer.json.
+    tokenizer = Tokenizer(model)
+    specials = [t for t in ("[UNK]", "[SEP]", "[CLS]", "[PAD]", "[MASK]") if tokenizer.token_to_id(t) is not None]
+    tokenizer.add_special_tokens(specials)
+    tokenizer.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=True
+    )
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    cls_id = tokenizer.token_to_id("[CLS]")
+    sep_id = tokenizer.token_to_id("[SEP]")
+    if cls_id is None or sep_id is None:
+        raise ConfigError("the MiniLM vocabulary lacks [CLS] or [SEP]", resource=_VOCAB_RESOURCE)
+    tokenizer.post_processor = processors.BertProcessing(("[SEP]", sep_id), ("[CLS]", cls_id))
+    tokenizer.decoder = decoders.WordPiece(prefix="##")
+    return tokenizer
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

@@ -40,6 +40,7 @@ class MemoryFilter:
     Attributes:
         namespace: Namespace prefix (segment-wise), or None for all.
         kinds: Allowed kinds, or None for all.
+        exclude_kinds: Kinds that never pass (recall leaves out plan, task and agent records by default).
         tiers: Allowed tiers, or None for all.
         tags: Tags a memory must all carry.
         agent_id: Only this agent's memories.
@@ -56,6 +57,7 @@ class MemoryFilter:
     now: float
     namespace: str | None = None
     kinds: tuple[str, ...] | None = None
+    exclude_kinds: tuple[str, ...] = ()
     tiers: tuple[str, ...] | None = None
     tags: tuple[str, ...] = ()
     agent_id: str | None = None
@@ -321,6 +323,10 @@ class StoreTx(ABC):
         """Drop lapsed writer registrations; ids of the live ones, oldest first."""
 
     @abstractmethod
+    def lease_state(self, root: str, resource: str) -> tuple[builtins.list[str], builtins.list[str]]:
+        """Read only: the modes of the resource's unlapsed leases and its live waiting writers, oldest first."""
+
+    @abstractmethod
     def put_waiter(self, root: str, resource: str, waiter_id: str, now: float, expires_at: float) -> None:
         """Register (or keep alive, keeping its place) a writer waiting for the resource."""
 
@@ -449,11 +455,19 @@ class Store(ABC):
     durable: bool = True
 
     @abstractmethod
-    def write(self, fn: Callable[[StoreTx], T]) -> T:
+    def write(self, fn: Callable[[StoreTx], T], *, sync: bool = True) -> T:
         """Run ``fn`` in one write transaction, retrying transient failures.
 
         ``fn`` may be run more than once, so it must not have effects outside
         the transaction. Errors it raises roll the transaction back.
+
+        ``sync=False`` lets a backend acknowledge the commit before the disk
+        has it, for writes whose loss in a power failure is harmless and
+        self-healing (a lease's release: the lease then lapses at its ttl).
+        The commit is still atomic and survives a crash of the process; the
+        next synced commit makes it durable too. Backends where the saving
+        would cost more than a power failure (PostgreSQL: an asynchronous
+        commit is lost when the server crashes) sync anyway.
         """
 
     @abstractmethod

@@ -121,7 +121,11 @@ class MatrixIndex:
         for column, accepted in enumerate(
             (
                 self._namespaces.matching(flt.sees_namespace),
-                self._kinds.matching(flt.kinds.__contains__) if flt.kinds is not None else None,
+                self._kinds.matching(
+                    lambda kind: (flt.kinds is None or kind in flt.kinds) and kind not in flt.exclude_kinds
+                )
+                if flt.kinds is not None or flt.exclude_kinds
+                else None,
                 self._tiers.matching(flt.tiers.__contains__) if flt.tiers is not None else None,
             )
         ):

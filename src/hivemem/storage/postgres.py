@@ -533,7 +533,7 @@ class PostgresStore(Store):
 
     # -- transactions ----------------------------------------------------------------------------
 
-    def write(self, fn: Callable[[StoreTx], T]) -> T:
+    def write(self, fn: Callable[[StoreTx], T], *, sync: bool = True) -> T:
         return self._retrying(lambda: self._write_once(fn))
 
     def _write_once(self, fn: Callable[[StoreTx], T]) -> T:

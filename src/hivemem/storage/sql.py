@@ -74,6 +74,8 @@ def compile_filter(flt: MemoryFilter, params: builtins.list[Any], d: Dialect) ->
     for column, values in (("kind", flt.kinds), ("tier", flt.tiers)):
         if values is not None:
             clauses.append(d.one_of(f"m.{column}", values, params))
+    if flt.exclude_kinds:
+        clauses.append(f"NOT {d.one_of('m.kind', flt.exclude_kinds, params)}")
     if flt.tags:
         clauses.append(d.has_tags(flt.tags, params))
     for column, value in (("agent_id", flt.agent_id), ("session_id", flt.session_id)):
@@ -396,6 +398,15 @@ class SqlTx(WorkflowSql, StoreTx):
             f"SELECT waiter_id FROM lease_waiters WHERE {where} ORDER BY since, waiter_id", (root, resource)
         )
         return [r[0] for r in rows]
+
+    def lease_state(self, root: str, resource: str) -> tuple[builtins.list[str], builtins.list[str]]:
+        p, now = self.dialect.p, self.dialect.now
+        where = f"root = {p} AND resource = {p} AND expires_at > {now}"
+        modes = self._rows(f"SELECT mode FROM leases WHERE {where}", (root, resource))
+        waiters = self._rows(
+            f"SELECT waiter_id FROM lease_waiters WHERE {where} ORDER BY since, waiter_id", (root, resource)
+        )
+        return [r[0] for r in modes], [r[0] for r in waiters]
 
     def put_waiter(self, root: str, resource: str, waiter_id: str, now: float, expires_at: float) -> None:
         p = self.dialect.p

@@ -525,13 +525,15 @@ class SqliteStore(Store):
 
     # -- transactions ----------------------------------------------------------------------------
 
-    def write(self, fn: Callable[[StoreTx], T]) -> T:
+    def write(self, fn: Callable[[StoreTx], T], *, sync: bool = True) -> T:
+        # WAL frames are appended in order, so the next synced commit's fsync makes this one durable too.
+        lazy = not sync and self.synchronous != "normal"
         delay = 0.005
         deadline = time.monotonic() + self.busy_timeout_ms / 1000
         while True:
             try:
                 with self._guard():
-                    return self._write_once(fn)
+                    return self._write_once(fn, lazy)
             except StorageUnavailable as exc:
                 transient = isinstance(exc.__cause__, _TRANSIENT)
                 if not transient or time.monotonic() > deadline:
@@ -539,8 +541,17 @@ class SqliteStore(Store):
             time.sleep(delay * (1 + random.random()))
             delay = min(delay * 2, 0.25)
 
-    def _write_once(self, fn: Callable[[StoreTx], T]) -> T:
+    def _write_once(self, fn: Callable[[StoreTx], T], lazy: bool) -> T:
         conn = self._connection()
+        if lazy:
+            conn.execute("PRAGMA synchronous = NORMAL")
+        try:
+            return self._commit(conn, fn)
+        finally:
+            if lazy:
+                conn.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
+
+    def _commit(self, conn: apsw.Connection, fn: Callable[[StoreTx], T]) -> T:
         conn.execute("BEGIN IMMEDIATE")
         try:
             tx = _SqliteTx(conn, None)
