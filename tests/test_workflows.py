@@ -32,6 +32,7 @@ from hivemem import (
     InvalidInput,
     NotFound,
     Retry,
+    StaleFencingToken,
     StepFailed,
     WorkflowCancelled,
     WorkflowDiverged,
@@ -329,6 +330,33 @@ def test_a_cancelled_run_records_no_further_step(hive: Hive) -> None:
     with pytest.raises(WorkflowCancelled):
         flow.with_id("run-x")(hive)
     assert hive.cancel_workflow("run-x", namespace=NS).status == "cancelled"  # cancelling again changes nothing
+
+
+def test_an_executor_that_lost_its_lease_records_nothing_more(hive: Hive) -> None:
+    @hivemem.step("taken_over")
+    def taken_over(hive: Hive) -> str:
+        context = current_step()
+        assert context is not None
+        resource = f"{NS}/wf.{context.workflow_id}"
+        (mine,) = [lease for lease in hive.locks(NS) if lease.resource == resource]
+        hive.release_lease(mine)  # as if it lapsed while this executor stalled ...
+        hive.lock(resource, ttl=60)  # ... and another executor took the run over
+        try:
+            hive.remember(NS, "written by the stalled executor")
+        except StaleFencingToken:
+            return "refused"  # embedded, the step's own writes are fenced too
+        return "written"
+
+    @hivemem.workflow("test.taken_over", namespace=NS)
+    def flow(hive: Hive) -> None:
+        taken_over(hive)
+
+    with pytest.raises(StaleFencingToken):
+        flow.with_id("run-t")(hive)
+    run = hive.get_workflow("run-t", namespace=NS)
+    assert (run.status, run.steps) == ("running", ())  # neither the checkpoint nor a failure was recorded
+    if type(hive).__name__ == "Hive":
+        assert _contents(hive) == []
 
 
 def test_the_step_context_gives_the_external_idempotency_key(hive: Hive) -> None:
