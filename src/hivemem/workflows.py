@@ -42,8 +42,20 @@ stalled past its lease cannot record anything after another took over.
 this process, skipping runs whose lease is held, so several processes or
 servers may call it at once and each run still has one executor.
 
-Checkpoints cost one store transaction per step (one durable commit on SQLite);
-a step's attempts, timeouts and failures are recorded only when it ends.
+**Cost.** A run takes three commits of its own (its lease; its start, which
+claims it; its finish, which releases the lease), and a call of a run that has
+ended takes one read. With ``durability="sync"`` (the default) each step adds
+one store transaction (one durable commit on SQLite) before the next step
+starts; with ``durability="async"`` checkpoints commit in the background, in
+step order and several per commit (:class:`_Pipeline`). A step's attempts,
+timeouts and failures are recorded only when it ends.
+
+**Over HTTP** the workflow runs in the caller's process and only its
+checkpoints travel (:meth:`Hive.start_workflow`, :meth:`Hive.record_steps`,
+:meth:`Hive.finish_workflow`). A step's writes carry their keys as
+``Idempotency-Key`` headers, which the server applies once per key whatever the
+body; they are not fenced there (only the checkpoints are). A blocking Hive
+used by an ``async def`` workflow makes its checkpoint calls in a thread.
 """
 
 from __future__ import annotations
