@@ -72,6 +72,19 @@ def note(hive: Hive, text: str) -> str:
     return memory.id
 
 
+@hivemem.step("note_and_forget")
+def note_and_forget(hive: Hive, text: str) -> str:
+    """A write and a delete; crash after both if the test asks."""
+    executed.append(text)
+    memory = hive.remember(NS, text)
+    hive.forget(memory.id)
+    kept = hive.remember(NS, text + " kept")
+    if crash_at.get(text, 0) > 0:
+        crash_at[text] -= 1
+        raise Crash(text)
+    return kept.id
+
+
 @hivemem.workflow("test.three_notes", namespace=NS)
 def three_notes(hive: Hive, prefix: str) -> list[str]:
     return [note(hive, f"{prefix} {i}") for i in range(3)]
@@ -143,6 +156,18 @@ def test_background_checkpoints_commit_in_order_and_writes_still_apply_once(hive
     assert three_notes_async.with_id("run-q")(hive, "q") == ids
     with pytest.raises(InvalidInput):
         hivemem.workflow("x", namespace=NS, durability="later")
+
+
+def test_a_step_that_deletes_runs_again_without_deleting_twice(hive: Hive) -> None:
+    @hivemem.workflow("test.forgetful", namespace=NS)
+    def forgetful(hive: Hive) -> str:
+        return str(note_and_forget(hive, "f"))
+
+    crash_at["f"] = 1
+    with pytest.raises(Crash):
+        forgetful.with_id("run-f")(hive)
+    kept = forgetful.with_id("run-f")(hive)  # the delete replays its first answer instead of NotFound
+    assert executed == ["f", "f"] and _contents(hive) == ["f kept"] and hive.get(kept).content == "f kept"
 
 
 def test_recover_resumes_unfinished_runs_of_registered_workflows(hive: Hive) -> None:

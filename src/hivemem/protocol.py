@@ -170,7 +170,9 @@ def request_for(route: Route, arguments: dict[str, Any], key: str | None = None)
     held = float(wait) if isinstance(wait, int | float) and not isinstance(wait, bool) else 0.0
     if route.in_query:
         params = {k: _query_value(k, v) for k, v in wire.items() if v is not None}
-        return WireRequest(route.method, path, params, None, {}, held)
+        # A DELETE (forget) is a write too: its retry, or a workflow step run again, deletes once.
+        keyed = {"Idempotency-Key": key or uuid.uuid4().hex} if route.once else {}
+        return WireRequest(route.method, path, params, None, keyed, held)
     # ASCII escapes carry any str (even a lone surrogate) for the server to judge.
     content = json.dumps(wire, separators=(",", ":")).encode()
     headers = {**_JSON, "Idempotency-Key": key or uuid.uuid4().hex} if route.once else _JSON
