@@ -407,8 +407,8 @@ class _Run:
         """Record a finished step: now (sync durability), or queued for the next group commit (async)."""
         wf = self.workflow
         if self.pipeline is None:
-            (recorded,) = self.hive.record_steps(wf.id, [item], namespace=wf.namespace, fence=self.lease)
-            return recorded  # type: ignore[no-any-return]
+            recorded: list[StepRecord] = self.hive.record_steps(wf.id, [item], namespace=wf.namespace, fence=self.lease)
+            return recorded[0]
         self.pipeline.submit(item)
         now = utc(time.time())
         error = None if item["status"] == "succeeded" else item["error"]
@@ -418,8 +418,10 @@ class _Run:
     async def arecord(self, item: dict[str, Any]) -> StepRecord:
         """:meth:`record` from async code (always sync durability)."""
         wf = self.workflow
-        (recorded,) = await _acall(self.hive.record_steps, wf.id, [item], namespace=wf.namespace, fence=self.lease)
-        return recorded  # type: ignore[no-any-return]
+        recorded: list[StepRecord] = await _acall(
+            self.hive.record_steps, wf.id, [item], namespace=wf.namespace, fence=self.lease
+        )
+        return recorded[0]
 
     def next_step(self, name: str) -> tuple[int, StepRecord | None]:
         """The next step's number and its record, if any; a different recorded name is divergence."""
