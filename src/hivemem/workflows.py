@@ -697,7 +697,7 @@ class WorkflowFunction:
             known = _existing(hive, start)
             if known is not None and known.finished:
                 return _outcome(self._same(known, start))
-            lease = hive.lock(resource_of(start["namespace"], start["workflow_id"]), ttl=self.lease_ttl, wait=self.wait)
+            lease = _take(hive, resource_of(start["namespace"], start["workflow_id"]), self.lease_ttl, self.wait)
         assert lease is not None
         held = lease
         keeper = _KEEPER.keep(hive, held, self.lease_ttl)
@@ -763,7 +763,7 @@ class WorkflowFunction:
             if known is not None and known.finished:
                 return _outcome(self._same(known, start))
             resource = resource_of(start["namespace"], start["workflow_id"])
-            lease = await _acall(hive.lock, resource, ttl=self.lease_ttl, wait=self.wait)
+            lease = await _atake(hive, resource, self.lease_ttl, self.wait)
         assert lease is not None
         held = lease
         keeper = asyncio.ensure_future(_akeep(hive, held, self.lease_ttl))
@@ -800,6 +800,47 @@ class WorkflowFunction:
             keeper.cancel()
             if not released:
                 await _aquietly(_acall(hive.release_lease, held))
+
+
+_FIRST_TRY, _LAST_TRY = 0.005, 0.1
+
+
+def _take(hive: Any, resource: str, ttl: float, wait: float) -> Lease:
+    """The run's lease, asked for again and again (``wait=0``) until ``wait`` runs out.
+
+    Never a long wait inside one call: over HTTP the server would go on waiting
+    (and take the lease) for a caller that died meanwhile, and the run would stay
+    blocked for a lease nobody renews. Asking from here, a dead caller asks no more.
+
+    Raises:
+        LockHeld: Another executor kept the run for ``wait`` seconds.
+    """
+    deadline = time.monotonic() + wait
+    delay = _FIRST_TRY
+    while True:
+        try:
+            lease: Lease = hive.lock(resource, ttl=ttl, wait=0)
+            return lease
+        except LockHeld:
+            if time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, _LAST_TRY)
+
+
+async def _atake(hive: Any, resource: str, ttl: float, wait: float) -> Lease:
+    """:func:`_take` for async code."""
+    deadline = time.monotonic() + wait
+    delay = _FIRST_TRY
+    while True:
+        try:
+            lease: Lease = await _acall(hive.lock, resource, ttl=ttl, wait=0)
+            return lease
+        except LockHeld:
+            if time.monotonic() + delay > deadline:
+                raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, _LAST_TRY)
 
 
 def _failure_of(exc: BaseException) -> dict[str, Any] | None:
