@@ -17,6 +17,8 @@ from hivemem.workflows import current_step
 NAMESPACE = "team-a/wf"
 #: Short leases: a killed executor's run is free to resume this soon.
 LEASE_TTL = 0.15
+#: Runs the kill test makes at most (one workflows() listing counts them).
+MAX_RUNS = 900
 
 
 def _log(line: str) -> None:
@@ -81,9 +83,10 @@ def churn(target: str, log: str, final: bool, ready: Any = None) -> None:
         if final:
             return
         run = len(hive.workflows(namespace=NAMESPACE, limit=1000))
-        while True:  # even runs check each step's checkpoint before the next step, odd ones in the background
+        while run < MAX_RUNS:  # even runs check each step's checkpoint before the next step, odd ones in the background
             (five_steps if run % 2 == 0 else five_steps_async).with_id(f"run-{run}")(hive, run)
             run += 1
+        time.sleep(3600)  # enough runs for one listing (limit 1000) to count them: wait to be killed
 
 
 def recoverer(target: str, log: str, start: Any) -> None:
