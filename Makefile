@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,postgres,server,mcp]'
+	$(PY) -m pip install -q -e '.[dev,postgres,server,mcp,bench]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -34,6 +34,7 @@ bench-quick: $(STAMP)
 	$(PY) bench/versioned.py --quick
 	$(PY) bench/tokens.py --quick
 	$(PY) bench/working.py --quick
+	$(PY) bench/workflows.py --quick
 
 bench: $(STAMP)
 	$(PY) bench/ingest.py
@@ -47,3 +48,4 @@ bench: $(STAMP)
 	$(PY) bench/versioned.py
 	$(PY) bench/tokens.py
 	$(PY) bench/working.py
+	$(PY) bench/workflows.py

@@ -54,6 +54,8 @@ def test_a_file_at_schema_version_1_is_migrated_on_open_and_keeps_its_data(tmp_p
         "conflicts",
         "working_buffers",
         "working_messages",
+        "workflows",
+        "workflow_steps",
     )
     for table in later:
         conn.execute(f"DROP TABLE {table}")

@@ -11,6 +11,7 @@ from typing import Any
 
 from hivemem.aclient import AsyncRemoteHive
 from hivemem.agents import AgentProfile, AgentScore, ExperienceContext, Outcome
+from hivemem.checkpoints import StepRecord, Workflow
 from hivemem.clock import Clock, ManualClock, SystemClock
 from hivemem.config import HiveConfig, RankingWeights, SelectionWeights
 from hivemem.conflicts import ConflictResolver
@@ -27,9 +28,13 @@ from hivemem.errors import (
     PayloadTooLarge,
     QuotaExceeded,
     StaleFencingToken,
+    StepFailed,
     StorageUnavailable,
     Unauthenticated,
     VersionConflict,
+    WorkflowCancelled,
+    WorkflowDiverged,
+    WorkflowFailed,
 )
 from hivemem.hive import Hive
 from hivemem.leases import Fence, Lease, LeaseSet
@@ -42,6 +47,7 @@ from hivemem.resources import MemoryResource, ResourceRegistry
 from hivemem.retrieval.embedders import Embedder, MiniLMEmbedder, OpenAIEmbedder, make_embedder
 from hivemem.summarize import ChatSummarizer, ExtractiveSummarizer, Summarizer
 from hivemem.tokens import TokenCounter, counter_for
+from hivemem.workflows import Retry, StepContext, current_step, step, workflow
 from hivemem.working import BufferSettings, WorkingMemory, WorkingMessage, WorkingStats
 
 __version__ = "0.1.0"
@@ -95,8 +101,12 @@ __all__ = [
     "Relation",
     "RememberOptions",
     "ResourceRegistry",
+    "Retry",
     "SelectionWeights",
     "StaleFencingToken",
+    "StepContext",
+    "StepFailed",
+    "StepRecord",
     "StorageUnavailable",
     "Summarizer",
     "SystemClock",
@@ -104,14 +114,21 @@ __all__ = [
     "TokenCounter",
     "Unauthenticated",
     "VersionConflict",
+    "Workflow",
+    "WorkflowCancelled",
+    "WorkflowDiverged",
+    "WorkflowFailed",
     "WorkingMemory",
     "WorkingMessage",
     "WorkingStats",
     "__version__",
     "counter_for",
+    "current_step",
     "make_embedder",
     "open",
     "open_async",
+    "step",
+    "workflow",
 ]
 
 _DEFAULT = object()

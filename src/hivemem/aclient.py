@@ -106,7 +106,9 @@ class AsyncRemoteHive(RemoteBase):
                 outcome = exc
             settled = call.settle(outcome)
             if isinstance(settled, httpx.Response):
-                return result_of(route, settled)
+                result = result_of(route, settled)
+                call.answered()
+                return result
             await asyncio.sleep(settled)
 
     # Every route of hivemem.wire.ROUTES but import_memories (above); a test keeps the list complete.
@@ -159,3 +161,9 @@ class AsyncRemoteHive(RemoteBase):
     working_flush = _routed(Hive.working_flush)
     working_stats = _routed(Hive.working_stats)
     pack = _routed(Hive.pack)
+    start_workflow = _routed(Hive.start_workflow)
+    workflows = _routed(Hive.workflows)
+    get_workflow = _routed(Hive.get_workflow)
+    record_steps = _routed(Hive.record_steps)
+    finish_workflow = _routed(Hive.finish_workflow)
+    cancel_workflow = _routed(Hive.cancel_workflow)

@@ -349,8 +349,16 @@ def migrate(obj: Context, check: bool) -> None:
 @click.option("--port", type=int, default=8765, show_default=True)
 @click.option("--no-auth", is_flag=True, help="Serve without API keys, as admin:* (refused unless on loopback).")
 @click.option("--key-cache", type=float, default=5.0, show_default=True, help="Seconds a checked key is trusted.")
+@click.option(
+    "--workflows",
+    "workflow_modules",
+    multiple=True,
+    help="Import this module (it registers workflows) and resume their unfinished runs at startup (repeatable).",
+)
 @_command
-def serve(obj: Context, host: str, port: int, no_auth: bool, key_cache: float) -> None:
+def serve(
+    obj: Context, host: str, port: int, no_auth: bool, key_cache: float, workflow_modules: tuple[str, ...]
+) -> None:
     """Serve the database over HTTP (REST, OpenAPI at /openapi.json); create keys with `hivemem keys create`."""
     try:
         from hivemem.server import serve as run_server
@@ -358,7 +366,14 @@ def serve(obj: Context, host: str, port: int, no_auth: bool, key_cache: float) -
         raise ConfigError(f"the server needs its extra: pip install 'hivemem[server]' ({exc})") from None
     if not no_auth:
         obj.err.print(f"HiveMem serving {obj.config.url} on http://{host}:{port} (API keys required)")
-    run_server(obj.config, host=host, port=port, auth=not no_auth, key_cache_seconds=key_cache)
+    run_server(
+        obj.config,
+        host=host,
+        port=port,
+        auth=not no_auth,
+        key_cache_seconds=key_cache,
+        workflow_modules=workflow_modules,
+    )
 
 
 @main.command()
@@ -728,3 +743,82 @@ def working_clear(obj: Context, key: str) -> None:
     with obj.open() as hive:
         count = hive.working_clear(key)
     obj.emit({"cleared": count}, lambda: obj.console.print(f"cleared {count} messages"))
+
+
+@main.group()
+def workflows() -> None:
+    """Durable workflows: list runs, show one with its steps, cancel, resume unfinished ones."""
+
+
+def _workflow_row(wf: Any) -> dict[str, Any]:
+    return {k: v for k, v in wf.to_dict().items() if k not in ("steps", "inputs", "result")}
+
+
+@workflows.command("list")
+@click.option("--status", "statuses", multiple=True, help="Only runs with this status (repeatable).")
+@click.option("--namespace", default=None, help="Only runs under this namespace prefix.")
+@click.option("--limit", type=int, default=100, show_default=True)
+@_command
+def workflows_list(obj: Context, statuses: tuple[str, ...], namespace: str | None, limit: int) -> None:
+    """Runs, oldest first: id, namespace, workflow, status, updated."""
+    with obj.open() as hive:
+        runs = hive.workflows(status=list(statuses) or None, namespace=namespace, limit=limit)
+    rows = [_workflow_row(wf) for wf in runs]
+
+    def render() -> None:
+        table = Table("id", "namespace", "workflow", "status", "updated")
+        for row in rows:
+            table.add_row(row["id"], row["namespace"], row["name"], row["status"], row["updated_at"][:23])
+        obj.console.print(table if rows else "no workflows")
+
+    obj.emit(rows, render)
+
+
+@workflows.command("show")
+@click.argument("workflow_id")
+@click.option("--namespace", required=True, help="The run's namespace.")
+@_command
+def workflows_show(obj: Context, workflow_id: str, namespace: str) -> None:
+    """One run with its inputs, result or error, and recorded steps."""
+    with obj.open() as hive:
+        wf = hive.get_workflow(workflow_id, namespace=namespace)
+    payload = wf.to_dict()
+
+    def render() -> None:
+        obj.console.print(f"{wf.id} ({wf.name}) in {wf.namespace}: {wf.status}")
+        obj.console.print(f"inputs: {json.dumps(wf.inputs, ensure_ascii=False)}")
+        if wf.status == "succeeded":
+            obj.console.print(f"result: {_short(json.dumps(wf.result, ensure_ascii=False))}")
+        if wf.error:
+            obj.console.print(f"error: {wf.error.get('type')}: {wf.error.get('message')}")
+        table = Table("step", "name", "status", "attempts", "result or error")
+        for s in wf.steps:
+            outcome = s.result if s.status == "succeeded" else s.error
+            table.add_row(str(s.step), s.name, s.status, str(s.attempts), _short(json.dumps(outcome)))
+        obj.console.print(table)
+
+    obj.emit(payload, render)
+
+
+@workflows.command("cancel")
+@click.argument("workflow_id")
+@click.option("--namespace", required=True, help="The run's namespace.")
+@_command
+def workflows_cancel(obj: Context, workflow_id: str, namespace: str) -> None:
+    """Cancel a run: its executor records no further step."""
+    with obj.open() as hive:
+        wf = hive.cancel_workflow(workflow_id, namespace=namespace)
+    obj.emit(_workflow_row(wf), lambda: obj.console.print(f"{wf.id}: {wf.status}"))
+
+
+@workflows.command("recover")
+@click.option("--module", "modules", multiple=True, required=True, help="A module that registers workflows.")
+@_command
+def workflows_recover(obj: Context, modules: tuple[str, ...]) -> None:
+    """Import the modules and resume every unfinished run of their workflows here, one executor per run."""
+    from hivemem.workflows import import_modules
+
+    names = import_modules(modules)
+    with obj.open() as hive:
+        counts = hive.recover(names)
+    obj.emit(counts, lambda: obj.console.print(", ".join(f"{k}: {v}" for k, v in counts.items())))

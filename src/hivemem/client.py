@@ -145,6 +145,7 @@ class RemoteHive(RemoteBase, Hive):
             settled = call.settle(outcome)
             if isinstance(settled, httpx.Response):
                 result = result_of(route, settled)
+                call.answered()
                 return result.bound_to(self) if isinstance(result, Lease) else result
             time.sleep(settled)
 

@@ -157,6 +157,39 @@ class ConfigError(HiveError):
     status = 500
 
 
+class WorkflowDiverged(HiveError):
+    """A replayed workflow called a different step than its recorded run did at the same step number.
+
+    ``details`` name the ``workflow_id``, the ``step`` number, the ``recorded`` step name and
+    the one the code ``called`` now (None when the code ended before a recorded step). The
+    workflow is marked failed: its recorded results are never mixed with a changed program.
+    """
+
+    code = "workflow_diverged"
+    status = 409
+
+
+class WorkflowCancelled(HiveError):
+    """The workflow was cancelled (``hive.cancel_workflow``); no further step is recorded."""
+
+    code = "workflow_cancelled"
+    status = 409
+
+
+class WorkflowFailed(HiveError):
+    """A workflow ended in failure; ``details["error"]`` holds the recorded ``{"type", "message"}``."""
+
+    code = "workflow_failed"
+    status = 500
+
+
+class StepFailed(WorkflowFailed):
+    """A step raised on its last attempt; replays raise the same recorded error, never re-running it."""
+
+    code = "step_failed"
+    status = 500
+
+
 ERRORS_BY_CODE: dict[str, type[HiveError]] = {
     cls.code: cls
     for cls in (
@@ -175,5 +208,9 @@ ERRORS_BY_CODE: dict[str, type[HiveError]] = {
         EmbedderUnavailable,
         ConfigError,
         InvalidTransition,
+        WorkflowDiverged,
+        WorkflowCancelled,
+        WorkflowFailed,
+        StepFailed,
     )
 }

@@ -21,11 +21,12 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar, Unpack
 
 from hivemem import agents as agent_rules
-from hivemem import leases, packing
+from hivemem import checkpoints, leases, packing, workflows
 from hivemem import plans as plan_rules
 from hivemem import validation as v
 from hivemem.access import ApiKey, Grant, Principal, hash_key, key_id_of, new_key
 from hivemem.agents import AgentProfile, AgentScore, ExperienceContext, Outcome
+from hivemem.checkpoints import StepRecord, Workflow
 from hivemem.clock import Clock, SystemClock, new_id, to_datetime, utc
 from hivemem.config import HiveConfig
 from hivemem.conflicts import SETTING as CONFLICT_SETTING
@@ -57,6 +58,7 @@ from hivemem.retrieval.search import Retriever
 from hivemem.storage.base import ORDER_COLUMNS, MemoryFilter, Store, StoreTx, T
 from hivemem.summarize import Summarizer, make_summarizer
 from hivemem.tokens import checked_counter
+from hivemem.workflows import Retry, StepContext, WorkflowFunction
 from hivemem.working import BufferSettings, WorkingMemory, WorkingMessage, WorkingStats
 
 if TYPE_CHECKING:
@@ -1245,7 +1247,10 @@ class Hive:
     def _write(self, fn: Callable[[StoreTx], T]) -> T:
         """Run ``fn`` in a write transaction, recording the idempotency key of a :meth:`run_once` call."""
         once = _ONCE.get()
-        if once is None or once.recorded:
+        if once is None:
+            step = workflows.current_step()
+            return self.store.write(fn) if step is None else self._write_in_step(step, fn)
+        if once.recorded:
             return self.store.write(fn)
 
         def recorded(tx: StoreTx) -> T:
@@ -1265,6 +1270,38 @@ class Hive:
 
         result = self.store.write(recorded)
         once.recorded = True
+        return result
+
+    def _write_in_step(self, step: StepContext, fn: Callable[[StoreTx], T]) -> T:
+        """A write made by a workflow step: applied once per step key, fenced by the executor's lease.
+
+        The key (the step's n-th write, see :mod:`hivemem.workflows`) is recorded
+        with the write, scoped by the principal that started the run; a step run
+        again gets the recorded result back, as the write first returned it. A
+        write that fails takes no key, so the next one gets the same key again.
+        """
+        key = step.write_key()
+
+        def recorded(tx: StoreTx) -> T:
+            if step.fence is not None:
+                leases.check_fence(tx, step.fence)
+            now = self.clock.now()
+            since = now - self.config.idempotency_ttl_seconds
+            stored = tx.get_once(step.principal, key, since)
+            if stored is not None:
+                raise _Replayed(workflows.decode_result(json.loads(stored)))
+            result = fn(tx)
+            encoded = json.dumps(workflows.encode_result(result), separators=(",", ":"))
+            if not tx.put_once(step.principal, key, encoded, now, since):
+                stored = tx.get_once(step.principal, key, float("-inf"))
+                raise _Replayed(None if stored is None else workflows.decode_result(json.loads(stored)))
+            return result
+
+        try:
+            result: T = self.store.write(recorded)
+        except _Replayed as replayed:
+            result = replayed.result
+        step.wrote()
         return result
 
     # -- API keys ------------------------------------------------------------------------------
@@ -1886,6 +1923,174 @@ class Hive:
             InvalidInput: A bad argument.
         """
         return packing.pack(self, query, token_budget, working, namespace, k)
+
+    # -- workflows (see hivemem.workflows) -------------------------------------------------------
+
+    def workflow(
+        self,
+        name: str | None = None,
+        *,
+        namespace: str,
+        timeout: float | None = None,
+        lease_ttl: float = workflows.LEASE_TTL,
+        wait: float = 60.0,
+        durability: str = "sync",
+    ) -> Callable[[Callable[..., Any]], WorkflowFunction]:
+        """Decorate a plain or async function as a durable workflow that runs on this Hive.
+
+        Call the result with the function's own arguments: the run's id derives
+        from them (or give one: ``fn.with_id("run-7")(...)``). Completed steps
+        come back from their checkpoints, the first unfinished one runs next.
+        See :func:`hivemem.workflows.workflow` for every argument.
+        """
+        return workflows.workflow(
+            name, namespace=namespace, timeout=timeout, lease_ttl=lease_ttl, wait=wait, durability=durability, hive=self
+        )
+
+    def step(
+        self, name: str | None = None, *, retry: Retry | None = None, timeout: float | None = None
+    ) -> Callable[[Callable[..., Any]], workflows.StepFunction]:
+        """Decorate a plain or async function as a workflow step (:func:`hivemem.workflows.step`).
+
+        Inside a workflow its result is recorded under (run id, step number) and
+        a replay returns it without running it again; its HiveMem writes apply
+        once; :func:`hivemem.workflows.current_step` gives the idempotency key
+        (``<run id>:<step>``) for external effects.
+        """
+        return workflows.step(name, retry=retry, timeout=timeout)
+
+    def recover(self, names: Sequence[str] | None = None) -> dict[str, int]:
+        """Resume every unfinished run of the workflows registered in this process (or only ``names``).
+
+        A run whose executor holds its lease is left to it, so several processes
+        may recover at once and each run still runs once. See
+        :func:`hivemem.workflows.recover` for the counts returned.
+        """
+        return workflows.recover(self, names)
+
+    def start_workflow(
+        self,
+        name: str,
+        *,
+        namespace: str,
+        workflow_id: str,
+        inputs: Any = None,
+        deadline: datetime | None = None,
+        fence: Lease | Fence | None = None,
+    ) -> Workflow:
+        """Record a new run (status ``pending``), or return the run of that id if it exists.
+
+        With ``fence`` (the executor's lease on ``<namespace>/wf.<id>``) it also
+        claims the run in the same transaction: an unfinished run becomes
+        ``running`` and comes back with its recorded steps. A primitive of
+        :mod:`hivemem.workflows` (the decorators call it); public so that
+        workflows run in a client's process over HTTP.
+
+        Args:
+            name: The workflow's registered name.
+            namespace: Where the run lives; needs write access.
+            workflow_id: The run's id (letters, digits, ``_.:@-``, at most 60).
+            inputs: Its JSON inputs.
+            deadline: When it times out (an aware datetime), if ever.
+            fence: The executor's lease, to claim the run.
+
+        Raises:
+            InvalidInput: A bad argument, or the id is taken by a run of another
+                workflow or with other inputs.
+            StaleFencingToken: ``fence`` was superseded by a newer executor.
+        """
+        return checkpoints.start_run(self, name, namespace, workflow_id, inputs, deadline, fence)
+
+    def record_steps(
+        self,
+        workflow_id: str,
+        steps: Sequence[Mapping[str, Any]],
+        *,
+        namespace: str,
+        fence: Lease | Fence | None = None,
+    ) -> builtins.list[StepRecord]:
+        """Record finished steps of a run, all in one transaction (one durable commit).
+
+        A step number recorded already keeps its first record, which is returned.
+
+        Args:
+            workflow_id: The run.
+            steps: Each ``{"step": n, "name": ..., "status": "succeeded" | "failed",
+                "result": <JSON>, "error": {"type", "message"}, "attempts": n,
+                "started_at": <Unix seconds>}`` (status, attempts and started_at optional).
+            namespace: The run's namespace.
+            fence: The executor's lease: refused once a newer executor holds the run.
+
+        Returns:
+            The steps as recorded, in the order given.
+
+        Raises:
+            NotFound: No such run.
+            WorkflowDiverged: A step number is recorded under another name.
+            WorkflowCancelled: The run was cancelled.
+            StaleFencingToken: ``fence`` was superseded.
+            InvalidInput: A bad step (``field`` reads ``steps[2].result``...), or the run has ended.
+        """
+        return checkpoints.record_many(self, workflow_id, namespace, steps, fence)
+
+    def finish_workflow(
+        self,
+        workflow_id: str,
+        *,
+        namespace: str,
+        status: str,
+        result: Any = None,
+        error: Mapping[str, Any] | None = None,
+        lease: Lease | None = None,
+    ) -> Workflow:
+        """End a run as ``succeeded`` (with its JSON result) or ``failed`` (with its error).
+
+        A run that has ended already (cancelled, say) is returned unchanged.
+
+        Args:
+            workflow_id: The run.
+            namespace: The run's namespace.
+            status: ``succeeded`` or ``failed``.
+            result: The JSON result of a success.
+            error: ``{"type": ..., "message": ...}`` of a failure.
+            lease: The executor's lease: fences this write, and is released in its transaction.
+
+        Raises:
+            NotFound: No such run.
+            StaleFencingToken: ``lease`` was superseded.
+            InvalidInput: A bad status, result, error or lease.
+        """
+        return checkpoints.finish(self, workflow_id, namespace, status, result, error, lease)
+
+    def cancel_workflow(self, workflow_id: str, *, namespace: str) -> Workflow:
+        """Cancel a run: its executor records no further step and raises WorkflowCancelled.
+
+        A run that has ended is returned unchanged.
+
+        Raises:
+            NotFound: No such run.
+        """
+        return checkpoints.cancel(self, workflow_id, namespace)
+
+    def get_workflow(self, workflow_id: str, *, namespace: str) -> Workflow:
+        """A run with its recorded steps.
+
+        Raises:
+            NotFound: No such run (or not readable by the principal).
+        """
+        return checkpoints.show(self, workflow_id, namespace)
+
+    def workflows(
+        self, *, status: str | Sequence[str] | None = None, namespace: str | None = None, limit: int = 100
+    ) -> builtins.list[Workflow]:
+        """Runs the principal may read, oldest first (without their steps).
+
+        Args:
+            status: Only runs with this status (or one of these).
+            namespace: Only runs under this namespace prefix.
+            limit: At most this many (1-1000).
+        """
+        return checkpoints.listed(self, status, namespace, limit)
 
     # -- helpers -------------------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from hivemem.leases import MAX_WAIT
 from hivemem.models import Memory
 from hivemem.validation import encodable, identifier, positive_int
 from hivemem.wire import Route, arguments_to_wire
+from hivemem.workflows import current_step
 
 _SCHEMES = ("http://", "https://")
 _JSON = {"Content-Type": "application/json"}
@@ -150,8 +151,11 @@ class WireRequest:
     held: float = 0.0
 
 
-def request_for(route: Route, arguments: dict[str, Any]) -> WireRequest:
+def request_for(route: Route, arguments: dict[str, Any], key: str | None = None) -> WireRequest:
     """The request that calls ``route`` with ``arguments`` (as :func:`binder` names them).
+
+    A write carries ``key`` as its ``Idempotency-Key`` (a workflow step's write
+    key, see :mod:`hivemem.workflows`), else a new random one.
 
     Raises:
         InvalidInput: A path argument is not non-empty text, or an argument
@@ -177,10 +181,12 @@ def request_for(route: Route, arguments: dict[str, Any]) -> WireRequest:
             for k, v in wire.items()
             if v is not None or defaults.get(k) is not None
         }
-        return WireRequest(route.method, path, params, None, {}, held)
+        # A DELETE (forget) is a write too: its retry, or a workflow step run again, deletes once.
+        keyed = {"Idempotency-Key": key or uuid.uuid4().hex} if route.once else {}
+        return WireRequest(route.method, path, params, None, keyed, held)
     # ASCII escapes carry any str (even a lone surrogate) for the server to judge.
     content = json.dumps(wire, separators=(",", ":")).encode()
-    headers = {**_JSON, "Idempotency-Key": uuid.uuid4().hex} if route.once else _JSON
+    headers = {**_JSON, "Idempotency-Key": key or uuid.uuid4().hex} if route.once else _JSON
     return WireRequest(route.method, path, None, content, headers, held)
 
 
@@ -369,13 +375,20 @@ class Call:
         self, remote: RemoteBase, http: httpx.Client | httpx.AsyncClient, route: Route, arguments: dict[str, Any]
     ) -> None:
         self.route = route
-        self._wire = request_for(route, arguments)
+        # A workflow step's write takes the step's next key, so running the step again applies it once.
+        self._step = current_step() if route.once else None
+        self._wire = request_for(route, arguments, None if self._step is None else self._step.write_key())
         if http.is_closed:
             raise StorageUnavailable("this Hive is closed")
         self._remote = remote
         self._http = http
         self._server = remote.url
         self._failures = 0
+
+    def answered(self) -> None:
+        """The call succeeded: a workflow step's next write takes the next key."""
+        if self._step is not None:
+            self._step.wrote()
 
     def request(self) -> httpx.Request:
         """The next try, to the server calls go to now.

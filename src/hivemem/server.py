@@ -21,7 +21,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -52,6 +52,7 @@ from hivemem.hive import Hive
 from hivemem.models import Memory
 from hivemem.openapi import PROBLEM, Operation, document, problem_responses
 from hivemem.wire import EVENT_STREAM, ROUTES, from_wire, to_json
+from hivemem.workflows import import_modules, is_step_key
 
 log = logging.getLogger("hivemem.server")
 #: Bodies larger than this are refused before they are read whole.
@@ -125,6 +126,7 @@ def create_app(
     auth: bool = True,
     key_cache_seconds: float = 5.0,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    workflow_modules: Sequence[str] = (),
 ) -> FastAPI:
     """The HiveMem application.
 
@@ -137,8 +139,12 @@ def create_app(
         key_cache_seconds: How long a checked API key is trusted before it is
             looked up again (a revoked key works at most this long).
         max_body_bytes: Larger request bodies get 413 before they are read.
+        workflow_modules: Modules that register workflows (:mod:`hivemem.workflows`),
+            imported now; their unfinished runs are resumed at startup, in a
+            background thread, one executor per run however many servers start.
     """
     state: dict[str, Any] = {}
+    recovered = import_modules(workflow_modules) if workflow_modules else []
 
     def caller(request: Request) -> Hive:
         if not auth:
@@ -154,6 +160,8 @@ def create_app(
         opened = hive is None
         state["hive"] = hive if hive is not None else hivemem.open((config or HiveConfig()).url, config=config)
         state["keys"] = _Keys(state["hive"], key_cache_seconds)
+        if recovered:
+            threading.Thread(target=_recover, args=(state["hive"], recovered), daemon=True).start()
         try:
             async with mcp.running() if mcp is not None else nullcontext():
                 yield
@@ -455,7 +463,9 @@ def _add_route(app: FastAPI, operation: Operation, caller: Callable[[Request], H
         if key is not None and route.once:
             # A retried write gets the first answer back and is not applied again. The key
             # counts only with the same request: reused for another one, it applies that one.
-            scoped = _request_key(validation.optional_id(key, "Idempotency-Key") or "", request, await request.body())
+            checked = validation.optional_id(key, "Idempotency-Key") or ""
+            # A workflow step's write key names one write of one run: a repeat replays it whatever its body.
+            scoped = checked if is_step_key(checked) else _request_key(checked, request, await request.body())
             replayable = await run_in_threadpool(lambda: hive.run_once(scoped, lambda _: call(), to_json))
             return JSONResponse(replayable, route.status)
         return JSONResponse(to_json(await run_in_threadpool(call)), status_code=route.status)
@@ -582,6 +592,16 @@ def check_listen(host: str, auth: bool) -> None:
         raise ConfigError(f"refusing to listen on {host} with authentication off: use 127.0.0.1 or turn auth on")
 
 
+def _recover(hive: Hive, names: Sequence[str]) -> None:
+    """Resume the unfinished runs of the served workflows (a server's startup task)."""
+    try:
+        counts = hive.recover(names)
+    except HiveError as exc:
+        log.error("resuming workflows failed: %s", exc.message)
+        return
+    log.warning("workflows resumed at startup: %s", counts)
+
+
 def serve(
     config: HiveConfig,
     *,
@@ -590,6 +610,7 @@ def serve(
     auth: bool = True,
     key_cache_seconds: float = 5.0,
     hive: Hive | None = None,
+    workflow_modules: Sequence[str] = (),
 ) -> None:
     """Run the server in this process until interrupted (``hivemem serve``).
 
@@ -601,6 +622,8 @@ def serve(
         key_cache_seconds: How long a checked API key is trusted.
         hive: An open Hive to serve instead of opening ``config.url`` (for an
             embedder or clock no config names); the caller closes it.
+        workflow_modules: Modules to import first: the workflows they register
+            are resumed at startup.
 
     Raises:
         ConfigError: ``auth`` is off and ``host`` is not a loopback address.
@@ -608,5 +631,7 @@ def serve(
     import uvicorn
 
     check_listen(host, auth)
-    app = create_app(config, hive=hive, auth=auth, key_cache_seconds=key_cache_seconds)
+    app = create_app(
+        config, hive=hive, auth=auth, key_cache_seconds=key_cache_seconds, workflow_modules=workflow_modules
+    )
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from hivemem.agents import AgentProfile, AgentScore, ExperienceContext, Outcome
+from hivemem.checkpoints import StepRecord, Workflow
 from hivemem.errors import InvalidInput
 from hivemem.events import Event
 from hivemem.leases import Fence, Lease
@@ -34,8 +35,17 @@ from hivemem.plans import Plan, Task
 from hivemem.validation import timestamp
 from hivemem.working import WorkingMessage, WorkingStats
 
+#: Workflow checkpoints are idempotent by design (a step number keeps its first record), so they need no key.
+WORKFLOW_PRIMITIVES = (
+    "start_workflow",
+    "record_steps",
+    "finish_workflow",
+    "cancel_workflow",
+    "workflows",
+)
+
 #: Arguments that are datetimes in Python and ISO 8601 text on the wire.
-TIME_ARGUMENTS = frozenset({"occurred_at", "expires_at", "since", "until"})
+TIME_ARGUMENTS = frozenset({"occurred_at", "expires_at", "since", "until", "deadline", "started_at"})
 _PATH_PARAM = re.compile(r"{(\w+)}")
 _NO_KEY = frozenset(
     {
@@ -50,6 +60,7 @@ _NO_KEY = frozenset(
         "context_for",
         "working_messages",
         "pack",
+        *WORKFLOW_PRIMITIVES,
     }
 )
 #: Arguments that take a conflict strategy: a name travels, a function cannot.
@@ -183,6 +194,12 @@ ROUTES: tuple[Route, ...] = (
     Route("working_flush", "POST", "/v1/working/flush"),
     Route("working_stats", "GET", "/v1/working/stats", WorkingStats.from_dict),
     Route("pack", "POST", "/v1/pack", Pack.from_dict),
+    Route("start_workflow", "POST", "/v1/workflows", Workflow.from_dict),
+    Route("workflows", "POST", "/v1/workflows/list", _each(Workflow.from_dict)),
+    Route("get_workflow", "GET", "/v1/workflows/{workflow_id}", Workflow.from_dict),
+    Route("record_steps", "POST", "/v1/workflows/{workflow_id}/steps", _each(StepRecord.from_dict)),
+    Route("finish_workflow", "POST", "/v1/workflows/{workflow_id}/finish", Workflow.from_dict),
+    Route("cancel_workflow", "POST", "/v1/workflows/{workflow_id}/cancel", Workflow.from_dict),
 )
 #: Server-sent events: :meth:`hivemem.Hive.follow` over HTTP (resume with ``Last-Event-ID``).
 EVENT_STREAM = "/v1/events/stream"
@@ -268,14 +285,32 @@ def _datetime(value: Any, name: str) -> Any:
 
 
 #: Results that travel as their ``to_dict()``.
-_RECORDS = (Memory, Hit, Related, Relation, Group, Lease, Event, Conflict, WorkingStats, WorkingMessage, Pack)
+_RECORDS = (
+    Memory,
+    Hit,
+    Related,
+    Relation,
+    Group,
+    Lease,
+    Event,
+    Conflict,
+    Plan,
+    Task,
+    AgentProfile,
+    AgentScore,
+    Outcome,
+    ExperienceContext,
+    WorkingStats,
+    WorkingMessage,
+    Pack,
+    Workflow,
+    StepRecord,
+)
 
 
 def to_json(result: Any) -> Any:
     """A Hive method's result as JSON-ready data (reversed by the route's ``decode``)."""
     if isinstance(result, _RECORDS):
-        return result.to_dict()
-    if isinstance(result, Plan | Task | AgentProfile | AgentScore | Outcome | ExperienceContext):
         return result.to_dict()
     if isinstance(result, Page):
         return {"items": [m.to_dict() for m in result.items], "next_cursor": result.next_cursor}

@@ -444,6 +444,43 @@ class StoreTx(ABC):
     def touch_working_messages(self, key: str, seqs: Sequence[int], tick: int) -> None:
         """Mark messages read at ``tick`` (``last_used``) and count the read (``uses``)."""
 
+    # -- workflows (hivemem.workflows); keyed by namespace root first, like memories ------------
+
+    @abstractmethod
+    def put_workflow(self, row: Mapping[str, Any]) -> bool:
+        """Store a new workflow (:data:`WORKFLOW_COLUMNS` by name) unless its id is taken; whether it was new."""
+
+    @abstractmethod
+    def workflow(self, root: str, workflow_id: str) -> tuple[Any, ...] | None:
+        """The workflow's row in :data:`WORKFLOW_COLUMNS` order (locked until commit in a write), or None."""
+
+    @abstractmethod
+    def set_workflow(
+        self,
+        root: str,
+        workflow_id: str,
+        status: str,
+        owner: str | None,
+        result: str | None,
+        error: str | None,
+        now: float,
+    ) -> None:
+        """Set a workflow's status, executor, result and error (JSON text)."""
+
+    @abstractmethod
+    def workflow_steps(self, root: str, workflow_id: str) -> builtins.list[tuple[Any, ...]]:
+        """The workflow's recorded steps in :data:`STEP_COLUMNS` order, by step number."""
+
+    @abstractmethod
+    def put_step(self, root: str, row: Mapping[str, Any]) -> bool:
+        """Record a finished step (:data:`STEP_COLUMNS` by name) unless its number is taken; whether it was new."""
+
+    @abstractmethod
+    def workflow_rows(
+        self, statuses: Sequence[str] | None, prefix: str | None, within: Sequence[str] | None, limit: int
+    ) -> builtins.list[tuple[Any, ...]]:
+        """Up to ``limit`` workflows under ``prefix`` (and ``within``) with one of ``statuses``, oldest first."""
+
 
 class Store(ABC):
     """A backend: transactions plus the two search hooks."""
@@ -528,6 +565,26 @@ MEMORY_COLUMNS = (
     "content_hash",
     "sensitive",
 )
+
+
+#: Column order of the workflows table, as :meth:`StoreTx.workflow` returns a row.
+WORKFLOW_COLUMNS = (
+    "root",
+    "id",
+    "namespace",
+    "name",
+    "inputs",
+    "status",
+    "principal",
+    "owner",
+    "deadline",
+    "created_at",
+    "updated_at",
+    "result",
+    "error",
+)
+#: Column order of a recorded workflow step (without its root), as :meth:`StoreTx.workflow_steps` returns rows.
+STEP_COLUMNS = ("workflow_id", "step", "name", "status", "result", "error", "attempts", "started_at", "finished_at")
 
 
 def memory_from_row(row: Sequence[Any]) -> Memory:

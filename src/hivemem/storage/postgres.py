@@ -175,6 +175,18 @@ MIGRATIONS: builtins.list[builtins.list[str]] = [
             pinned integer NOT NULL, metadata text NOT NULL, created_at double precision NOT NULL,
             last_used bigint NOT NULL, uses bigint NOT NULL, PRIMARY KEY (root, key, seq))""",
     ],
+    # Checkpointed workflows (hivemem.workflows): one row per run, one per finished step.
+    [
+        f"""CREATE TABLE workflows (root text {_C} NOT NULL, id text {_C} NOT NULL, namespace text {_C} NOT NULL,
+            name text NOT NULL, inputs text NOT NULL, status text NOT NULL, principal text NOT NULL, owner text,
+            deadline double precision, created_at double precision NOT NULL, updated_at double precision NOT NULL,
+            result text, error text, PRIMARY KEY (root, id))""",
+        "CREATE INDEX workflows_status ON workflows (status, created_at)",
+        f"""CREATE TABLE workflow_steps (root text {_C} NOT NULL, workflow_id text {_C} NOT NULL,
+            step integer NOT NULL, name text NOT NULL, status text NOT NULL, result text, error text,
+            attempts integer NOT NULL, started_at double precision NOT NULL, finished_at double precision NOT NULL,
+            PRIMARY KEY (root, workflow_id, step))""",
+    ],
 ]
 
 _MIGRATION_LOCK = 0x48495645  # pg_advisory_xact_lock key: one migrator at a time

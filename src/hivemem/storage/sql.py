@@ -19,6 +19,7 @@ from hivemem.access import ApiKey, Grant, Principal
 from hivemem.clock import utc
 from hivemem.models import Conflict, Group, Memory, Relation
 from hivemem.storage.base import MEMORY_COLUMNS, MemoryFilter, RankFacts, StoreTx, memory_from_row
+from hivemem.storage.workflow_sql import WorkflowSql
 from hivemem.storage.working_sql import WorkingSql
 from hivemem.validation import root_of
 
@@ -106,7 +107,7 @@ def within_clause(prefixes: Sequence[str], params: builtins.list[Any], d: Dialec
     return "(" + (" OR ".join(alternatives) or "1 = 0") + ")"
 
 
-class SqlTx(WorkingSql, StoreTx):
+class SqlTx(WorkingSql, WorkflowSql, StoreTx):
     """The primitives whose SQL is the same on every relational backend, up to its :class:`Dialect`.
 
     Args:

@@ -171,6 +171,17 @@ MIGRATIONS: builtins.list[list[str]] = [
         "pinned INTEGER NOT NULL, metadata TEXT NOT NULL, created_at REAL NOT NULL, last_used INTEGER NOT NULL, "
         "uses INTEGER NOT NULL, PRIMARY KEY (root, key, seq)) WITHOUT ROWID",
     ],
+    # Checkpointed workflows (hivemem.workflows): one row per run, one per finished step.
+    [
+        "CREATE TABLE workflows (root TEXT NOT NULL, id TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL, "
+        "inputs TEXT NOT NULL, status TEXT NOT NULL, principal TEXT NOT NULL, owner TEXT, deadline REAL, "
+        "created_at REAL NOT NULL, updated_at REAL NOT NULL, result TEXT, error TEXT, "
+        "PRIMARY KEY (root, id)) WITHOUT ROWID",
+        "CREATE INDEX workflows_status ON workflows (status, created_at)",
+        "CREATE TABLE workflow_steps (root TEXT NOT NULL, workflow_id TEXT NOT NULL, step INTEGER NOT NULL, "
+        "name TEXT NOT NULL, status TEXT NOT NULL, result TEXT, error TEXT, attempts INTEGER NOT NULL, "
+        "started_at REAL NOT NULL, finished_at REAL NOT NULL, PRIMARY KEY (root, workflow_id, step)) WITHOUT ROWID",
+    ],
 ]
 
 _INSERT = (
@@ -248,11 +259,24 @@ class _SqliteTx(SqlTx):
 
     dialect = DIALECT
 
-    def __init__(self, conn: apsw.Connection, seq: int = 0) -> None:
+    def __init__(self, conn: apsw.Connection, seq: int | None = 0) -> None:
         super().__init__(conn)
-        self.seq = seq
+        self._seq = seq
         # The first row id this transaction inserted that is not in the full-text index yet.
         self._unindexed_from: int | None = None
+
+    @property
+    def seq(self) -> int:
+        """This write's change number, which memories it writes (and deletes) carry for the matrix index.
+
+        Taken on first use: a write that changes no memory (a lease, an event, a
+        workflow checkpoint) leaves the counter alone, so its commit writes one
+        page less.
+        """
+        if self._seq is None:
+            bumped = self.conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'seq' RETURNING value")
+            self._seq = int(_one(bumped)[0])
+        return self._seq
 
     def index_new_rows(self) -> None:
         """Add the rows this transaction inserted to the full-text index.
@@ -294,6 +318,7 @@ class _SqliteTx(SqlTx):
 
     def delete(self, ids: Sequence[str]) -> int:
         self.index_new_rows()
+        _ = self.seq  # the deletion log's trigger reads this write's number from meta
         return super().delete(ids)
 
     def expired_ids(self, now: float, limit: int) -> builtins.list[str]:
@@ -540,8 +565,7 @@ class SqliteStore(Store):
     def _commit(self, conn: apsw.Connection, fn: Callable[[StoreTx], T]) -> T:
         conn.execute("BEGIN IMMEDIATE")
         try:
-            seq = _one(conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'seq' RETURNING value"))[0]
-            tx = _SqliteTx(conn, seq)
+            tx = _SqliteTx(conn, None)
             result = fn(tx)
             tx.index_new_rows()
             evented = tx.flush_events()
