@@ -635,9 +635,7 @@ class WorkflowFunction:
         self.wait = wait
         self.durability = durability
         self.is_async = inspect.iscoroutinefunction(fn)
-        self.__doc__ = fn.__doc__
-        self.__name__ = getattr(fn, "__name__", name)
-        self.__qualname__ = getattr(fn, "__qualname__", name)
+        _take_names(self, fn, name)
 
     def __repr__(self) -> str:
         return f"<workflow {self.name} in {self.namespace}>"
@@ -898,6 +896,13 @@ async def _akeep(hive: Any, lease: Lease, ttl: float) -> None:
             return
 
 
+def _take_names(wrapper: Any, fn: Callable[..., Any], name: str) -> None:
+    """Give a workflow or step wrapper its function's docstring and names (``name`` if it has none)."""
+    wrapper.__doc__ = fn.__doc__
+    wrapper.__name__ = getattr(fn, "__name__", name)
+    wrapper.__qualname__ = getattr(fn, "__qualname__", name)
+
+
 class StepFunction:
     """A step (made by :func:`step`): checkpointed when a workflow calls it."""
 
@@ -907,9 +912,7 @@ class StepFunction:
         self.retry = retry
         self.timeout = timeout
         self.is_async = inspect.iscoroutinefunction(fn)
-        self.__doc__ = fn.__doc__
-        self.__name__ = getattr(fn, "__name__", name)
-        self.__qualname__ = getattr(fn, "__qualname__", name)
+        _take_names(self, fn, name)
 
     def __repr__(self) -> str:
         return f"<step {self.name}>"
