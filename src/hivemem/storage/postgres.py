@@ -423,6 +423,24 @@ class _PgWriteTx(_PgTx):
     share_lock = " FOR SHARE"
     begin_sql = "BEGIN"
 
+    def _store_events(self, root: str, events: Sequence[tuple[str, str, str, str]]) -> None:
+        # One statement that reads nothing back, so it waits in the pipeline for COMMIT: a
+        # remember is then one round trip. The upsert locks the counter row until commit,
+        # as _number's UPDATE does, so numbers stay gapless and in commit order.
+        rows = ", ".join(["(%s::bigint, %s::text, %s::text, %s::text, %s::jsonb)"] * len(events))
+        params: builtins.list[Any] = [root, len(events), len(events)]
+        for n, event in enumerate(events, start=1):
+            params.extend((n, *event))
+        self._execute(
+            "WITH counter AS (INSERT INTO event_seqs AS c VALUES (%s, %s) "
+            "ON CONFLICT (root) DO UPDATE SET seq = c.seq + excluded.seq "
+            f"RETURNING c.root, c.seq - %s AS base, {DIALECT.now} AS at) "
+            "INSERT INTO events SELECT counter.root, counter.base + e.n, e.namespace, e.type, e.subject, e.data, "
+            f"counter.at FROM counter, (VALUES {rows}) AS e (n, namespace, type, subject, data)",
+            params,
+        )
+        self._evented_roots.add(root)
+
     def record_notify(self, roots: Sequence[str]) -> None:
         """Wake event subscribers when this transaction commits."""
         self._execute("SELECT pg_notify(%s, %s)", (EVENTS_CHANNEL, ",".join(roots)))

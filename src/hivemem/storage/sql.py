@@ -527,8 +527,12 @@ class SqlTx(WorkingSql, WorkflowSql, StoreTx):
             by_root.setdefault(root_of(event[0]), []).append(event)
         self._events = []
         for root, events in sorted(by_root.items()):  # one order: two writers never wait on each other in a cycle
-            self._number(root, events)
+            self._store_events(root, events)
         return sorted(self._evented_roots)
+
+    def _store_events(self, root: str, events: Sequence[tuple[str, str, str, str]]) -> None:
+        """:meth:`_number` for events whose numbers the caller does not need (a backend may skip reading them)."""
+        self._number(root, events)
 
     def _number(self, root: str, events: Sequence[tuple[str, str, str, str]]) -> tuple[int, float]:
         """Store ``events`` under the root's next numbers (its counter row stays locked until commit).
