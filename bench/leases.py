@@ -32,7 +32,16 @@ from pathlib import Path
 from typing import Any
 
 import hivemem
-from _common import Backend, latency_summary, log, print_table, write_results
+from _common import (
+    BACKENDS,
+    Backend,
+    add_backend_arguments,
+    backend_kinds,
+    latency_summary,
+    log,
+    print_table,
+    write_results,
+)
 from writers import run as bare_commits
 
 SPAWN = multiprocessing.get_context("spawn")
@@ -79,8 +88,7 @@ def measure(target: str, options: dict[str, Any], workers: int, cycles: int) -> 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backend", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
-    parser.add_argument("--postgres-url", default=None, help="a PostgreSQL server to use instead of pgserver")
+    add_backend_arguments(parser, BACKENDS)
     parser.add_argument("--cycles", type=int, default=1000, help="lock + release cycles, uncontended")
     parser.add_argument("--contenders", type=int, default=8, help="processes on one resource")
     parser.add_argument("--contended-cycles", type=int, default=100, help="cycles per contender")
@@ -91,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[list[Any]] = []
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for kind in args.backend.split(","):
+        for kind in backend_kinds(args, BACKENDS):
             backend = Backend(kind, Path(tmp), args.postgres_url)
             try:
                 variants = {"sqlite": {"synchronous": "full"}, "sqlite, synchronous=normal": {"synchronous": "normal"}}

@@ -37,7 +37,16 @@ from pathlib import Path
 from typing import Any
 
 import hivemem
-from _common import Backend, latency_summary, log, print_table, write_results
+from _common import (
+    BACKENDS,
+    Backend,
+    add_backend_arguments,
+    backend_kinds,
+    latency_summary,
+    log,
+    print_table,
+    write_results,
+)
 from hivemem.tokens import counter_for
 from writers import run as bare_commits
 
@@ -140,8 +149,7 @@ def counting_speed(messages: int) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backend", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
-    parser.add_argument("--postgres-url", default=None, help="a PostgreSQL server to use instead of pgserver")
+    add_backend_arguments(parser, BACKENDS)
     parser.add_argument("--appends", type=int, default=1000, help="appends (and reads) per writer")
     parser.add_argument("--writers", type=int, default=8, help="processes on one buffer")
     parser.add_argument("--max-tokens", type=int, default=2000, help="the buffer's token limit")
@@ -152,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[list[Any]] = []
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for kind in args.backend.split(","):
+        for kind in backend_kinds(args, BACKENDS):
             backend = Backend(kind, Path(tmp), args.postgres_url)
             try:
                 variants = {"sqlite": {"synchronous": "full"}, "sqlite, synchronous=normal": {"synchronous": "normal"}}

@@ -35,7 +35,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import Backend, latency_summary, log, print_table, write_results
+from _common import (
+    BACKENDS,
+    Backend,
+    add_backend_arguments,
+    backend_kinds,
+    latency_summary,
+    log,
+    print_table,
+    write_results,
+)
 
 SPAWN = multiprocessing.get_context("spawn")
 NAMESPACE = "bench/writers"
@@ -168,8 +177,7 @@ def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backend", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
-    parser.add_argument("--postgres-url", default=None, help="a PostgreSQL server to use instead of pgserver")
+    add_backend_arguments(parser, BACKENDS)
     parser.add_argument("--writers", default="1,4,16", help="comma-separated writer counts")
     parser.add_argument("--ops", type=int, default=300, help="writes per writer")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each writer, interleaved; the median is kept")
@@ -181,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"backends": {}}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for kind in args.backend.split(","):
+        for kind in backend_kinds(args, BACKENDS):
             backend = Backend(kind, Path(tmp), args.postgres_url)
             try:
                 bare = f"bare-{kind}"

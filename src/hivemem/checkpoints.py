@@ -23,7 +23,7 @@ from hivemem import validation as v
 from hivemem.clock import utc
 from hivemem.errors import InvalidInput, NotFound, WorkflowCancelled, WorkflowDiverged
 from hivemem.leases import Fence, Lease, check_fence
-from hivemem.storage.base import STEP_COLUMNS
+from hivemem.storage.base import STEP_COLUMNS, WORKFLOW_COLUMNS
 
 if TYPE_CHECKING:
     from hivemem.hive import Hive
@@ -96,7 +96,8 @@ class StepRecord:
         )
 
 
-_STEP_FIELDS = ("workflow_id", "step", "name", "status", "result", "error", "attempts", "started_at", "finished_at")
+#: A step record travels (to_dict) with the fields its row is stored with.
+_STEP_FIELDS = STEP_COLUMNS
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,20 +178,8 @@ class Workflow:
         )
 
 
-_WORKFLOW_FIELDS = (
-    "id",
-    "namespace",
-    "name",
-    "inputs",
-    "status",
-    "principal",
-    "owner",
-    "deadline",
-    "created_at",
-    "updated_at",
-    "result",
-    "error",
-)
+#: A run travels (to_dict) with the columns it is stored with, but for its namespace root.
+_WORKFLOW_FIELDS = WORKFLOW_COLUMNS[1:]
 
 
 # -- checks shared by the Hive's primitives ------------------------------------------------------
