@@ -45,7 +45,7 @@ from typing import Any, TypedDict
 import apsw
 
 import hivemem
-from _common import log, print_table, write_results
+from _common import log, print_table, settle_wal, write_results
 
 TARGET_VS_COMMIT = 1.5
 TARGET_VS_DBOS = 4.0
@@ -79,6 +79,7 @@ def bare_commits(directory: Path, commits: int, pause: float = 0.0) -> Subject:
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = FULL")
     conn.execute("CREATE TABLE t (i INTEGER PRIMARY KEY AUTOINCREMENT, v TEXT NOT NULL)")
+    settle_wal(conn)
 
     def run() -> None:
         for _ in range(commits):

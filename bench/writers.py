@@ -43,6 +43,7 @@ from _common import (
     latency_summary,
     log,
     print_table,
+    settle_wal,
     write_results,
 )
 
@@ -76,6 +77,7 @@ def _bare_sqlite(target: str) -> tuple[Any, Any]:
     conn.setbusytimeout(30_000)
     conn.execute("PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL")
     conn.execute(_BARE_TABLE.format(json="TEXT"))
+    settle_wal(conn)
 
     def write(record_id: str, content: str) -> None:
         conn.execute("BEGIN IMMEDIATE")

@@ -1,8 +1,14 @@
-"""The SQLite file itself: migrations from an older schema and the full-text index's integrity."""
+"""The SQLite file itself: migrations from an older schema, the full-text index's integrity, the WAL's size."""
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
+import sqlite3
+import time
 from pathlib import Path
+from typing import Any
 
 import apsw
 
@@ -72,4 +78,57 @@ def test_a_file_at_schema_version_1_is_migrated_on_open_and_keeps_its_data(tmp_p
     conn.close()
     assert versions == list(range(1, len(MIGRATIONS) + 1))
     assert "memories_inserted" not in triggers
+    _fts_integrity_check(path)
+
+
+# -- the WAL is sized at open, so commits overwrite it instead of extending it ----------------------
+
+
+def _wal_size(path: Path) -> int:
+    return Path(str(path) + "-wal").stat().st_size
+
+
+def test_a_new_file_gets_its_settled_wal_size_at_open_and_commits_do_not_extend_it(tmp_path: Path) -> None:
+    path = tmp_path / "hive.db"
+    with hivemem.open(str(path), embedder=None) as hive:
+        sized = _wal_size(path)
+        assert sized >= 32 + 1000 * (24 + 4096)  # the autocheckpoint threshold, in frames of 4 KiB pages
+        for i in range(300):  # one commit each
+            hive.remember("ns", f"note {i}")
+        assert _wal_size(path) == sized
+        assert len(hive.list(namespace="ns", limit=1000)) == 300
+
+
+def _open_write_and_die(path: str, count: int, written: Any) -> None:
+    hive = hivemem.open(path, embedder=None)
+    for i in range(count):
+        hive.remember("ns", f"note {i}")
+    written.set()
+    time.sleep(60)  # killed here: no checkpoint, no close
+
+
+def _killed_after(path: Path, count: int) -> None:
+    spawn = multiprocessing.get_context("spawn")
+    written = spawn.Event()
+    proc = spawn.Process(target=_open_write_and_die, args=(str(path), count, written))
+    proc.start()
+    assert written.wait(timeout=60)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.join()
+
+
+def test_a_killed_process_leaves_a_sized_wal_every_sqlite_reader_recovers(tmp_path: Path) -> None:
+    path = tmp_path / "hive.db"
+    _killed_after(path, 0)  # the WAL holds nothing but zeros past the schema's frames
+    _killed_after(path, 50)  # now frames, then zeros
+    # Another SQLite (the standard library's) finds every acknowledged write and a sound file.
+    conn = sqlite3.connect(str(path))
+    try:
+        assert conn.execute("SELECT count(*) FROM memories").fetchone() == (50,)
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    finally:
+        conn.close()
+    with hivemem.open(str(path), embedder=None) as hive:
+        assert sorted(m.content for m in hive.list(namespace="ns", limit=100)) == sorted(f"note {i}" for i in range(50))
+        hive.remember("ns", "after the kills")
     _fts_integrity_check(path)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import builtins
 import json
+import os
 import random
 import threading
 import time
@@ -254,6 +255,13 @@ class _SqliteDialect(Dialect):
 DIALECT = _SqliteDialect()
 
 
+#: Bytes of the WAL file's header and of each frame's header (https://sqlite.org/fileformat.html#walformat).
+_WAL_HEADER = 32
+_FRAME_HEADER = 24
+#: Frames the WAL is sized for past the autocheckpoint threshold (the commit that crosses it).
+_WAL_SLACK_FRAMES = 64
+
+
 class _SqliteTx(SqlTx):
     """Primitive operations on one apsw connection inside a transaction."""
 
@@ -460,6 +468,8 @@ class SqliteStore(Store):
             self._migrate(self._connection())
             row = self._connection().execute("SELECT value FROM meta WHERE key = 'vector_dim'").fetchone()
             self._dim = int(row[0]) if row else None
+            if self.durable:
+                self._presize_wal(self._connection())
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -495,6 +505,37 @@ class SqliteStore(Store):
         with self._connections_lock:
             self._connections.append(conn)
         return conn
+
+    def _presize_wal(self, conn: apsw.Connection) -> None:
+        """Give the WAL file the size it settles at in use, now rather than over its first ~1,000 commits.
+
+        A commit that extends the WAL costs about twice one that overwrites it
+        (measured on ext4: 250-315 µs against 115-125 µs), because fdatasync must
+        then also journal the file's new size and blocks. SQLite starts the WAL
+        over after each checkpoint and keeps the file, so a database long in use
+        overwrites it; but closing the last connection deletes it, and every
+        open would otherwise begin with a thousand slow commits. PostgreSQL
+        zero-fills its WAL segments ahead of use for the same reason.
+
+        Zeros past the last frame are no frame to SQLite (a frame must carry the
+        header's salts and a valid checksum), and while this connection holds
+        the write lock no other writes the file, recovers it or truncates it.
+        """
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            wal = Path(conn.filename_wal)
+            page = _one(conn.execute("PRAGMA page_size"))[0]
+            frames = _one(conn.execute("PRAGMA wal_autocheckpoint"))[0] + _WAL_SLACK_FRAMES
+            wanted = _WAL_HEADER + frames * (_FRAME_HEADER + page)
+            size = wal.stat().st_size
+            if size < wanted:
+                with wal.open("r+b") as file:
+                    file.seek(size)
+                    file.write(bytes(wanted - size))
+                    file.flush()
+                    os.fsync(file.fileno())
+        finally:
+            conn.execute("ROLLBACK")
 
     @contextmanager
     def _guard(self) -> Iterator[None]:
