@@ -488,6 +488,22 @@ def test_bad_inputs_and_results_are_refused_before_anything_is_stored(hive: Hive
         Retry(attempts=0)
 
 
+def test_a_step_result_over_the_data_limit_fails_the_run_and_records_no_step(hive: Hive) -> None:
+    @hivemem.step("too_big")
+    def too_big() -> str:
+        return "x" * (256 * 1024)  # over max_data_bytes once quoted as JSON
+
+    @hivemem.workflow("test.too_big", namespace=NS)
+    def flow(hive: Hive) -> str:
+        return too_big()
+
+    with pytest.raises(InvalidInput) as refused:
+        flow.with_id("run-big")(hive)
+    assert refused.value.details["field"].endswith("result")
+    run = hive.get_workflow("run-big", namespace=NS)
+    assert (run.status, run.steps, run.error["type"]) == ("failed", (), "InvalidInput")
+
+
 def test_unknown_runs_are_not_found(hive: Hive) -> None:
     with pytest.raises(NotFound):
         hive.get_workflow("nope", namespace=NS)

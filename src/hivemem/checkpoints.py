@@ -221,6 +221,10 @@ def statuses(value: object, field: str = "status") -> tuple[str, ...] | None:
     return tuple(wanted)
 
 
+#: json.dumps(value, separators=(",", ":"), allow_nan=False) without building an encoder per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
+
 def to_json_text(value: object, field: str) -> str:
     """``value`` as compact JSON text.
 
@@ -228,9 +232,21 @@ def to_json_text(value: object, field: str) -> str:
         InvalidInput: It is not JSON (a set, a datetime, NaN, an object with non-text keys...).
     """
     try:
-        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+        return _ENCODER.encode(value)
     except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidInput(field, f"must be JSON-serialisable: {exc}") from None
+
+
+def _bounded_json(hive: Hive, value: object, field: str) -> str:
+    """``value`` as JSON text (:func:`to_json_text`) of at most the Hive's ``max_data_bytes``.
+
+    Raises:
+        InvalidInput: It is not JSON, or it is longer.
+    """
+    text = to_json_text(value, field)
+    if len(text.encode()) > hive.config.max_data_bytes:
+        raise InvalidInput(field, f"is over {hive.config.max_data_bytes} bytes as JSON")
+    return text
 
 
 def error_record(value: object, field: str = "error") -> dict[str, str]:
@@ -309,9 +325,7 @@ def start_run(
     checked_name = workflow_name(name)
     ns = _checked_ns(hive, namespace, "write")
     checked_id = check_id(wid)
-    text = to_json_text(inputs, "inputs")
-    if len(text.encode()) > hive.config.max_data_bytes:
-        raise InvalidInput("inputs", f"are over {hive.config.max_data_bytes} bytes as JSON")
+    text = _bounded_json(hive, inputs, "inputs")
     ends = v.timestamp(deadline, "deadline")
     fenced = None if fence is None else _run_fence(fence, ns, checked_id)
     root = v.root_of(ns)
@@ -369,9 +383,7 @@ def _step_item(hive: Hive, item: object, where: str) -> dict[str, Any]:
     status = item.get("status", "succeeded")
     if status not in ("succeeded", "failed"):
         raise InvalidInput(f"{where}.status", "must be succeeded or failed", value=repr(status))
-    result_text = to_json_text(item.get("result"), f"{where}.result") if status == "succeeded" else None
-    if result_text is not None and len(result_text.encode()) > hive.config.max_data_bytes:
-        raise InvalidInput(f"{where}.result", f"is over {hive.config.max_data_bytes} bytes as JSON")
+    result_text = _bounded_json(hive, item.get("result"), f"{where}.result") if status == "succeeded" else None
     error = item.get("error")
     error_text = to_json_text(error_record(error, f"{where}.error"), "error") if status == "failed" else None
     began = item.get("started_at")
@@ -400,41 +412,118 @@ def record_many(hive: Hive, wid: object, namespace: object, steps: object, fence
     if not items or len(items) > MAX_STEPS:
         raise InvalidInput("steps", f"must hold 1 to {MAX_STEPS} steps")
     fenced = None if fence is None else _run_fence(fence, ns, checked_id)
-    root = v.root_of(ns)
 
     def write(tx: Any) -> list[StepRecord]:
-        if fenced is not None:
-            check_fence(tx, fenced)
-        row = tx.workflow(root, checked_id)
-        if row is None or row[2] != ns:  # read access follows from write access (checked above)
-            raise NotFound(f"no workflow {checked_id} in {ns}", workflow_id=checked_id, namespace=ns)
-        status = row[5]  # the status alone: a step's checkpoint parses none of the run's JSON
-        if status == "cancelled":
-            raise WorkflowCancelled(f"workflow {checked_id} was cancelled", workflow_id=checked_id)
-        if status not in UNFINISHED:
-            raise InvalidInput("workflow_id", f"run {checked_id} has {status}; it records no more steps")
         now = hive.clock.now()
         out = []
         for item in items:
-            began = item["started_at"]
-            row = {
-                **item,
-                "workflow_id": checked_id,
-                "started_at": now if began is None else min(began, now),
-                "finished_at": now,
-            }
-            row = {name: row[name] for name in STEP_COLUMNS}
-            if tx.put_step(root, row):
+            row = _step_row(checked_id, item, now)
+            if _put_step(tx, ns, row, fenced):
                 out.append(StepRecord.from_row(tuple(row.values())))
-                continue
-            number = item["step"]
-            existing = next(StepRecord.from_row(r) for r in tx.workflow_steps(root, checked_id) if r[1] == number)
-            if existing.name != item["name"]:
-                raise diverged(checked_id, number, existing.name, item["name"])
-            out.append(existing)
+            else:
+                out.append(_recorded_instead(tx, ns, row, fenced))
         return out
 
     return hive.store.write(write)
+
+
+class StepLog:
+    """Records one run's steps for its executor in this process: :meth:`Hive.record_steps` for one step, leaner.
+
+    A run's namespace, id, grant and fence are checked when it starts
+    (:meth:`Hive.start_workflow`) and cannot change while it runs, and the
+    runner makes each step's item itself (numbers in order, names checked by
+    :func:`~hivemem.workflows.step`, results already JSON), so none of that is
+    checked again: a sync checkpoint is one short transaction, which is most of
+    what a step costs beyond its own work. The fence and the run's status are
+    still checked by the store in that transaction. Embedded Hives only; over
+    HTTP each checkpoint is a record_steps request.
+    """
+
+    __slots__ = ("_fence", "_hive", "_ns", "_wid")
+
+    def __init__(self, hive: Hive, wf: Workflow, fence: Lease) -> None:
+        self._hive = hive
+        self._ns = wf.namespace
+        self._wid = wf.id
+        self._fence = _run_fence(fence, wf.namespace, wf.id)
+
+    def record(self, item: Mapping[str, Any]) -> StepRecord:
+        """Record a finished step (an item as the runner makes them); the step as recorded.
+
+        Raises:
+            InvalidInput: Its result is over the Hive's ``max_data_bytes`` as JSON, or the run has ended.
+            WorkflowCancelled, WorkflowDiverged, StaleFencingToken: As :meth:`Hive.record_steps`.
+        """
+        hive = self._hive
+        result = item.get("result")
+        failed = item["status"] == "failed"
+        checked = {
+            **item,
+            "result": None if failed else _bounded_json(hive, result, "result"),
+            "error": to_json_text(item["error"], "error") if failed else None,
+        }
+
+        def write(tx: Any) -> StepRecord:
+            now = hive.clock.now()
+            row = _step_row(self._wid, checked, now)
+            if not _put_step(tx, self._ns, row, self._fence):
+                return _recorded_instead(tx, self._ns, row, self._fence)
+            error = item["error"] if failed else None
+            began, ended = utc(row["started_at"]), utc(now)
+            number, name, status, attempts = row["step"], row["name"], row["status"], row["attempts"]
+            return StepRecord(self._wid, number, name, status, result, error, attempts, began, ended)
+
+        return hive.store.write(write)
+
+
+def _step_row(wid: str, item: Mapping[str, Any], now: float) -> dict[str, Any]:
+    """A step's row (:data:`STEP_COLUMNS` by name) from a checked item with its result and error as JSON text."""
+    began = item["started_at"]
+    return {
+        "workflow_id": wid,
+        "step": item["step"],
+        "name": item["name"],
+        "status": item["status"],
+        "result": item["result"],
+        "error": item["error"],
+        "attempts": item["attempts"],
+        "started_at": now if began is None else min(began, now),
+        "finished_at": now,
+    }
+
+
+def _put_step(tx: Any, ns: str, row: Mapping[str, Any], fenced: Fence | None) -> bool:
+    """Insert a step's row if its run takes it (see :meth:`StoreTx.put_step`); whether it did."""
+    return bool(tx.put_step(v.root_of(ns), ns, row, None if fenced is None else (fenced.resource, fenced.token)))
+
+
+def _recorded_instead(tx: Any, ns: str, row: Mapping[str, Any], fenced: Fence | None) -> StepRecord:
+    """Why :func:`_put_step` wrote nothing: raised, or the record its step number already has.
+
+    Raises:
+        StaleFencingToken: ``fenced`` was superseded.
+        NotFound: No such run in ``ns``.
+        WorkflowCancelled: The run was cancelled.
+        InvalidInput: The run has ended.
+        WorkflowDiverged: The number is recorded under another step's name.
+    """
+    wid = row["workflow_id"]
+    if fenced is not None:
+        check_fence(tx, fenced)
+    found = tx.workflow(v.root_of(ns), wid)
+    if found is None or found[2] != ns:  # read access follows from write access (checked by the caller)
+        raise NotFound(f"no workflow {wid} in {ns}", workflow_id=wid, namespace=ns)
+    status = found[5]  # the status alone: this parses none of the run's JSON
+    if status == "cancelled":
+        raise WorkflowCancelled(f"workflow {wid} was cancelled", workflow_id=wid)
+    if status not in UNFINISHED:
+        raise InvalidInput("workflow_id", f"run {wid} has {status}; it records no more steps")
+    number = row["step"]  # the run takes steps, so the number was taken
+    existing = next(StepRecord.from_row(r) for r in tx.workflow_steps(v.root_of(ns), wid) if r[1] == number)
+    if existing.name != row["name"]:
+        raise diverged(wid, number, existing.name, row["name"])
+    return existing
 
 
 def finish(
@@ -445,9 +534,7 @@ def finish(
     checked_id = check_id(wid)
     if status not in ("succeeded", "failed"):
         raise InvalidInput("status", "must be succeeded or failed", value=repr(status))
-    result_text = to_json_text(result, "result") if status == "succeeded" else None
-    if result_text is not None and len(result_text.encode()) > hive.config.max_data_bytes:
-        raise InvalidInput("result", f"is over {hive.config.max_data_bytes} bytes as JSON")
+    result_text = _bounded_json(hive, result, "result") if status == "succeeded" else None
     error_text = to_json_text(error_record(error), "error") if status == "failed" else None
     held = None if lease is None else Lease.of(lease)
     fenced = None if held is None else _run_fence(held, ns, checked_id)

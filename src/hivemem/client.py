@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 
 from hivemem.access import ApiKey, Principal
+from hivemem.checkpoints import Workflow
 from hivemem.errors import ConfigError, InvalidInput
 from hivemem.events import Event
 from hivemem.hive import Hive
@@ -97,6 +98,10 @@ class RemoteHive(RemoteBase, Hive):
     def run_once(self, key: str, call: Callable[[Hive], T], encode: Callable[[T], Any]) -> Any:
         """Not needed over HTTP: every write this client sends carries its own idempotency key."""
         raise ConfigError("a remote Hive gives every write an idempotency key itself")
+
+    def _step_log(self, wf: Workflow, fence: Lease) -> None:
+        """None: over HTTP a run records each step with a record_steps request."""
+        return None
 
     def import_memories(self, memories: Iterable[Memory], *, batch_size: int = 500) -> int:
         """Store exported memories exactly as they were, ``batch_size`` per request (one transaction each)."""

@@ -2033,6 +2033,10 @@ class Hive:
         """
         return checkpoints.record_many(self, workflow_id, namespace, steps, fence)
 
+    def _step_log(self, wf: Workflow, fence: Lease) -> checkpoints.StepLog | None:
+        """How a runner in this process records run ``wf``'s steps: straight into the store (None: record_steps)."""
+        return checkpoints.StepLog(self, wf, fence)
+
     def finish_workflow(
         self,
         workflow_id: str,

@@ -77,6 +77,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from hivemem import checkpoints
 from hivemem import validation as v
 from hivemem.checkpoints import (
     MAX_STEPS,
@@ -400,12 +401,15 @@ class _Run:
     recorded: dict[int, StepRecord]
     deadline: float | None
     pipeline: _Pipeline | None = None
+    log: checkpoints.StepLog | None = None
     done: int = 0
     diverged: WorkflowDiverged | None = None
 
     def record(self, item: dict[str, Any]) -> StepRecord:
         """Record a finished step: now (sync durability), or queued for the next group commit (async)."""
         wf = self.workflow
+        if self.log is not None:
+            return self.log.record(item)
         if self.pipeline is None:
             recorded: list[StepRecord] = self.hive.record_steps(wf.id, [item], namespace=wf.namespace, fence=self.lease)
             return recorded[0]
@@ -705,7 +709,8 @@ class WorkflowFunction:
             if wf.finished:
                 return _outcome(wf)
             pipeline = _Pipeline(hive, wf, held) if self.durability == "async" else None
-            run = _Run(hive, wf, held, {s.step: s for s in wf.steps}, _deadline(wf), pipeline)
+            log = hive._step_log(wf, held) if pipeline is None else None
+            run = _Run(hive, wf, held, {s.step: s for s in wf.steps}, _deadline(wf), pipeline, log)
             args, kwargs = self._call_args(hive, wf.inputs)
             token = _RUN.set(run)
             try:

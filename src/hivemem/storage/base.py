@@ -472,8 +472,14 @@ class StoreTx(ABC):
         """The workflow's recorded steps in :data:`STEP_COLUMNS` order, by step number."""
 
     @abstractmethod
-    def put_step(self, root: str, row: Mapping[str, Any]) -> bool:
-        """Record a finished step (:data:`STEP_COLUMNS` by name) unless its number is taken; whether it was new."""
+    def put_step(self, root: str, namespace: str, row: Mapping[str, Any], fence: tuple[str, int] | None) -> bool:
+        """Record a finished step (:data:`STEP_COLUMNS` by name); whether it was.
+
+        Only if its run is in ``namespace`` and unfinished (pending or running),
+        ``fence`` (a lease's resource and token) has not been passed by a newer
+        grant, and the step's number is not taken. Otherwise nothing is written,
+        and the caller's checks find out which of these failed.
+        """
 
     @abstractmethod
     def workflow_rows(

@@ -134,6 +134,10 @@ class SqlTx(WorkingSql, WorkflowSql, StoreTx):
         """Run a statement whose result nobody reads (a backend may send it later, in order)."""
         self.conn.execute(sql, params)
 
+    def _inserted(self, sql: str, params: Any = ()) -> bool:
+        """Run ``sql``, an ``INSERT ... ON CONFLICT DO NOTHING``; whether it inserted a row."""
+        return bool(self._rows(sql + " RETURNING 1", params))
+
     def _memories(self, where: str, params: Sequence[Any], suffix: str = "") -> builtins.list[Memory]:
         rows = self._rows(f"SELECT {COLUMNS} FROM memories m WHERE {where}{suffix}", params)
         return [memory_from_row(r) for r in rows]
@@ -351,11 +355,9 @@ class SqlTx(WorkingSql, WorkflowSql, StoreTx):
         p = self.dialect.p
         where = f"principal = {p} AND idempotency_key = {p}"
         self._execute(f"DELETE FROM idempotency WHERE {where} AND created_at < {p}", (principal, key, expired_before))
-        inserted = self._rows(
-            f"INSERT INTO idempotency VALUES ({p}, {p}, {p}, {p}) ON CONFLICT DO NOTHING RETURNING 1",
-            (principal, key, result, now),
+        return self._inserted(
+            f"INSERT INTO idempotency VALUES ({p}, {p}, {p}, {p}) ON CONFLICT DO NOTHING", (principal, key, result, now)
         )
-        return bool(inserted)
 
     def get_once(self, principal: str, key: str, since: float) -> str | None:
         p = self.dialect.p

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from hivemem.storage.base import STEP_COLUMNS, WORKFLOW_COLUMNS
+from hivemem.validation import root_of
 
 if TYPE_CHECKING:
     from hivemem.storage.sql import Dialect
@@ -29,6 +30,7 @@ class WorkflowSql:
 
     dialect: Dialect
     claim_lock: str
+    share_lock: str
 
     def _rows(self, sql: str, params: Any = ()) -> builtins.list[Any]:
         raise NotImplementedError
@@ -36,14 +38,16 @@ class WorkflowSql:
     def _execute(self, sql: str, params: Any = ()) -> None:
         raise NotImplementedError
 
+    def _inserted(self, sql: str, params: Any = ()) -> bool:
+        raise NotImplementedError
+
     def put_workflow(self, row: Mapping[str, Any]) -> bool:
         p = self.dialect.p
-        inserted = self._rows(
+        return self._inserted(
             f"INSERT INTO workflows ({', '.join(WORKFLOW_COLUMNS)}) VALUES ({', '.join([p] * len(WORKFLOW_COLUMNS))}) "
-            "ON CONFLICT DO NOTHING RETURNING 1",
+            "ON CONFLICT DO NOTHING",
             [row[c] for c in WORKFLOW_COLUMNS],
         )
-        return bool(inserted)
 
     def workflow(self, root: str, workflow_id: str) -> tuple[Any, ...] | None:
         p = self.dialect.p
@@ -78,14 +82,22 @@ class WorkflowSql:
         )
         return [tuple(r) for r in rows]
 
-    def put_step(self, root: str, row: Mapping[str, Any]) -> bool:
+    def put_step(self, root: str, namespace: str, row: Mapping[str, Any], fence: tuple[str, int] | None) -> bool:
+        # One statement, so a checkpoint's transaction is BEGIN, this and COMMIT. The run's row is
+        # locked as workflow() locks it and the fence's counter is read as check_fence reads it.
         p = self.dialect.p
-        inserted = self._rows(
-            f"INSERT INTO workflow_steps (root, {_STEP}) VALUES ({', '.join([p] * (len(STEP_COLUMNS) + 1))}) "
-            "ON CONFLICT DO NOTHING RETURNING 1",
-            [root, *(row[c] for c in STEP_COLUMNS)],
+        params = [root, *(row[c] for c in STEP_COLUMNS), root, row["workflow_id"], namespace]
+        fenced = ""
+        if fence is not None:
+            token = f"SELECT f.token FROM fences f WHERE f.root = {p} AND f.resource = {p}{self.share_lock}"
+            fenced = f" AND coalesce(({token}), 0) <= {p}"
+            params += [root_of(fence[0]), *fence]
+        return self._inserted(
+            f"INSERT INTO workflow_steps (root, {_STEP}) SELECT {', '.join([p] * (len(STEP_COLUMNS) + 1))} "
+            f"FROM workflows m WHERE m.root = {p} AND m.id = {p} AND m.namespace = {p} "
+            f"AND m.status IN ('pending', 'running'){fenced}{self.claim_lock} ON CONFLICT DO NOTHING",
+            params,
         )
-        return bool(inserted)
 
     def workflow_rows(
         self, statuses: Sequence[str] | None, prefix: str | None, within: Sequence[str] | None, limit: int
