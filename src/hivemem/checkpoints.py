@@ -448,31 +448,29 @@ class StepLog:
         self._wid = wf.id
         self._fence = _run_fence(fence, wf.namespace, wf.id)
 
-    def record(self, item: Mapping[str, Any]) -> StepRecord:
-        """Record a finished step (an item as the runner makes them); the step as recorded.
+    def record(self, item: Mapping[str, Any]) -> StepRecord | None:
+        """Record a finished step (an item as the runner makes them).
+
+        Returns None when it is recorded as given, or the record its number
+        already had (an earlier executor of the run recorded it first).
 
         Raises:
             InvalidInput: Its result is over the Hive's ``max_data_bytes`` as JSON, or the run has ended.
             WorkflowCancelled, WorkflowDiverged, StaleFencingToken: As :meth:`Hive.record_steps`.
         """
         hive = self._hive
-        result = item.get("result")
         failed = item["status"] == "failed"
         checked = {
             **item,
-            "result": None if failed else _bounded_json(hive, result, "result"),
+            "result": None if failed else _bounded_json(hive, item.get("result"), "result"),
             "error": to_json_text(item["error"], "error") if failed else None,
         }
 
-        def write(tx: Any) -> StepRecord:
-            now = hive.clock.now()
-            row = _step_row(self._wid, checked, now)
-            if not _put_step(tx, self._ns, row, self._fence):
-                return _recorded_instead(tx, self._ns, row, self._fence)
-            error = item["error"] if failed else None
-            began, ended = utc(row["started_at"]), utc(now)
-            number, name, status, attempts = row["step"], row["name"], row["status"], row["attempts"]
-            return StepRecord(self._wid, number, name, status, result, error, attempts, began, ended)
+        def write(tx: Any) -> StepRecord | None:
+            row = _step_row(self._wid, checked, hive.clock.now())
+            if _put_step(tx, self._ns, row, self._fence):
+                return None
+            return _recorded_instead(tx, self._ns, row, self._fence)
 
         return hive.store.write(write)
 

@@ -405,19 +405,20 @@ class _Run:
     done: int = 0
     diverged: WorkflowDiverged | None = None
 
-    def record(self, item: dict[str, Any]) -> StepRecord:
-        """Record a finished step: now (sync durability), or queued for the next group commit (async)."""
+    def record(self, item: dict[str, Any]) -> StepRecord | None:
+        """Record a finished step: now (sync durability), or queued for the next group commit (async).
+
+        Returns None when the step is recorded as given, or the record its
+        number already had (another executor recorded it first), which counts.
+        """
         wf = self.workflow
         if self.log is not None:
             return self.log.record(item)
-        if self.pipeline is None:
-            recorded: list[StepRecord] = self.hive.record_steps(wf.id, [item], namespace=wf.namespace, fence=self.lease)
-            return recorded[0]
-        self.pipeline.submit(item)
-        now = utc(time.time())
-        error = None if item["status"] == "succeeded" else item["error"]
-        result = item.get("result")
-        return StepRecord(wf.id, item["step"], item["name"], item["status"], result, error, item["attempts"], now, now)
+        if self.pipeline is not None:
+            self.pipeline.submit(item)
+            return None
+        recorded: list[StepRecord] = self.hive.record_steps(wf.id, [item], namespace=wf.namespace, fence=self.lease)
+        return recorded[0]
 
     async def arecord(self, item: dict[str, Any]) -> StepRecord:
         """:meth:`record` from async code (always sync durability)."""
@@ -948,10 +949,15 @@ class StepFunction:
                 if self.retry.retries(exc) and attempt < self.retry.attempts:
                     time.sleep(self.retry.delay(attempt))
                     continue
-                raise _step_failed(run.record(_failure(number, self.name, exc, attempt, started))) from exc
+                failure = _failure(number, self.name, exc, attempt, started)
+                recorded = run.record(failure)
+                if recorded is not None:
+                    return _replayed(recorded)
+                raise _step_failed(run.workflow.id, number, self.name, failure["error"]) from exc
             finally:
                 _STEP.reset(token)
-            return _replayed(run.record(_success(number, self.name, result, attempt, started)))
+            recorded = run.record(_success(number, self.name, result, attempt, started))
+            return result if recorded is None else _replayed(recorded)
 
     def _attempt(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if self.timeout is None:
@@ -988,7 +994,9 @@ class StepFunction:
                     await asyncio.sleep(self.retry.delay(attempt))
                     continue
                 failed = await run.arecord(_failure(number, self.name, exc, attempt, started))
-                raise _step_failed(failed) from exc
+                if failed.status == "succeeded":  # another executor recorded it first
+                    return failed.result
+                raise _step_failed(failed.workflow_id, failed.step, failed.name, failed.error) from exc
             finally:
                 _STEP.reset(token)
             return _replayed(await run.arecord(_success(number, self.name, result, attempt, started)))
@@ -1019,17 +1027,16 @@ def _failure(number: int, name: str, exc: BaseException, attempts: int, started:
 def _replayed(record: StepRecord) -> Any:
     if record.status == "succeeded":
         return record.result
-    raise _step_failed(record)
+    raise _step_failed(record.workflow_id, record.step, record.name, record.error)
 
 
-def _step_failed(record: StepRecord) -> StepFailed:
-    error = dict(record.error or {})
+def _step_failed(workflow_id: str, step: int, name: str, error: Mapping[str, Any] | None) -> StepFailed:
+    details = dict(error or {})
     return StepFailed(
-        f"step {record.step} ({record.name}) of workflow {record.workflow_id} failed: "
-        f"{error.get('type')}: {error.get('message')}",
-        workflow_id=record.workflow_id,
-        step=record.step,
-        error=error,
+        f"step {step} ({name}) of workflow {workflow_id} failed: {details.get('type')}: {details.get('message')}",
+        workflow_id=workflow_id,
+        step=step,
+        error=details,
     )
 
 

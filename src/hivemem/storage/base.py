@@ -476,8 +476,8 @@ class StoreTx(ABC):
         """Record a finished step (:data:`STEP_COLUMNS` by name); whether it was.
 
         Only if its run is in ``namespace`` and unfinished (pending or running),
-        ``fence`` (a lease's resource and token) has not been passed by a newer
-        grant, and the step's number is not taken. Otherwise nothing is written,
+        ``fence`` (the resource, in ``root``, and token of the executor's lease)
+        has not been passed by a newer grant, and the step's number is not taken. Otherwise nothing is written,
         and the caller's checks find out which of these failed.
         """
 

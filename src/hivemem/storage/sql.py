@@ -524,6 +524,8 @@ class SqlTx(WorkingSql, WorkflowSql, StoreTx):
         return self._number(root_of(namespace), [self._events.pop()])
 
     def flush_events(self) -> builtins.list[str]:
+        if not self._events and not self._evented_roots:  # a checkpoint, a lease renewal...
+            return []
         by_root: dict[str, builtins.list[tuple[str, str, str, str]]] = {}
         for event in self._events:
             by_root.setdefault(root_of(event[0]), []).append(event)

@@ -12,17 +12,33 @@ the first row of a step number, which is what makes recording a step twice
 from __future__ import annotations
 
 import builtins
+import functools
+import operator
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from hivemem.storage.base import STEP_COLUMNS, WORKFLOW_COLUMNS
-from hivemem.validation import root_of
 
 if TYPE_CHECKING:
     from hivemem.storage.sql import Dialect
 
 _WORKFLOW = ", ".join(f"m.{c}" for c in WORKFLOW_COLUMNS)
 _STEP = ", ".join(STEP_COLUMNS)
+_step_values = operator.itemgetter(*STEP_COLUMNS)
+
+
+@functools.cache
+def _put_step_sql(p: str, claim_lock: str, fence_lock: str | None) -> str:
+    """:meth:`WorkflowSql.put_step`'s statement: without the fence condition when ``fence_lock`` is None."""
+    fenced = ""
+    if fence_lock is not None:
+        token = f"SELECT f.token FROM fences f WHERE f.root = {p} AND f.resource = {p}{fence_lock}"
+        fenced = f" AND coalesce(({token}), 0) <= {p}"
+    return (
+        f"INSERT INTO workflow_steps (root, {_STEP}) SELECT {', '.join([p] * (len(STEP_COLUMNS) + 1))} "
+        f"FROM workflows m WHERE m.root = {p} AND m.id = {p} AND m.namespace = {p} "
+        f"AND m.status IN ('pending', 'running'){fenced}{claim_lock} ON CONFLICT DO NOTHING"
+    )
 
 
 class WorkflowSql:
@@ -84,20 +100,13 @@ class WorkflowSql:
 
     def put_step(self, root: str, namespace: str, row: Mapping[str, Any], fence: tuple[str, int] | None) -> bool:
         # One statement, so a checkpoint's transaction is BEGIN, this and COMMIT. The run's row is
-        # locked as workflow() locks it and the fence's counter is read as check_fence reads it.
-        p = self.dialect.p
-        params = [root, *(row[c] for c in STEP_COLUMNS), root, row["workflow_id"], namespace]
-        fenced = ""
+        # locked as workflow() locks it and the fence's counter is read as check_fence reads it
+        # (a run's lease resource lies under its namespace, so in its root).
+        params = [root, *_step_values(row), root, row["workflow_id"], namespace]
         if fence is not None:
-            token = f"SELECT f.token FROM fences f WHERE f.root = {p} AND f.resource = {p}{self.share_lock}"
-            fenced = f" AND coalesce(({token}), 0) <= {p}"
-            params += [root_of(fence[0]), *fence]
-        return self._inserted(
-            f"INSERT INTO workflow_steps (root, {_STEP}) SELECT {', '.join([p] * (len(STEP_COLUMNS) + 1))} "
-            f"FROM workflows m WHERE m.root = {p} AND m.id = {p} AND m.namespace = {p} "
-            f"AND m.status IN ('pending', 'running'){fenced}{self.claim_lock} ON CONFLICT DO NOTHING",
-            params,
-        )
+            params += [root, *fence]
+        sql = _put_step_sql(self.dialect.p, self.claim_lock, self.share_lock if fence is not None else None)
+        return self._inserted(sql, params)
 
     def workflow_rows(
         self, statuses: Sequence[str] | None, prefix: str | None, within: Sequence[str] | None, limit: int
