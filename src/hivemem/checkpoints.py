@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -340,9 +340,10 @@ def start_run(
             "namespace": ns,
             "name": checked_name,
             "inputs": text,
-            "status": "pending",
+            # A run started by its executor is claimed at once.
+            "status": "pending" if fenced is None else "running",
             "principal": hive.principal.name,
-            "owner": None,
+            "owner": None if fenced is None else f"{hive.principal.name}#{fenced.token}",
             "deadline": ends,
             "created_at": now,
             "updated_at": now,
@@ -350,17 +351,16 @@ def start_run(
             "error": None,
         }
         if tx.put_workflow(row):
-            found = Workflow.from_row(tuple(row.values()))
-        else:
-            found = _found(tx, hive, ns, checked_id)
-            if found.name != checked_name:
-                raise InvalidInput("workflow_id", f"is taken by a run of {found.name!r}", workflow_id=checked_id)
-            if found.inputs != json.loads(text):
-                raise InvalidInput("inputs", f"differ from those run {checked_id} began with", workflow_id=checked_id)
+            return Workflow.from_row(tuple(row.values()))  # a new run has no steps yet
+        found = _found(tx, hive, ns, checked_id)
+        if found.name != checked_name:
+            raise InvalidInput("workflow_id", f"is taken by a run of {found.name!r}", workflow_id=checked_id)
+        if found.inputs != json.loads(text):
+            raise InvalidInput("inputs", f"differ from those run {checked_id} began with", workflow_id=checked_id)
         if fenced is None:
             return found
         if not found.finished:
-            tx.set_workflow(root, checked_id, "running", f"{hive.principal.name}#{fenced.token}", None, None, now)
+            tx.set_workflow(root, checked_id, "running", row["owner"], None, None, now)
         return Workflow.from_row(tx.workflow(root, checked_id), tx.workflow_steps(root, checked_id))
 
     return hive.store.write(write)
@@ -541,12 +541,15 @@ def finish(
         if fenced is not None:
             check_fence(tx, fenced)
         found = _found(tx, hive, ns, checked_id)
-        root = v.root_of(ns)
         if not found.finished:
-            tx.set_workflow(root, checked_id, str(status), found.owner, result_text, error_text, hive.clock.now())
+            now = hive.clock.now()
+            tx.set_workflow(v.root_of(ns), checked_id, str(status), found.owner, result_text, error_text, now)
+            ended = None if result_text is None else json.loads(result_text)
+            failure = None if error_text is None else json.loads(error_text)
+            found = replace(found, status=str(status), result=ended, error=failure, updated_at=utc(now))
         if held is not None:
             tx.release_lease(v.root_of(held.resource), held.resource, held.lease_id, hive.principal.name, tx.db_now())
-        return Workflow.from_row(tx.workflow(root, checked_id))
+        return found
 
     return hive.store.write(write)
 

@@ -66,6 +66,7 @@ import contextvars
 import hashlib
 import inspect
 import json
+import math
 import random
 import threading
 import time
@@ -496,16 +497,20 @@ class _Keeper:
         self._busy: int | None = None
         self._next = 0
         self._thread: threading.Thread | None = None
+        # When the thread next looks at the entries by itself (monotonic seconds).
+        self._wakes_at = math.inf
 
     def keep(self, hive: Any, lease: Lease, ttl: float) -> int:
         """Start renewing ``lease`` through ``hive``; the handle for :meth:`drop`."""
         with self._changed:
             self._next += 1
-            self._entries[self._next] = (hive, lease, ttl, time.monotonic() + ttl / 3)
+            due = time.monotonic() + ttl / 3
+            self._entries[self._next] = (hive, lease, ttl, due)
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._loop, daemon=True, name="hivemem-workflow-leases")
                 self._thread.start()
-            self._changed.notify_all()
+            if due < self._wakes_at:  # else it finds the entry in time; waking it costs a run ~75 us
+                self._changed.notify_all()
             return self._next
 
     def drop(self, handle: int) -> None:
@@ -522,7 +527,9 @@ class _Keeper:
                     due = min(self._entries.items(), key=lambda item: item[1][3], default=None)
                     if due is not None and due[1][3] <= now:
                         break
+                    self._wakes_at = math.inf if due is None else due[1][3]
                     self._changed.wait(None if due is None else due[1][3] - now)
+                self._wakes_at = math.inf
                 handle, (hive, lease, ttl, _) = due
                 self._busy = handle
             try:
