@@ -3,7 +3,9 @@
 Every number comes from this one run, on files in one temporary folder:
 
 * a bare durable SQLite commit (apsw, WAL, ``synchronous=FULL``: one insert per
-  ``BEGIN IMMEDIATE ... COMMIT``), the floor of any durable checkpoint;
+  ``BEGIN IMMEDIATE ... COMMIT``), the floor of any durable checkpoint, on a
+  WAL that has settled at its size (``_common.settle_wal``) as on a database
+  in use and as HiveMem's is from its open;
 * the same N trivial steps (each returns its number) as a plain loop, as a
   HiveMem workflow on SQLite (``synchronous=full``, the default; both
   durabilities), as a DBOS Transact workflow with a SQLite system database, and
@@ -19,9 +21,10 @@ start and finish included, the median of ``--rounds`` fresh runs. The subjects
 run in turn, round after round, so a disk whose fsync slows down during the run
 (a shared machine) weighs on all of them alike. LangGraph runs twice: with its
 default ``durability="async"`` (a step's checkpoint is written while the next
-step runs) and with ``durability="sync"`` (written before it, like the others). The targets
-(issue 6): HiveMem's per-step overhead at most 1.5x one bare commit, at least
-4x lower than DBOS and 3x lower than LangGraph, and at most 5% of a 10 ms step.
+step runs) and with ``durability="sync"`` (written before it, like the
+others). HiveMem's targets: its per-step overhead at most 1.5x one bare
+commit, at least 4x lower than DBOS and 3x lower than LangGraph, and at most 5%
+of a 10 ms step.
 A comparison whose package is not installed (``pip install 'hivemem[bench]'``)
 is skipped with the reason printed.
 

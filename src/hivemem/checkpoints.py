@@ -237,13 +237,12 @@ def to_json_text(value: object, field: str) -> str:
         raise InvalidInput(field, f"must be JSON-serialisable: {exc}") from None
 
 
-def _bounded_json(hive: Hive, value: object, field: str) -> str:
-    """``value`` as JSON text (:func:`to_json_text`) of at most the Hive's ``max_data_bytes``.
+def _bounded(hive: Hive, text: str, field: str) -> str:
+    """JSON ``text``, which must be at most the Hive's ``max_data_bytes``.
 
     Raises:
-        InvalidInput: It is not JSON, or it is longer.
+        InvalidInput: It is longer.
     """
-    text = to_json_text(value, field)
     if len(text.encode()) > hive.config.max_data_bytes:
         raise InvalidInput(field, f"is over {hive.config.max_data_bytes} bytes as JSON")
     return text
@@ -325,7 +324,7 @@ def start_run(
     checked_name = workflow_name(name)
     ns = _checked_ns(hive, namespace, "write")
     checked_id = check_id(wid)
-    text = _bounded_json(hive, inputs, "inputs")
+    text = _bounded(hive, to_json_text(inputs, "inputs"), "inputs")
     ends = v.timestamp(deadline, "deadline")
     fenced = None if fence is None else _run_fence(fence, ns, checked_id)
     root = v.root_of(ns)
@@ -383,7 +382,9 @@ def _step_item(hive: Hive, item: object, where: str) -> dict[str, Any]:
     status = item.get("status", "succeeded")
     if status not in ("succeeded", "failed"):
         raise InvalidInput(f"{where}.status", "must be succeeded or failed", value=repr(status))
-    result_text = _bounded_json(hive, item.get("result"), f"{where}.result") if status == "succeeded" else None
+    result_text = None
+    if status == "succeeded":
+        result_text = _bounded(hive, to_json_text(item.get("result"), f"{where}.result"), f"{where}.result")
     error = item.get("error")
     error_text = to_json_text(error_record(error, f"{where}.error"), "error") if status == "failed" else None
     began = item.get("started_at")
@@ -448,8 +449,8 @@ class StepLog:
         self._wid = wf.id
         self._fence = _run_fence(fence, wf.namespace, wf.id)
 
-    def record(self, item: Mapping[str, Any]) -> StepRecord | None:
-        """Record a finished step (an item as the runner makes them).
+    def record(self, item: Mapping[str, Any], result_text: str | None = None) -> StepRecord | None:
+        """Record a finished step (an item as the runner makes them; its result as JSON, if known).
 
         Returns None when it is recorded as given, or the record its number
         already had (an earlier executor of the run recorded it first).
@@ -459,12 +460,12 @@ class StepLog:
             WorkflowCancelled, WorkflowDiverged, StaleFencingToken: As :meth:`Hive.record_steps`.
         """
         hive = self._hive
-        failed = item["status"] == "failed"
-        checked = {
-            **item,
-            "result": None if failed else _bounded_json(hive, item.get("result"), "result"),
-            "error": to_json_text(item["error"], "error") if failed else None,
-        }
+        if item["status"] == "failed":
+            result, error = None, to_json_text(item["error"], "error")
+        else:
+            text = to_json_text(item.get("result"), "result") if result_text is None else result_text
+            result, error = _bounded(hive, text, "result"), None
+        checked = {**item, "result": result, "error": error}
 
         def write(tx: Any) -> StepRecord | None:
             row = _step_row(self._wid, checked, hive.clock.now())
@@ -532,7 +533,7 @@ def finish(
     checked_id = check_id(wid)
     if status not in ("succeeded", "failed"):
         raise InvalidInput("status", "must be succeeded or failed", value=repr(status))
-    result_text = _bounded_json(hive, result, "result") if status == "succeeded" else None
+    result_text = _bounded(hive, to_json_text(result, "result"), "result") if status == "succeeded" else None
     error_text = to_json_text(error_record(error), "error") if status == "failed" else None
     held = None if lease is None else Lease.of(lease)
     fenced = None if held is None else _run_fence(held, ns, checked_id)

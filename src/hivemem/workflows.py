@@ -406,15 +406,16 @@ class _Run:
     done: int = 0
     diverged: WorkflowDiverged | None = None
 
-    def record(self, item: dict[str, Any]) -> StepRecord | None:
+    def record(self, item: dict[str, Any], result_text: str | None = None) -> StepRecord | None:
         """Record a finished step: now (sync durability), or queued for the next group commit (async).
 
+        ``result_text`` is the item's result as JSON, when the caller has it.
         Returns None when the step is recorded as given, or the record its
         number already had (another executor recorded it first), which counts.
         """
         wf = self.workflow
         if self.log is not None:
-            return self.log.record(item)
+            return self.log.record(item, result_text)
         if self.pipeline is not None:
             self.pipeline.submit(item)
             return None
@@ -949,7 +950,7 @@ class StepFunction:
             token = _STEP.set(run.context(number, self.name, attempt))
             try:
                 value = self._attempt(args, kwargs)
-                result = _json_copy(value, "result")
+                text = to_json_text(value, "result")
             except Exception as exc:
                 if isinstance(exc, _CONTROL):
                     raise
@@ -963,7 +964,8 @@ class StepFunction:
                 raise _step_failed(run.workflow.id, number, self.name, failure["error"]) from exc
             finally:
                 _STEP.reset(token)
-            recorded = run.record(_success(number, self.name, result, attempt, started))
+            result = json.loads(text)  # what a replay returns, so the first execution returns it too
+            recorded = run.record(_success(number, self.name, result, attempt, started), text)
             return result if recorded is None else _replayed(recorded)
 
     def _attempt(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
