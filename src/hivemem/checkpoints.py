@@ -413,13 +413,14 @@ def record_many(hive: Hive, wid: object, namespace: object, steps: object, fence
     if not items or len(items) > MAX_STEPS:
         raise InvalidInput("steps", f"must hold 1 to {MAX_STEPS} steps")
     fenced = None if fence is None else _run_fence(fence, ns, checked_id)
+    root, key = v.root_of(ns), None if fenced is None else (fenced.resource, fenced.token)
 
     def write(tx: Any) -> list[StepRecord]:
         now = hive.clock.now()
         out = []
         for item in items:
-            row = _step_row(checked_id, item, now)
-            if _put_step(tx, ns, row, fenced):
+            row = _step_row(checked_id, item, item["result"], item["error"], now)
+            if tx.put_step(root, ns, row, key):
                 out.append(StepRecord.from_row(tuple(row.values())))
             else:
                 out.append(_recorded_instead(tx, ns, row, fenced))
@@ -441,13 +442,15 @@ class StepLog:
     HTTP each checkpoint is a record_steps request.
     """
 
-    __slots__ = ("_fence", "_hive", "_ns", "_wid")
+    __slots__ = ("_fence", "_hive", "_key", "_ns", "_root", "_wid")
 
     def __init__(self, hive: Hive, wf: Workflow, fence: Lease) -> None:
         self._hive = hive
         self._ns = wf.namespace
+        self._root = v.root_of(wf.namespace)
         self._wid = wf.id
         self._fence = _run_fence(fence, wf.namespace, wf.id)
+        self._key = (self._fence.resource, self._fence.token)
 
     def record(self, item: Mapping[str, Any], result_text: str | None = None) -> StepRecord | None:
         """Record a finished step (an item as the runner makes them; its result as JSON, if known).
@@ -465,40 +468,34 @@ class StepLog:
         else:
             text = to_json_text(item.get("result"), "result") if result_text is None else result_text
             result, error = _bounded(hive, text, "result"), None
-        checked = {**item, "result": result, "error": error}
 
         def write(tx: Any) -> StepRecord | None:
-            row = _step_row(self._wid, checked, hive.clock.now())
-            if _put_step(tx, self._ns, row, self._fence):
+            row = _step_row(self._wid, item, result, error, hive.clock.now())
+            if tx.put_step(self._root, self._ns, row, self._key):
                 return None
             return _recorded_instead(tx, self._ns, row, self._fence)
 
         return hive.store.write(write)
 
 
-def _step_row(wid: str, item: Mapping[str, Any], now: float) -> dict[str, Any]:
-    """A step's row (:data:`STEP_COLUMNS` by name) from a checked item with its result and error as JSON text."""
+def _step_row(wid: str, item: Mapping[str, Any], result: str | None, error: str | None, now: float) -> dict[str, Any]:
+    """A step's row (:data:`STEP_COLUMNS` by name) from a checked item and its result and error as JSON text."""
     began = item["started_at"]
     return {
         "workflow_id": wid,
         "step": item["step"],
         "name": item["name"],
         "status": item["status"],
-        "result": item["result"],
-        "error": item["error"],
+        "result": result,
+        "error": error,
         "attempts": item["attempts"],
         "started_at": now if began is None else min(began, now),
         "finished_at": now,
     }
 
 
-def _put_step(tx: Any, ns: str, row: Mapping[str, Any], fenced: Fence | None) -> bool:
-    """Insert a step's row if its run takes it (see :meth:`StoreTx.put_step`); whether it did."""
-    return bool(tx.put_step(v.root_of(ns), ns, row, None if fenced is None else (fenced.resource, fenced.token)))
-
-
 def _recorded_instead(tx: Any, ns: str, row: Mapping[str, Any], fenced: Fence | None) -> StepRecord:
-    """Why :func:`_put_step` wrote nothing: raised, or the record its step number already has.
+    """Why :meth:`StoreTx.put_step` wrote nothing: raised, or the record its step number already has.
 
     Raises:
         StaleFencingToken: ``fenced`` was superseded.
