@@ -35,6 +35,7 @@ import psycopg
 import psycopg_pool
 from numpy.typing import NDArray
 from psycopg import errors as pg_errors
+from psycopg import pq
 
 from hivemem.errors import ConfigError, HiveError, StorageUnavailable
 from hivemem.models import Group, Memory, Relation
@@ -590,7 +591,7 @@ class PostgresStore(Store):
                     ) from exc
                 raise
             except BaseException:
-                _rollback(conn)
+                _abandon(conn)
                 raise
             return result
 
@@ -606,7 +607,7 @@ class PostgresStore(Store):
                         result = fn(tx)
                         tx.finish()
                 except BaseException:
-                    _rollback(conn)
+                    _abandon(conn)
                     raise
                 return result
 
@@ -722,7 +723,23 @@ def _add_vector_columns(conn: psycopg.Connection[Any], dim: int) -> None:
     conn.execute("CREATE INDEX memories_embedding ON memories USING hnsw (embedding vector_cosine_ops)")
 
 
-def _rollback(conn: psycopg.Connection[Any]) -> None:
+def _abandon(conn: psycopg.Connection[Any]) -> None:
+    """End a transaction that raised: close the connection if the server failed a statement, else roll back.
+
+    After a statement fails, the server skips the rest of its pipeline. psycopg
+    records a statement as prepared when it sends it on reaching the prepare
+    threshold, so one queued behind the failure is recorded though the server
+    skipped it, and a ROLLBACK clears that record only the first time psycopg
+    sees one on the connection. The connection's next run of that statement would
+    fail ("prepared statement _pg3_7 does not exist"), so such a connection is
+    closed and the pool replaces it, whatever was raised: a HiveMem error (a
+    VersionConflict) raised before anything read the failure hides it. A
+    transaction that HiveMem gave up on with every statement done has nothing
+    stale: rolled back, its connection is reused.
+    """
+    if conn.info.transaction_status == pq.TransactionStatus.INERROR:
+        conn.close()
+        return
     # A broken connection has nothing to roll back; the pool discards it.
     with suppress(psycopg.Error):
         conn.execute("ROLLBACK")
@@ -782,7 +799,7 @@ def migrate(conn: psycopg.Connection[Any], *, apply: bool = True) -> tuple[int, 
                 conn.execute("INSERT INTO hivemem_schema_migrations VALUES (%s, %s)", (version, time.time()))
         conn.execute("COMMIT")
     except BaseException:
-        _rollback(conn)
+        _abandon(conn)
         raise
     return current, latest
 
