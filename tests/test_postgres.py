@@ -17,10 +17,10 @@ from click.testing import CliRunner, Result
 
 import hivemem
 from fakes import HashEmbedder
-from hivemem import ConfigError, StorageUnavailable
+from hivemem import ConfigError, HiveConfig, StorageUnavailable, VersionConflict
 from hivemem.cli import main
 from hivemem.storage.base import MemoryFilter, StoreTx
-from hivemem.storage.postgres import MIGRATIONS
+from hivemem.storage.postgres import MIGRATIONS, PREPARE_THRESHOLD
 from pg_server import schema_url, with_options
 
 #: The machine's own PostgreSQL 15, which has no pgvector (see env/machines).
@@ -133,6 +133,64 @@ def test_a_write_that_fails_in_its_pipeline_leaves_no_broken_connection_behind(t
             store.write(lambda tx: runs_a_statement(tx, fail=True))
         store.write(runs_a_statement)
         assert hive.remember("ns", "still writable").version == 1
+
+
+def test_a_write_that_raises_after_a_statement_failed_in_its_pipeline_leaves_no_stale_prepared_statement(
+    tmp_path: Path,
+) -> None:
+    # psycopg records a statement as prepared when it sends it at its prepare threshold, even if
+    # a failure earlier in the pipeline made the server skip it. A HiveMem error raised before
+    # psycopg saw that failure hid it, and the connection went back to the pool with the record
+    # ("prepared statement _pg3_7 does not exist" at its next run of the statement).
+    with hivemem.open(schema_url(tmp_path), embedder=None, pool_size=1) as hive:
+        first = hive.remember("ns", "first")
+        for _ in range(2):
+            # A read ends with ROLLBACK. psycopg clears its record at a ROLLBACK it has not counted
+            # yet, and the first read's clear (of what opening prepared) drops that count too.
+            hive.get(first.id)
+        for n in range(PREPARE_THRESHOLD):
+            hive.update(first.id, content=f"update {n}")
+
+        def update_that_gives_up(tx: Any) -> None:
+            current = tx.get(first.id, hive.clock.now())  # begins the pipeline
+            # Fails on the server after the error below is raised, as an insert that waits for a
+            # racing writer's key and then violates it would (an aggregate, so not at planning).
+            tx._execute("SELECT 1 / (count(*) - 1) FROM pg_sleep(0.2)")
+            tx.replace(current, current)  # the threshold run of an update's statements: skipped
+            raise VersionConflict("given up before reading on", current_version=current.version)
+
+        with pytest.raises(VersionConflict):
+            hive.store.write(update_that_gives_up)
+        runs = 3 * PREPARE_THRESHOLD
+        for n in range(runs):
+            updated = hive.update(first.id, content=f"after {n}")
+            other = hive.remember("ns", f"other {n}")
+            assert hive.get(first.id) == updated
+            assert hive.get(other.id) == other
+        assert updated.version == 1 + PREPARE_THRESHOLD + runs
+        assert len(hive.list("ns", limit=100)) == 1 + runs
+
+
+def test_prepared_statements_can_be_turned_off_for_pgbouncer(tmp_path: Path) -> None:
+    url = schema_url(tmp_path)
+
+    def prepared(hive: hivemem.Hive) -> tuple[int | None, int]:
+        for n in range(2 * PREPARE_THRESHOLD):
+            hive.get(hive.remember("ns", f"memory {n}").id)
+        with hive.store._pool.connection() as conn:
+            count = conn.execute("SELECT count(*) FROM pg_prepared_statements").fetchone()
+            return conn.prepare_threshold, count[0]
+
+    with hivemem.open(url, embedder=None, pool_size=1) as hive:
+        threshold, count = prepared(hive)
+        assert threshold == PREPARE_THRESHOLD
+        assert count > 0
+    with hivemem.open(url, embedder=None, pool_size=1, prepared_statements=False) as hive:
+        assert prepared(hive) == (None, 0)
+    # The CLI and the server take it from the environment.
+    config = HiveConfig.from_env({"HIVEMEM_PREPARED_STATEMENTS": "false", "HIVEMEM_POOL_SIZE": "1"})
+    with hivemem.open(url, embedder=None, config=config) as hive:
+        assert prepared(hive) == (None, 0)
 
 
 def test_a_read_sees_one_snapshot_though_it_begins_with_its_first_statement(tmp_path: Path) -> None:

@@ -105,6 +105,10 @@ class HiveConfig:
         auto_migrate: PostgreSQL only: apply missing schema migrations at open.
             False refuses to open a database whose schema is behind (for roles
             without DDL rights; an administrator runs ``hivemem migrate``).
+        prepared_statements: PostgreSQL only: prepare the statements a connection
+            runs often on the server, which then skips parsing and planning them.
+            False for PgBouncer in transaction mode, unless it is 1.22 or newer
+            with ``max_prepared_statements`` set (see psycopg's documentation).
         embedder: ``"minilm"`` (the default, offline), ``"none"`` (keyword-only
             recall) or ``"openai:<model>"``.
         embedder_url: Base URL of an OpenAI-compatible embeddings API.
@@ -132,6 +136,7 @@ class HiveConfig:
     read_url: str | None = None
     pool_size: int = 10
     auto_migrate: bool = True
+    prepared_statements: bool = True
     embedder: str = "minilm"
     embedder_url: str | None = None
     embedder_api_key: str | None = None

@@ -50,6 +50,7 @@ def open_store(config: HiveConfig) -> Store:
             pool_size=config.pool_size,
             auto_migrate=config.auto_migrate,
             busy_timeout_ms=config.busy_timeout_ms,
+            prepared_statements=config.prepared_statements,
         )
         return store
     from hivemem.storage.sqlite import SqliteStore, sqlite_path

@@ -35,6 +35,7 @@ import psycopg
 import psycopg_pool
 from numpy.typing import NDArray
 from psycopg import errors as pg_errors
+from psycopg import pq
 
 from hivemem.errors import ConfigError, HiveError, StorageUnavailable
 from hivemem.models import Group, Memory, Relation
@@ -208,6 +209,16 @@ _UPDATE_WITH_VECTOR = _UPDATE.replace(" WHERE root", f", embedding = {_EMBEDDING
 _RETRY = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected, pg_errors.UniqueViolation)
 #: pgvector's HNSW scan returns at most ef_search rows; this is its maximum.
 _MAX_EF_SEARCH = 1000
+#: psycopg prepares a statement on the server at its 6th run on a connection (psycopg's
+#: default), which then parses and plans it no more: a remember's p50 in bench/writers.py
+#: went from 0.84-0.94 ms to 0.49-0.76 ms. Not at the 1st run (0): a ROLLBACK psycopg has
+#: not counted yet (with 0, every read's) makes it forget its prepared statements and send
+#: DEALLOCATE ALL after the next statement, which 0 has just prepared, so the connection's
+#: next run of that one fails ("prepared statement _pg3_7 does not exist"). Not at the 2nd
+#: (1): a mixed load (remember, recall, get, list, update) ran no faster (710-860 ops/s
+#: against 790-950) and HiveMem's ~24 busy statements get prepared either way, while 5
+#: keeps statements run once or twice (filters of rare shapes) out of psycopg's cache of 100.
+PREPARE_THRESHOLD = 5
 
 
 class _PgDialect(Dialect):
@@ -491,6 +502,9 @@ class PostgresStore(Store):
         auto_migrate: Apply missing migrations at open (False: refuse to open a
             database whose schema is behind; run ``hivemem migrate`` instead).
         busy_timeout_ms: How long a write keeps retrying conflicts and lost connections.
+        prepared_statements: Prepare each statement a connection runs often on the
+            server (it then skips parsing and planning). False for PgBouncer in
+            transaction mode, unless it is 1.22 or newer with ``max_prepared_statements`` set.
     """
 
     durable = True
@@ -503,16 +517,18 @@ class PostgresStore(Store):
         pool_size: int = 10,
         auto_migrate: bool = True,
         busy_timeout_ms: int = 30_000,
+        prepared_statements: bool = True,
     ) -> None:
         self.url = url
         self.busy_timeout_ms = busy_timeout_ms
         self._closed = False
         self._dim: int | None = None
-        self._pool = self._open_pool(url, pool_size)
+        prepare_threshold = PREPARE_THRESHOLD if prepared_statements else None
+        self._pool = self._open_pool(url, pool_size, prepare_threshold)
         self._read_pool = self._pool
         try:
             if read_url:
-                self._read_pool = self._open_pool(read_url, pool_size)
+                self._read_pool = self._open_pool(read_url, pool_size, prepare_threshold)
             with self._connection(self._pool) as conn:
                 migrate(conn, apply=auto_migrate)
                 row = conn.execute("SELECT value FROM hivemem_meta WHERE key = 'vector_dim'").fetchone()
@@ -522,18 +538,13 @@ class PostgresStore(Store):
             raise
 
     @staticmethod
-    def _open_pool(url: str, size: int) -> psycopg_pool.ConnectionPool[Any]:
+    def _open_pool(url: str, size: int, prepare_threshold: int | None) -> psycopg_pool.ConnectionPool[Any]:
         pool: psycopg_pool.ConnectionPool[Any] = psycopg_pool.ConnectionPool(
             url,
             min_size=1,
             max_size=size,
             open=False,
-            # No server-side prepared statements: a write transaction that stops midway
-            # (a VersionConflict raised between pipelined statements) can leave psycopg's
-            # cache naming a statement the server never prepared ("prepared statement
-            # _pg3_2 does not exist" on the next use). It also lets PgBouncer in
-            # transaction mode sit between HiveMem and PostgreSQL.
-            kwargs={"autocommit": True, "prepare_threshold": None},
+            kwargs={"autocommit": True, "prepare_threshold": prepare_threshold},
             timeout=10.0,
         )
         try:
@@ -590,7 +601,7 @@ class PostgresStore(Store):
                     ) from exc
                 raise
             except BaseException:
-                _rollback(conn)
+                _abandon(conn)
                 raise
             return result
 
@@ -606,7 +617,7 @@ class PostgresStore(Store):
                         result = fn(tx)
                         tx.finish()
                 except BaseException:
-                    _rollback(conn)
+                    _abandon(conn)
                     raise
                 return result
 
@@ -722,7 +733,23 @@ def _add_vector_columns(conn: psycopg.Connection[Any], dim: int) -> None:
     conn.execute("CREATE INDEX memories_embedding ON memories USING hnsw (embedding vector_cosine_ops)")
 
 
-def _rollback(conn: psycopg.Connection[Any]) -> None:
+def _abandon(conn: psycopg.Connection[Any]) -> None:
+    """End a transaction that raised: close the connection if the server failed a statement, else roll back.
+
+    After a statement fails, the server skips the rest of its pipeline. psycopg
+    records a statement as prepared when it sends it on reaching the prepare
+    threshold, so one queued behind the failure is recorded though the server
+    skipped it, and a ROLLBACK clears that record only the first time psycopg
+    sees one on the connection. The connection's next run of that statement would
+    fail ("prepared statement _pg3_7 does not exist"), so such a connection is
+    closed and the pool replaces it, whatever was raised: a HiveMem error (a
+    VersionConflict) raised before anything read the failure hides it. A
+    transaction that HiveMem gave up on with every statement done has nothing
+    stale: rolled back, its connection is reused.
+    """
+    if conn.info.transaction_status == pq.TransactionStatus.INERROR:
+        conn.close()
+        return
     # A broken connection has nothing to roll back; the pool discards it.
     with suppress(psycopg.Error):
         conn.execute("ROLLBACK")
@@ -782,7 +809,7 @@ def migrate(conn: psycopg.Connection[Any], *, apply: bool = True) -> tuple[int, 
                 conn.execute("INSERT INTO hivemem_schema_migrations VALUES (%s, %s)", (version, time.time()))
         conn.execute("COMMIT")
     except BaseException:
-        _rollback(conn)
+        _abandon(conn)
         raise
     return current, latest
 
@@ -794,7 +821,8 @@ def migrate_url(url: str, *, apply: bool = True) -> tuple[int, int]:
         StorageUnavailable: The database cannot be reached.
     """
     try:
-        with psycopg.connect(url, autocommit=True) as conn:
+        # Not prepared: each statement runs once or a few times, and it may go through PgBouncer.
+        with psycopg.connect(url, autocommit=True, prepare_threshold=None) as conn:
             return migrate(conn, apply=apply)
     except psycopg.Error as exc:
         raise StorageUnavailable(f"cannot migrate {_safe(url)}: {exc}", reason=type(exc).__name__) from exc
