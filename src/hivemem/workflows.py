@@ -959,9 +959,10 @@ class StepFunction:
                     continue
                 failure = _failure(number, self.name, exc, attempt, started)
                 recorded = run.record(failure)
-                if recorded is not None:
-                    return _replayed(recorded)
-                raise _step_failed(run.workflow.id, number, self.name, failure["error"]) from exc
+                if recorded is not None and recorded.status == "succeeded":  # another executor recorded it first
+                    return recorded.result
+                error = failure["error"] if recorded is None else recorded.error
+                raise _step_failed(run.workflow.id, number, self.name, error) from exc
             finally:
                 _STEP.reset(token)
             result = json.loads(text)  # what a replay returns, so the first execution returns it too
