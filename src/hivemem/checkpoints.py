@@ -452,8 +452,8 @@ class StepLog:
         self._fence = _run_fence(fence, wf.namespace, wf.id)
         self._key = (self._fence.resource, self._fence.token)
 
-    def record(self, item: Mapping[str, Any], result_text: str | None = None) -> StepRecord | None:
-        """Record a finished step (an item as the runner makes them; its result as JSON, if known).
+    def record(self, item: Mapping[str, Any], result_text: str | None) -> StepRecord | None:
+        """Record a finished step: an item as the runner makes them, and its result as JSON (None if it failed).
 
         Returns None when it is recorded as given, or the record its number
         already had (an earlier executor of the run recorded it first).
@@ -466,8 +466,8 @@ class StepLog:
         if item["status"] == "failed":
             result, error = None, to_json_text(item["error"], "error")
         else:
-            text = to_json_text(item.get("result"), "result") if result_text is None else result_text
-            result, error = _bounded(hive, text, "result"), None
+            assert result_text is not None, "the runner encodes a succeeded step's result"
+            result, error = _bounded(hive, result_text, "result"), None
 
         def write(tx: Any) -> StepRecord | None:
             row = _step_row(self._wid, item, result, error, hive.clock.now())

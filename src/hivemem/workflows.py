@@ -409,7 +409,7 @@ class _Run:
     def record(self, item: dict[str, Any], result_text: str | None = None) -> StepRecord | None:
         """Record a finished step: now (sync durability), or queued for the next group commit (async).
 
-        ``result_text`` is the item's result as JSON, when the caller has it.
+        ``result_text`` is a succeeded item's result as JSON (the runner encodes it once).
         Returns None when the step is recorded as given, or the record its
         number already had (another executor recorded it first), which counts.
         """
