@@ -109,6 +109,13 @@ def test_remember_defaults(hive: Hive) -> None:
     assert hive.get(m.id) == m
 
 
+def test_data_keeps_a_lone_surrogate_it_was_given_as_json(hive: Hive) -> None:
+    # JSON's \ud800 escape decodes to a string UTF-8 cannot carry: it is stored, answered and read back as given.
+    m = hive.remember("ns", "escaped", data={"raw": "a\ud800b"})
+    assert m.data == {"raw": "a\ud800b"}
+    assert hive.get(m.id) == m
+
+
 def test_ids_are_time_ordered_and_unique(hive: Hive) -> None:
     made = [hive.remember("ns", f"memory {i}").id for i in range(50)]
     assert made == sorted(made)

@@ -72,9 +72,18 @@ def problem(error: HiveError, status: int | None = None) -> Response:
         "details": error.details,
     }
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    # ASCII escapes: a detail may quote the caller's text, lone surrogates included, which UTF-8 cannot carry.
-    content = json.dumps(body, separators=(",", ":")).encode()
-    return Response(content, status_code=status, media_type=PROBLEM, headers=headers)
+    return Response(_dumps(body).encode(), status_code=status, media_type=PROBLEM, headers=headers)
+
+
+class AsciiJSON(JSONResponse):
+    """JSON with every non-ASCII character escaped, as all of the server's answers are.
+
+    A string in stored JSON (a step's result, metadata) or an error quoting the
+    caller may hold a lone surrogate, which UTF-8 cannot carry; its escape can.
+    """
+
+    def render(self, content: Any) -> bytes:
+        return _dumps(content).encode()
 
 
 class _Keys:
@@ -214,7 +223,7 @@ def create_app(
             state["hive"].store.read(lambda tx: tx.api_keys("-"))
         except HiveError as exc:
             return problem(exc)
-        return JSONResponse({"status": "ready"})
+        return AsciiJSON({"status": "ready"})
 
     @app.get("/metrics", include_in_schema=False)
     def prometheus(request: Request) -> Response:
@@ -448,7 +457,7 @@ _EXPORT_RESPONSES: dict[int | str, dict[str, Any]] = {
 def _add_route(app: FastAPI, operation: Operation, caller: Callable[[Request], Hive]) -> None:
     route = operation.route
 
-    async def endpoint(request: Request) -> JSONResponse:
+    async def endpoint(request: Request) -> AsciiJSON:
         arguments = _path_arguments(request)
         if route.in_query:
             arguments |= _query_arguments(request, operation)
@@ -467,8 +476,8 @@ def _add_route(app: FastAPI, operation: Operation, caller: Callable[[Request], H
             # A workflow step's write key names one write of one run: a repeat replays it whatever its body.
             scoped = checked if is_step_key(checked) else _request_key(checked, request, await request.body())
             replayable = await run_in_threadpool(lambda: hive.run_once(scoped, lambda _: call(), to_json))
-            return JSONResponse(replayable, route.status)
-        return JSONResponse(to_json(await run_in_threadpool(call)), status_code=route.status)
+            return AsciiJSON(replayable, route.status)
+        return AsciiJSON(to_json(await run_in_threadpool(call)), status_code=route.status)
 
     endpoint.__name__ = route.name
     app.add_api_route(
@@ -573,6 +582,7 @@ def _request_key(key: str, request: Request, body: bytes) -> str:
 
 
 def _dumps(value: Any) -> str:
+    """Compact JSON in ASCII (lone surrogates become escapes, not an encoding error)."""
     return json.dumps(value, separators=(",", ":"))
 
 
