@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import enum
 import multiprocessing
 import os
 import random
@@ -486,6 +487,56 @@ def test_bad_inputs_and_results_are_refused_before_anything_is_stored(hive: Hive
         hivemem.workflow("x", namespace=NS, lease_ttl=0)
     with pytest.raises(InvalidInput):
         Retry(attempts=0)
+
+
+class Level(enum.IntEnum):
+    HIGH = 3
+
+
+class Tag(str):
+    pass
+
+
+def test_a_step_returns_at_once_what_its_replay_returns(hive: Hive) -> None:
+    values: list[Any] = ["a\ud800b", 2**70, 0.1, True, None, (1, "a"), Level.HIGH, Tag("t"), {1: [1.5]}]
+    seen: list[list[Any]] = []
+
+    @hivemem.step("echo")
+    def echo(i: int) -> Any:
+        return values[i]
+
+    @hivemem.workflow("test.echo", namespace=NS)
+    def flow(hive: Hive) -> int:
+        seen.append([echo(i) for i in range(len(values))])
+        if len(seen) == 1:
+            raise Crash("after every step")
+        return len(seen)
+
+    with pytest.raises(Crash):
+        flow.with_id("echo")(hive)
+    assert flow.with_id("echo")(hive) == 2
+    first, replayed = seen
+    assert [(type(x), x) for x in first] == [(type(x), x) for x in replayed]
+    assert first[:5] == values[:5]
+    assert first[5:] == [[1, "a"], 3, "t", {"1": [1.5]}]
+    assert (type(first[6]), type(first[7])) == (int, str)  # JSON's own types, as a replay gives them
+
+
+def test_a_step_whose_result_holds_itself_fails_as_bad_input(hive: Hive) -> None:
+    @hivemem.step("cycle")
+    def cycle() -> list[Any]:
+        loop: list[Any] = []
+        loop.append(loop)
+        return loop
+
+    @hivemem.workflow("test.cycle", namespace=NS)
+    def flow(hive: Hive) -> Any:
+        return cycle()
+
+    with pytest.raises(StepFailed) as failed:
+        flow.with_id("run-cycle")(hive)
+    assert failed.value.details["error"]["type"] == "InvalidInput"
+    assert hive.get_workflow("run-cycle", namespace=NS).status == "failed"
 
 
 def test_a_step_result_over_the_data_limit_fails_the_run_and_records_no_step(hive: Hive) -> None:

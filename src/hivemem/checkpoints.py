@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from _json import encode_basestring_ascii, make_encoder
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from hivemem import validation as v
 from hivemem.clock import utc
@@ -221,8 +222,15 @@ def statuses(value: object, field: str = "status") -> tuple[str, ...] | None:
     return tuple(wanted)
 
 
-#: json.dumps(value, separators=(",", ":"), allow_nan=False) without building an encoder per call.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+def _unencodable(value: object) -> NoReturn:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+#: json.dumps(value, separators=(",", ":"), allow_nan=False), with json's C encoder built once:
+#: JSONEncoder.encode builds one on every call, most of what encoding a small value costs. It keeps
+#: no circular-reference markers (markers shared between threads would see a dict two threads encode
+#: at once as a cycle), so a cycle ends in RecursionError instead of ValueError.
+_encode = make_encoder(None, _unencodable, encode_basestring_ascii, None, ":", ",", False, False, False)
 
 
 def to_json_text(value: object, field: str) -> str:
@@ -232,9 +240,18 @@ def to_json_text(value: object, field: str) -> str:
         InvalidInput: It is not JSON (a set, a datetime, NaN, an object with non-text keys...).
     """
     try:
-        return _ENCODER.encode(value)
+        return "".join(_encode(value, 0))
     except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidInput(field, f"must be JSON-serialisable: {exc}") from None
+
+
+#: Types whose values come back from JSON as they went in (not subclasses: an enum member comes back a plain value).
+_SAME_AS_JSON = frozenset({str, int, float, bool, type(None)})
+
+
+def json_copy(value: object, text: str) -> Any:
+    """What ``text``, ``value`` as JSON, decodes to: ``value`` itself when that is the same."""
+    return value if type(value) in _SAME_AS_JSON else json.loads(text)
 
 
 def _bounded(hive: Hive, text: str, field: str) -> str:
@@ -468,9 +485,9 @@ class StepLog:
         else:
             assert result_text is not None, "the runner encodes a succeeded step's result"
             result, error = _bounded(hive, result_text, "result"), None
+        row = _step_row(self._wid, item, result, error, hive.clock.now())  # finished now, whenever it commits
 
         def write(tx: Any) -> StepRecord | None:
-            row = _step_row(self._wid, item, result, error, hive.clock.now())
             if tx.put_step(self._root, self._ns, row, self._key):
                 return None
             return _recorded_instead(tx, self._ns, row, self._fence)
