@@ -65,7 +65,6 @@ import contextlib
 import contextvars
 import hashlib
 import inspect
-import json
 import math
 import random
 import threading
@@ -74,7 +73,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -89,6 +88,7 @@ from hivemem.checkpoints import (
     derived_id,
     diverged,
     error_of,
+    json_copy,
     resource_of,
     to_json_text,
     workflow_name,
@@ -405,6 +405,10 @@ class _Run:
     log: checkpoints.StepLog | None = None
     done: int = 0
     diverged: WorkflowDiverged | None = None
+    fence: Fence = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.fence = self.lease.fence  # what every step context carries: made once, not per step
 
     def record(self, item: dict[str, Any], result_text: str | None = None) -> StepRecord | None:
         """Record a finished step: now (sync durability), or queued for the next group commit (async).
@@ -460,7 +464,7 @@ class _Run:
 
     def context(self, number: int, name: str, attempt: int) -> StepContext:
         wf = self.workflow
-        return StepContext(wf.id, wf.namespace, number, name, attempt, wf.principal, self.lease.fence)
+        return StepContext(wf.id, wf.namespace, number, name, attempt, wf.principal, self.fence)
 
 
 _RUN: ContextVar[_Run | None] = ContextVar("hivemem_workflow_run", default=None)
@@ -479,7 +483,7 @@ def _outcome(wf: Workflow) -> Any:
 
 
 def _json_copy(value: Any, field: str) -> Any:
-    return json.loads(to_json_text(value, field))
+    return json_copy(value, to_json_text(value, field))
 
 
 class _Keeper:
@@ -949,7 +953,7 @@ class StepFunction:
             attempt += 1
             token = _STEP.set(run.context(number, self.name, attempt))
             try:
-                value = self._attempt(args, kwargs)
+                value = self.fn(*args, **kwargs) if self.timeout is None else self._timed(args, kwargs)
                 text = to_json_text(value, "result")
             except Exception as exc:
                 if isinstance(exc, _CONTROL):
@@ -965,13 +969,12 @@ class StepFunction:
                 raise _step_failed(run.workflow.id, number, self.name, error) from exc
             finally:
                 _STEP.reset(token)
-            result = json.loads(text)  # what a replay returns, so the first execution returns it too
+            result = json_copy(value, text)  # what a replay returns, so the first execution returns it too
             recorded = run.record(_success(number, self.name, result, attempt, started), text)
             return result if recorded is None else _replayed(recorded)
 
-    def _attempt(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if self.timeout is None:
-            return self.fn(*args, **kwargs)
+    def _timed(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """Call the step in a thread of its own, given up on (not stopped) after its timeout."""
         context = contextvars.copy_context()
         future = _STEP_THREADS.submit(context.run, self.fn, *args, **kwargs)
         try:

@@ -613,13 +613,6 @@ class SqliteStore(Store):
         conn = self._connection()
         if lazy:
             conn.execute("PRAGMA synchronous = NORMAL")
-        try:
-            return self._commit(conn, fn)
-        finally:
-            if lazy:
-                conn.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
-
-    def _commit(self, conn: apsw.Connection, fn: Callable[[StoreTx], T]) -> T:
         conn.execute("BEGIN IMMEDIATE")
         try:
             tx = _SqliteTx(conn, None)
@@ -631,6 +624,9 @@ class SqliteStore(Store):
             if not conn.getautocommit():
                 conn.execute("ROLLBACK")
             raise
+        finally:
+            if lazy:
+                conn.execute(f"PRAGMA synchronous = {self.synchronous.upper()}")
         if evented:
             self._commits.notify()
         return result
