@@ -6,6 +6,7 @@ import multiprocessing
 import os
 import signal
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -132,3 +133,28 @@ def test_a_killed_process_leaves_a_sized_wal_every_sqlite_reader_recovers(tmp_pa
         assert sorted(m.content for m in hive.list(namespace="ns", limit=100)) == sorted(f"note {i}" for i in range(50))
         hive.remember("ns", "after the kills")
     _fts_integrity_check(path)
+
+
+def test_a_step_checkpoint_waits_for_another_writer_then_commits(tmp_path: Path) -> None:
+    # A checkpoint is one statement SQLite commits by itself; it waits for the write lock as a transaction does.
+    path = tmp_path / "hive.db"
+    other = apsw.Connection(str(path))
+    released: list[float] = []
+
+    @hivemem.step("locks_the_file")
+    def locks_the_file() -> str:
+        other.execute("BEGIN IMMEDIATE")  # another writer holds the lock when this step's checkpoint begins
+        threading.Timer(0.3, lambda: (released.append(time.monotonic()), other.execute("COMMIT"))).start()
+        return "done"
+
+    @hivemem.workflow("test.locked", namespace="ns")
+    def flow(hive: hivemem.Hive) -> str:
+        return locks_the_file()
+
+    with hivemem.open(str(path), embedder=None) as hive:
+        assert flow.with_id("locked")(hive) == "done"
+        finished = time.monotonic()
+        (step,) = hive.get_workflow("locked", namespace="ns").steps
+    assert (step.name, step.status, step.result) == ("locks_the_file", "succeeded", "done")
+    assert released and finished >= released[0]  # it committed only once the other writer let go
+    other.close()

@@ -486,13 +486,11 @@ class StepLog:
             assert result_text is not None, "the runner encodes a succeeded step's result"
             result, error = _bounded(hive, result_text, "result"), None
         row = _step_row(self._wid, item, result, error, hive.clock.now())  # finished now, whenever it commits
-
-        def write(tx: Any) -> StepRecord | None:
-            if tx.put_step(self._root, self._ns, row, self._key):
-                return None
-            return _recorded_instead(tx, self._ns, row, self._fence)
-
-        return hive.store.write(write)
+        if hive.store.put_step(self._root, self._ns, row, self._key):
+            return None
+        # Every reason the step was not recorded stays true once it is (a newer fence, an ended run,
+        # a taken number), so a transaction after the insert still finds it.
+        return hive.store.write(lambda tx: _recorded_instead(tx, self._ns, row, self._fence))
 
 
 def _step_row(wid: str, item: Mapping[str, Any], result: str | None, error: str | None, now: float) -> dict[str, Any]:

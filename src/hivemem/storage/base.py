@@ -518,6 +518,14 @@ class Store(ABC):
         ``primary=True`` asks for the primary, for reads a write depends on.
         """
 
+    def put_step(self, root: str, namespace: str, row: Mapping[str, Any], fence: tuple[str, int] | None) -> bool:
+        """:meth:`StoreTx.put_step` in a durable transaction of its own; whether the step was recorded.
+
+        A workflow's sync checkpoint, one per step. A backend may commit the
+        statement by itself, without a transaction around it.
+        """
+        return self.write(lambda tx: tx.put_step(root, namespace, row, fence))
+
     @abstractmethod
     def keyword_search(self, terms: Sequence[str], flt: MemoryFilter, limit: int) -> builtins.list[ScoredId]:
         """Best ``limit`` memories for any of ``terms`` (stemmed full text, BM25), best first."""
