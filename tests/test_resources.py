@@ -90,7 +90,7 @@ def test_every_error_is_reported_with_file_resource_and_field() -> None:
     )
     assert lines == [
         "resources.yaml: extra: unknown section (known: defaults, resources, agents)",
-        "resources.yaml: resource 'support': max_tokens: must be a positive whole number",
+        "resources.yaml: resource 'support': max_tokens: must be a whole number from 1 to 10000000, or null",
         "resources.yaml: resource 'support': strategy: must be one of fifo, lru, lfu, priority",
         "resources.yaml: resource 'chat': max_messages: is required for a message_count resource",
         "resources.yaml: resource 'scratch': max_token: unknown field (known: key_template, type, max_tokens,"
@@ -105,7 +105,7 @@ def test_every_error_is_reported_with_file_resource_and_field() -> None:
     ("fields", "message"),
     [
         ({"max_tokens": None}, "max_tokens: is required for a token_based resource"),
-        ({"max_tokens": True}, "max_tokens: must be a positive whole number"),
+        ({"max_tokens": True}, "max_tokens: must be a whole number from 1 to 10000000, or null"),
         ({"type": "tokens"}, "type: must be one of token_based, message_count"),
         ({"flush_threshold": 0}, "flush_threshold: must be a number above 0 and at most 1"),
         ({"archive": "yes"}, "archive: must be true or false"),
@@ -116,6 +116,9 @@ def test_every_error_is_reported_with_file_resource_and_field() -> None:
         ({"redact_patterns": ["ok", "(bad"]}, "redact_patterns[1]: not a valid regular expression"),
         ({"redact_patterns": "ACCT-\\d+"}, "redact_patterns: must be a list of strings"),
         ({"never_persist_roles": [""]}, "never_persist_roles: each role must be non-empty"),
+        # What a buffer would refuse is refused when the file loads, not when a buffer is first used.
+        ({"max_tokens": 10_000_001}, "max_tokens: must be a whole number from 1 to 10000000"),
+        ({"never_persist_roles": [f"r{i}" for i in range(101)]}, "never_persist_roles: must hold at most 100"),
         ({"key_template": "support {user}"}, "key_template: does not make a valid namespace"),
         ({"key_template": "s:{user.name}"}, "key_template: placeholder {user.name} must be a plain name"),
         ({"key_template": "s:{}"}, "key_template: placeholder {} must be a plain name"),
@@ -254,7 +257,7 @@ def test_cli_check_prints_every_error_and_exits_2(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["resources", "check", str(path)])
     assert result.exit_code == 2
     assert result.stderr.splitlines() == [
-        f"error: {path}: resource 'a': max_tokens: must be a positive whole number",
+        f"error: {path}: resource 'a': max_tokens: must be a whole number from 1 to 10000000, or null",
         f"error: {path}: resource 'a': strategy: must be one of fifo, lru, lfu, priority",
     ]
     as_json = CliRunner().invoke(main, ["--json", "resources", "check", str(tmp_path / "missing.yaml")])

@@ -182,6 +182,18 @@ def test_settings_are_stored_with_the_buffer_for_every_caller(hive: Hive) -> Non
     assert stats.settings["max_messages"] == 3 and stats.messages == 3
 
 
+def test_settings_take_what_a_resources_file_takes(hive: Hive, tmp_path: Path) -> None:
+    # One set of checks for a buffer's settings, whether a call or a resource gives them.
+    assert hive.working(KEY, ttl="30m").settings.ttl == 1800.0
+    path = tmp_path / "resources.yaml"
+    path.write_text("resources:\n  chat:\n    key_template: chat/{user}\n    max_tokens: 100\n    ttl: 30m\n")
+    registry = hivemem.ResourceRegistry.load(path)
+    assert registry.get("chat").ttl == 1800.0
+    with pytest.raises(InvalidInput) as info:
+        hive.working(KEY, never_persist_roles=[" "])
+    assert info.value.field == "options.never_persist_roles"
+
+
 def test_a_buffer_not_written_for_its_ttl_is_emptied(hive: Hive, clock: hivemem.ManualClock) -> None:
     w = hive.working(KEY, ttl=60)
     w.append("system", "rules")

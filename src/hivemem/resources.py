@@ -29,32 +29,25 @@ file, the resource and the field.
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 import string
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 from hivemem import validation
 from hivemem.errors import ConfigError, InvalidInput, NotFound
-from hivemem.redaction import Redactor, compile_pattern
-from hivemem.tokens import check_counter_name
+from hivemem.redaction import Redactor
+from hivemem.working import SETTING_CHECKS, STRATEGIES
 
 __all__ = ["RESOURCE_TYPES", "STRATEGIES", "MemoryResource", "ResourceRegistry"]
 
 #: ``token_based`` buffers are bounded by ``max_tokens``, ``message_count`` ones by ``max_messages``.
 RESOURCE_TYPES: Final = ("token_based", "message_count")
-#: Which entry a full buffer evicts first: oldest, least recently used, least used, lowest priority.
-STRATEGIES: Final = ("fifo", "lru", "lfu", "priority")
-
 _ID: Final = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 # A value substituted into a key template: one namespace segment's characters, never "/".
 _KEY_VALUE: Final = re.compile(r"^[A-Za-z0-9_.:@-]{1,64}$")
-_DURATION: Final = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)$")
-_SECONDS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
-_MAX_ROLE_LEN: Final = 64
 
 
 def _placeholders(template: str, field_name: str = "key_template") -> tuple[str, ...]:
@@ -84,70 +77,6 @@ def _key_template(value: object, field_name: str) -> str:
     return value
 
 
-def _choice(options: tuple[str, ...]) -> Callable[[object, str], str]:
-    def check(value: object, field_name: str) -> str:
-        if value not in options:
-            raise InvalidInput(field_name, f"must be one of {', '.join(options)}", value=repr(value))
-        return str(value)
-
-    return check
-
-
-def _optional_positive_int(value: object, field_name: str) -> int | None:
-    return None if value is None else validation.positive_int(value, field_name)
-
-
-def _flush_threshold(value: object, field_name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
-        raise InvalidInput(field_name, "must be a number above 0 and at most 1", value=repr(value))
-    return float(value)
-
-
-def _ttl(value: object, field_name: str) -> float | None:
-    """Seconds, as a positive number or a duration such as ``30m``, ``12h`` or ``7d``."""
-    if value is None:
-        return None
-    if isinstance(value, str) and (match := _DURATION.match(value.strip())):
-        value = float(match.group(1)) * _SECONDS[match.group(2)]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
-        raise InvalidInput(field_name, "must be a positive number of seconds or a duration such as 30m, 12h, 7d")
-    if value > validation.MAX_TTL_SECONDS:
-        raise InvalidInput(field_name, f"must be at most {validation.MAX_TTL_SECONDS} seconds (100 years)")
-    return float(value)
-
-
-def _counter(value: object, field_name: str) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise InvalidInput(field_name, "must be a token counter name such as minilm", value=repr(value))
-    try:
-        return check_counter_name(value)
-    except ConfigError as exc:
-        raise InvalidInput(field_name, exc.message, value=repr(value)) from None
-
-
-def _strings(value: object, field_name: str) -> list[object]:
-    if isinstance(value, str | Mapping) or not isinstance(value, Iterable):
-        raise InvalidInput(field_name, "must be a list of strings")
-    return list(value)
-
-
-def _patterns(value: object, field_name: str) -> tuple[str, ...]:
-    items = _strings(value, field_name)
-    for index, pattern in enumerate(items):
-        compile_pattern(pattern, f"{field_name}[{index}]")
-    return tuple(str(p) for p in items)
-
-
-def _roles(value: object, field_name: str) -> tuple[str, ...]:
-    items = _strings(value, field_name)
-    for role in items:
-        if not isinstance(role, str) or not role.strip() or len(role) > _MAX_ROLE_LEN:
-            raise InvalidInput(field_name, f"each role must be non-empty text of at most {_MAX_ROLE_LEN} characters")
-    return tuple(str(r) for r in items)
-
-
 def _resource_id(value: object, field_name: str) -> str:
     if not isinstance(value, str) or not _ID.match(value):
         raise InvalidInput(field_name, "must be 1-64 letters, digits and _ . - (starting with a letter or digit)")
@@ -158,17 +87,8 @@ def _resource_id(value: object, field_name: str) -> str:
 _CHECKS: Final[dict[str, Callable[[Any, str], Any]]] = {
     "id": _resource_id,
     "key_template": _key_template,
-    "type": _choice(RESOURCE_TYPES),
-    "max_tokens": _optional_positive_int,
-    "max_messages": _optional_positive_int,
-    "strategy": _choice(STRATEGIES),
-    "flush_threshold": _flush_threshold,
-    "archive": validation.boolean,
-    "ttl": _ttl,
-    "counter": _counter,
-    "redact_patterns": _patterns,
-    "builtin_redaction": validation.boolean,
-    "never_persist_roles": _roles,
+    "type": lambda value, field_name: validation.one_of(value, field_name, RESOURCE_TYPES),
+    **SETTING_CHECKS,  # a buffer's settings, checked as the buffer checks them
 }
 
 

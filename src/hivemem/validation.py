@@ -97,8 +97,13 @@ def kind(value: object, field: str = "kind") -> str:
 
 def tier(value: object, field: str = "tier") -> str:
     """One of ``short``, ``mid``, ``long``."""
-    if value not in TIERS:
-        raise InvalidInput(field, f"must be one of {', '.join(TIERS)}", value=value)
+    return one_of(value, field, TIERS)
+
+
+def one_of(value: object, field: str, options: tuple[str, ...]) -> str:
+    """One of ``options``."""
+    if value not in options:
+        raise InvalidInput(field, f"must be one of {', '.join(options)}", value=repr(value))
     return str(value)
 
 

@@ -15,21 +15,25 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable, Mapping, Sequence
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
-from hivemem.errors import HiveError, InvalidInput, PayloadTooLarge
-from hivemem.redaction import Redactor
-from hivemem.tokens import TokenCounter, checked_counter
+from hivemem import validation
+from hivemem.errors import ConfigError, HiveError, InvalidInput, PayloadTooLarge
+from hivemem.redaction import Redactor, compile_pattern
+from hivemem.tokens import TokenCounter, check_counter_name, checked_counter
 
 if TYPE_CHECKING:
     from hivemem.hive import Hive
     from hivemem.packing import Pack
     from hivemem.resources import MemoryResource, ResourceRegistry
 
-STRATEGIES = ("fifo", "lru", "lfu", "priority")
+#: Which entry a full buffer evicts first: oldest, least recently used, least used, lowest priority.
+STRATEGIES: Final = ("fifo", "lru", "lfu", "priority")
 #: Roles whose messages are never evicted or summarised.
 PROTECTED_ROLES = frozenset({"system"})
 #: The role of a flush's summary message (evictable, and summarised again by a later flush).
@@ -38,6 +42,9 @@ SUMMARY_ROLE = "summary"
 DEFAULT_MAX_TOKENS = 4000
 _MAX_LIMIT = 10_000_000
 _MAX_PATTERNS = 100
+_MAX_ROLE_LEN = 64
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(s|m|h|d)$")
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +62,8 @@ class BufferSettings:
             limit (0 < x <= 1) flushes: the oldest part becomes one summary.
         archive: Evicted and summarised messages are kept as long-term memories
             (kind ``message``, in the buffer's namespace) instead of dropped.
-        ttl: Seconds a buffer lives after its last write (an append or a flush);
+        ttl: Seconds a buffer lives after its last write (an append or a flush;
+            given as a number or a duration such as ``30m``, ``12h``, ``7d``);
             then its messages are dropped (None: kept).
         counter: The token counter's name (see :func:`hivemem.tokens.counter_for`).
         redact_patterns: Regular expressions whose matches never reach the store.
@@ -89,10 +97,9 @@ class BufferSettings:
         for name in value:
             if name not in known:
                 raise InvalidInput(f"{field_prefix}.{name}", f"unknown setting; known: {', '.join(sorted(known))}")
-        out: dict[str, Any] = {}
-        for name, raw in value.items():
-            out[name] = _checked(name, raw, f"{field_prefix}.{name}")
-        settings = cls(**out)
+        settings = cls(**{name: SETTING_CHECKS[name](raw, f"{field_prefix}.{name}") for name, raw in value.items()})
+        if settings.counter is not None:
+            checked_counter(settings.counter, f"{field_prefix}.counter")  # a buffer's counter must load here
         if settings.max_tokens is None and settings.max_messages is None:
             raise InvalidInput(f"{field_prefix}.max_tokens", "a buffer needs max_tokens or max_messages")
         return settings
@@ -150,47 +157,75 @@ def _optional_limit(raw: object, field: str) -> int | None:
     return raw
 
 
-def _names(raw: object, field: str) -> tuple[str, ...]:
-    if isinstance(raw, str) or not isinstance(raw, Sequence):
+def _flush_threshold(raw: object, field: str) -> float:
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not 0 < raw <= 1:
+        raise InvalidInput(field, "must be a number above 0 and at most 1", value=repr(raw))
+    return float(raw)
+
+
+def _ttl(raw: object, field: str) -> float | None:
+    """Seconds, as a positive number or a duration such as ``30m``, ``12h`` or ``7d``."""
+    if raw is None:
+        return None
+    if isinstance(raw, str) and (match := _DURATION.match(raw.strip())):
+        raw = float(match.group(1)) * _SECONDS[match.group(2)]
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw) or raw <= 0:
+        raise InvalidInput(field, "must be a positive number of seconds or a duration such as 30m, 12h, 7d")
+    if raw > validation.MAX_TTL_SECONDS:
+        raise InvalidInput(field, f"must be at most {validation.MAX_TTL_SECONDS} seconds (100 years)")
+    return float(raw)
+
+
+def _counter(raw: object, field: str) -> str | None:
+    """A name :func:`hivemem.tokens.counter_for` knows (whether its counter loads here is not checked)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, str):
+        raise InvalidInput(field, "must be a token counter name such as minilm", value=repr(raw))
+    try:
+        return check_counter_name(raw)
+    except ConfigError as exc:
+        raise InvalidInput(field, exc.message, value=repr(raw)) from None
+
+
+def _strings(raw: object, field: str) -> list[object]:
+    if isinstance(raw, str | Mapping) or not isinstance(raw, Iterable):
         raise InvalidInput(field, "must be a list of strings")
-    if len(raw) > _MAX_PATTERNS or not all(isinstance(x, str) and x for x in raw):
-        raise InvalidInput(field, f"must be a list of at most {_MAX_PATTERNS} non-empty strings")
-    return tuple(raw)
+    items = list(raw)
+    if len(items) > _MAX_PATTERNS:
+        raise InvalidInput(field, f"must hold at most {_MAX_PATTERNS} strings")
+    return items
 
 
-def _checked(name: str, raw: object, field: str) -> Any:
-    if name in ("max_tokens", "max_messages"):
-        return _optional_limit(raw, field)
-    if name == "strategy":
-        if raw not in STRATEGIES:
-            raise InvalidInput(field, f"must be one of {', '.join(STRATEGIES)}")
-        return raw
-    if name == "flush_threshold":
-        if isinstance(raw, bool) or not isinstance(raw, int | float) or not 0 < raw <= 1:
-            raise InvalidInput(field, "must be a number above 0 and at most 1")
-        return float(raw)
-    if name in ("archive", "builtin_redaction"):
-        if not isinstance(raw, bool):
-            raise InvalidInput(field, "must be true or false")
-        return raw
-    if name == "ttl":
-        if raw is None:
-            return None
-        if isinstance(raw, bool) or not isinstance(raw, int | float) or not 0 < raw < 1e10:
-            raise InvalidInput(field, "must be a positive number of seconds, or null")
-        return float(raw)
-    if name == "counter":
-        if raw is None:
-            return None
-        if not isinstance(raw, str) or not raw or len(raw) > 200:
-            raise InvalidInput(field, "must be a token counter name such as minilm, estimate or tiktoken:cl100k_base")
-        checked_counter(raw, field)
-        return raw
-    if name == "redact_patterns":
-        patterns = _names(raw, field)
-        _redactor(patterns, True)
-        return patterns
-    return _names(raw, field)  # never_persist_roles
+def _patterns(raw: object, field: str) -> tuple[str, ...]:
+    items = _strings(raw, field)
+    for index, pattern in enumerate(items):
+        compile_pattern(pattern, f"{field}[{index}]")
+    return tuple(str(p) for p in items)
+
+
+def _roles(raw: object, field: str) -> tuple[str, ...]:
+    items = _strings(raw, field)
+    for role in items:
+        if not isinstance(role, str) or not role.strip() or len(role) > _MAX_ROLE_LEN:
+            raise InvalidInput(field, f"each role must be non-empty text of at most {_MAX_ROLE_LEN} characters")
+    return tuple(str(r) for r in items)
+
+
+#: One check per buffer setting: it returns the normalised value or raises InvalidInput naming the
+#: field. Memory resources (:mod:`hivemem.resources`) check the same fields with the same checks.
+SETTING_CHECKS: Final[dict[str, Callable[[Any, str], Any]]] = {
+    "max_tokens": _optional_limit,
+    "max_messages": _optional_limit,
+    "strategy": lambda raw, field: validation.one_of(raw, field, STRATEGIES),
+    "flush_threshold": _flush_threshold,
+    "archive": validation.boolean,
+    "ttl": _ttl,
+    "counter": _counter,
+    "redact_patterns": _patterns,
+    "builtin_redaction": validation.boolean,
+    "never_persist_roles": _roles,
+}
 
 
 # --------------------------------------------------------------------------- records
