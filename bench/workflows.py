@@ -30,7 +30,7 @@ of a 10 ms step.
 A comparison whose package is not installed (``pip install 'hivemem[bench]'``)
 is skipped with the reason printed.
 
-    python bench/workflows.py               # 200 steps, 5 rounds
+    python bench/workflows.py               # 200 steps, 9 rounds
     python bench/workflows.py --quick       # seconds, for CI
 """
 
