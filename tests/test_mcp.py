@@ -22,7 +22,21 @@ from mcp.client.streamable_http import streamable_http_client
 import hivemem
 from http_server import ServeProcess, create_key
 
-TOOLS = {"remember", "recall", "get", "update", "forget", "relate", "remember_episode", "upsert_entity", "add_rule"}
+TOOLS = {
+    "remember",
+    "recall",
+    "get",
+    "update",
+    "forget",
+    "relate",
+    "remember_episode",
+    "upsert_entity",
+    "add_rule",
+    "context_for",
+    "register_agent",
+    "record_outcome",
+    "select_agent",
+}
 
 
 def _payload(result: Any) -> Any:
@@ -170,3 +184,55 @@ def test_the_server_serves_the_tools_over_http_as_the_keys_agent(tmp_path: Path)
     with hivemem.open(str(db), embedder=None) as hive:
         assert hive.get(shared.id) == shared and hive.get(foreign.id) == foreign
         assert {m.namespace for m in hive.list()} == {"team-a/agent-7", "team-a/shared", "team-b"}
+
+
+def test_an_agent_records_outcomes_reads_its_experience_and_ranks_its_team_over_http(tmp_path: Path) -> None:
+    db = tmp_path / "team.db"
+    agent_key = create_key(db, "agent-7", "write:team-a/agent-7", "read:team-a")
+    with hivemem.open(str(db), embedder=None) as hive:
+        hive.register_agent("team-a/rivals", "rival", specializations=["log rotation"])
+        for _ in range(3):  # a better record, at other work
+            hive.record_outcome("rival", "rotate the web logs", namespace="team-a/rivals", success=True)
+        hive.register_agent("team-b", "outsider", specializations=["billing schema migrations"])
+    server = ServeProcess(db)
+    task = "migrate the billing schema"
+    try:
+
+        async def calls(session: ClientSession) -> dict[str, Any]:
+            outcome = {
+                "task": task,
+                "success": True,
+                "duration": 42,
+                "notes": "ran the migration in one transaction",
+                "lesson": "take a backup before migrating",
+            }
+            return {
+                # The first outcome of an agent that never registered registers it.
+                "first": _payload(await session.call_tool("record_outcome", outcome)),
+                "registered": _payload(
+                    await session.call_tool("register_agent", {"specializations": ["database migrations"]})
+                ),
+                "context": _payload(await session.call_tool("context_for", {"task": task + " again", "k": 3})),
+                "ranking": _payload(await session.call_tool("select_agent", {"task": task})),
+                "unknown": await session.call_tool("select_agent", {"task": task, "candidates": ["nobody"]}),
+            }
+
+        out = anyio.run(_http_session, server.url, {"Authorization": f"Bearer {agent_key}"}, calls)
+    finally:
+        server.stop()
+    first, profile = out["first"], out["registered"]
+    assert (first["episode"]["kind"], first["episode"]["agent_id"]) == ("episode", "agent-7")
+    assert first["episode"]["namespace"] == "team-a/agent-7"
+    assert (first["profile"]["successes"], first["profile"]["failures"]) == (1, 0)
+    assert profile["specializations"] == ["database migrations"] and profile["successes"] == 1  # counts stay
+    context = out["context"]
+    assert context["memory_ids"] == [first["episode"]["id"]]
+    assert "take a backup before migrating" in context["text"]
+    ranking = {score["agent"]: score for score in out["ranking"]}
+    assert set(ranking) == {"agent-7", "rival"}  # team-b is outside the key's reads
+    assert ranking["agent-7"]["evidence"] == [first["episode"]["id"]]
+    assert ranking["agent-7"]["experience"] > 0 == ranking["rival"]["experience"]
+    assert ranking["rival"]["performance"] > ranking["agent-7"]["performance"]
+    assert out["unknown"].is_error and "not_found" in out["unknown"].content[0].text
+    with hivemem.open(str(db), embedder=None) as hive:
+        assert hive.agents(namespace="team-a/agent-7")[0].successes == 1

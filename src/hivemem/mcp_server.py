@@ -24,7 +24,7 @@ from starlette.requests import Request
 from hivemem import validation
 from hivemem.access import Grant, Principal
 from hivemem.client import RemoteHive
-from hivemem.errors import HiveError, InvalidInput, Unauthenticated
+from hivemem.errors import HiveError, InvalidInput, NotFound, Unauthenticated
 from hivemem.hive import Hive
 from hivemem.models import Hit, Memory
 
@@ -38,7 +38,9 @@ Long-term memory shared with the other agents of your team. Before a task, call 
 you are about to do to learn from earlier attempts. After a task, call `remember_episode` with what
 you tried and whether it worked. Store durable facts with `remember`, things you track with
 `upsert_entity`, and guidelines you learned with `add_rule`. Memories are written to your own
-namespace; recall also finds what your team shared with you."""
+namespace; recall also finds what your team shared with you. To work as one of a team of agents:
+`register_agent` with your skills, `context_for` a task to see your own attempts like it,
+`record_outcome` when it is done, and `select_agent` to find who should take a task."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +260,85 @@ def build_server(resolve: Callable[[Context], Agent]) -> MCPServer[Any]:
         return _memory(
             me.hive.add_rule(me.namespace, text, rule_type=rule_type, confidence=confidence, agent_id=me.agent_id)
         )
+
+    @register
+    def context_for(ctx: Context, task: str, k: int = 5, token_budget: int | None = None) -> dict[str, Any]:
+        """Your own past attempts most like a task, as text for your prompt: what worked first, with lessons.
+
+        Args:
+            task: What you are about to do, in plain words.
+            k: At most this many past attempts.
+            token_budget: Most tokens the text may take; leave it out for no limit.
+        """
+        me = resolve(ctx)
+        return me.hive.context_for(me.agent_id, task, k=k, token_budget=token_budget).to_dict()
+
+    @register
+    def register_agent(
+        ctx: Context, specializations: list[str], metadata: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Say what you are good at, so that tasks can be given to the agent best suited for them.
+
+        Args:
+            specializations: Your skills, e.g. ["python", "database migrations"].
+            metadata: Anything else about you (model, cost...).
+        """
+        me = resolve(ctx)
+        return me.hive.register_agent(
+            me.namespace, me.agent_id, specializations=specializations, metadata=metadata
+        ).to_dict()
+
+    @register
+    def record_outcome(
+        ctx: Context,
+        task: str,
+        success: bool,
+        duration: float | None = None,
+        notes: str | None = None,
+        lesson: str | None = None,
+    ) -> dict[str, Any]:
+        """Record how a task went: kept as an attempt you can learn from, and counted in your track record.
+
+        Args:
+            task: What the task was.
+            success: Whether it worked.
+            duration: Seconds it took, if you know.
+            notes: What you did.
+            lesson: What to do (or avoid) next time, if there is one.
+        """
+        me = resolve(ctx)
+
+        def record() -> Any:
+            return me.hive.record_outcome(
+                me.agent_id,
+                task,
+                namespace=me.namespace,
+                success=success,
+                duration=duration,
+                notes=notes,
+                lesson=lesson,
+            )
+
+        try:
+            outcome = record()
+        except NotFound:  # the first outcome of an agent that never registered: register it as it is
+            me.hive.register_agent(me.namespace, me.agent_id)
+            outcome = record()
+        return {"episode": _memory(outcome.episode), "profile": outcome.profile.to_dict()}
+
+    @register
+    def select_agent(
+        ctx: Context, task: str, candidates: list[str] | None = None, skills: list[str] | None = None
+    ) -> list[Any]:
+        """Rank the agents you can see for a task: who knows the area, who did well at tasks like it, who succeeds.
+
+        Args:
+            task: What is to be done.
+            candidates: Only these agents (their names); leave it out for every registered one you can see.
+            skills: Skills the task needs; without them the task's words are matched to specializations.
+        """
+        me = resolve(ctx)
+        return [score.to_dict() for score in me.hive.select_agent(task, candidates, skills=skills or ())]
 
     return mcp
 
