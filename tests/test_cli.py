@@ -90,6 +90,7 @@ def test_forget_stats_and_sweep(db: str) -> None:
         "embeddings_pruned": 0,
         "idempotency_keys_pruned": 0,
         "leases_pruned": 0,
+        "events_pruned": 0,
     }
 
 

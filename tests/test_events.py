@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 import hivemem
-from hivemem import Hive, InvalidInput, VersionConflict
+from hivemem import EventsPruned, Hive, InvalidInput, VersionConflict
 
 SPAWN = multiprocessing.get_context("spawn")
 
@@ -74,6 +74,40 @@ def test_a_write_that_fails_appends_nothing_and_leaves_no_gap(hive: Hive) -> Non
         hive.remember_many([{"namespace": "team-a", "content": "ok"}, {"namespace": "team-a", "content": ""}])
     hive.update(note.id, content="v2")
     assert _seqs(hive) == [1, 2]
+
+
+def test_a_sweep_prunes_old_events_and_a_reader_behind_them_is_told(open_hive: Any) -> None:
+    hive = open_hive(event_retention_seconds=1)
+    for i in range(3):
+        hive.remember("team-a/x", f"old note {i}")
+        hive.remember("gone", f"old elsewhere {i}")
+    time.sleep(1.3)  # events carry the database's time, not the test's clock
+    hive.remember("team-a/x", "new note")
+    assert hive.sweep()["events_pruned"] == 6
+    assert _seqs(hive) == [4]  # since=0: from the oldest kept
+    with pytest.raises(EventsPruned) as behind:
+        hive.events("team-a", since=1)  # events 2 and 3 are gone: reading on would skip them
+    assert behind.value.details["oldest"] == 4
+    assert [e.seq for e in hive.events("team-a", since=3)] == [4]  # caught up to what was pruned: nothing missed
+    assert hive.events("gone") == []  # every event of a root pruned, its numbering kept:
+    with pytest.raises(EventsPruned):
+        hive.events("gone", since=2)
+    assert hive.events("gone", since=3) == []
+    hive.remember("gone", "after the sweep")
+    assert _seqs(hive, "gone") == [4]
+    assert hive.sweep()["events_pruned"] == 0
+
+
+def test_events_are_kept_for_the_retention_and_0_keeps_them_all(open_hive: Any) -> None:
+    for retention, kept in ((3600, [1, 2]), (0, [1, 2])):
+        hive = open_hive(f"kept-{retention}", event_retention_seconds=retention)
+        hive.remember("team-a", "one")
+        hive.remember("team-a", "two")
+        time.sleep(0.05)
+        assert hive.sweep()["events_pruned"] == 0
+        assert _seqs(hive) == kept
+    with pytest.raises(hivemem.ConfigError):
+        hivemem.HiveConfig(event_retention_seconds=-1)
 
 
 def test_events_page_and_filter(hive: Hive) -> None:

@@ -18,6 +18,7 @@ from hivemem.conflicts import ConflictResolver
 from hivemem.errors import (
     ConfigError,
     EmbedderUnavailable,
+    EventsPruned,
     Forbidden,
     HiveError,
     InvalidInput,
@@ -64,6 +65,7 @@ __all__ = [
     "ConflictResolver",
     "Embedder",
     "EmbedderUnavailable",
+    "EventsPruned",
     "ExperienceContext",
     "ExtractiveSummarizer",
     "Fence",

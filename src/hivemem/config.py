@@ -124,6 +124,8 @@ class HiveConfig:
         max_batch: Largest ``remember_many`` batch.
         idempotency_ttl_seconds: How long :meth:`Hive.run_once` (the server's
             ``Idempotency-Key``) remembers a key and its result.
+        event_retention_seconds: How long events are kept: :meth:`Hive.sweep`
+            deletes older ones (0 keeps every event).
         ranking: Recall weights.
         selection: Agent selection weights (``select_agent``).
         summarizer: What a working-memory flush summarises with: ``extractive``
@@ -147,6 +149,7 @@ class HiveConfig:
     max_data_bytes: int = 256 * 1024
     max_batch: int = 10_000
     idempotency_ttl_seconds: int = 24 * 3600
+    event_retention_seconds: int = 7 * 86_400
     ranking: RankingWeights = field(default_factory=RankingWeights)
     selection: SelectionWeights = field(default_factory=SelectionWeights)
     summarizer: str = "extractive"
@@ -168,6 +171,8 @@ class HiveConfig:
         ):
             if int(getattr(self, name)) <= 0:
                 raise ConfigError(f"{name} must be positive")
+        if int(self.event_retention_seconds) < 0:
+            raise ConfigError("event_retention_seconds must be 0 (keep every event) or positive")
 
     def with_options(self, **options: Any) -> HiveConfig:
         """A copy with some fields replaced; ``ranking`` may be a dict of weights.

@@ -190,6 +190,16 @@ class StepFailed(WorkflowFailed):
     status = 500
 
 
+class EventsPruned(HiveError):
+    """Events after the sequence number asked for were pruned (``event_retention_seconds``): a reader would miss them.
+
+    ``details["oldest"]`` is the oldest event still kept in the namespace root.
+    """
+
+    code = "events_pruned"
+    status = 410
+
+
 ERRORS_BY_CODE: dict[str, type[HiveError]] = {
     cls.code: cls
     for cls in (
@@ -212,5 +222,6 @@ ERRORS_BY_CODE: dict[str, type[HiveError]] = {
         WorkflowCancelled,
         WorkflowFailed,
         StepFailed,
+        EventsPruned,
     )
 }

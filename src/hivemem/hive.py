@@ -31,7 +31,7 @@ from hivemem.clock import Clock, SystemClock, new_id, to_datetime, utc
 from hivemem.config import HiveConfig
 from hivemem.conflicts import SETTING as CONFLICT_SETTING
 from hivemem.conflicts import ConflictPolicy, ConflictResolver, checked_strategy
-from hivemem.errors import Forbidden, InvalidInput, NotFound, PayloadTooLarge, Unauthenticated
+from hivemem.errors import EventsPruned, Forbidden, InvalidInput, NotFound, PayloadTooLarge, Unauthenticated
 from hivemem.events import MAX_SEQ, Event, Inbox, sequence_number, types_of
 from hivemem.leases import Fence, Lease, LeaseRequest, LeaseSet
 from hivemem.models import Conflict, Group, Hit, Memory, Page, Related, Relation, decode_cursor, encode_cursor
@@ -97,6 +97,8 @@ class _Replayed(Exception):
 _ONCE: ContextVar[_Once | None] = ContextVar("hivemem_once", default=None)
 R = TypeVar("R")
 _SWEEP_BATCH = 1000
+#: Events a sweep deletes per transaction (each finds the old ones with one scan of the table).
+_EVENT_BATCH = 50_000
 _MAX_K = 1000
 _MAX_PAGE = 1000
 #: Longest plan title (UTF-8 bytes).
@@ -397,7 +399,11 @@ class Hive:
         return self._write(write)
 
     def sweep(self) -> dict[str, int]:
-        """Delete expired memories and vectors no memory uses; idempotent, returns counts.
+        """Delete expired memories, vectors no memory uses, lapsed leases, old idempotency keys and old events.
+
+        Events older than ``event_retention_seconds`` go, oldest first; a reader
+        resuming before them gets :class:`~hivemem.errors.EventsPruned`.
+        Idempotent; returns counts.
 
         Raises:
             Forbidden: The principal lacks ``admin:*`` (a sweep spans every namespace).
@@ -413,11 +419,19 @@ class Hive:
         cutoff = self.clock.now() - self.config.idempotency_ttl_seconds
         keys = self._write(lambda tx: tx.prune_once(cutoff))
         lapsed = self._write(lambda tx: tx.prune_leases(tx.db_now()))
+        events = 0
+        retention = self.config.event_retention_seconds
+        while retention:
+            batch = self._write(lambda tx: tx.prune_events(tx.db_now() - retention, _EVENT_BATCH))
+            events += batch
+            if batch < _EVENT_BATCH:
+                break
         return {
             "expired": expired,
             "embeddings_pruned": vectors,
             "idempotency_keys_pruned": keys,
             "leases_pruned": lapsed,
+            "events_pruned": events,
         }
 
     # -- leases (see hivemem.leases) -----------------------------------------------------------
@@ -503,19 +517,38 @@ class Hive:
 
         Sequence numbers count per namespace root (``team-a`` for ``team-a/x``), without
         gaps, in commit order: page on with ``since=events[-1].seq``. Events in
-        namespaces the principal may not read are left out.
+        namespaces the principal may not read are left out. :meth:`sweep` deletes
+        events older than ``event_retention_seconds``; ``since=0`` reads from the
+        oldest one kept.
 
         Args:
             namespace: A namespace prefix.
             since: Only events after this sequence number.
             limit: At most this many (1-1000).
             types: Only these event types (see :data:`hivemem.events.TYPES`).
+
+        Raises:
+            EventsPruned: Events after ``since`` were deleted by a sweep: reading on
+                would miss them (``details["oldest"]`` is the oldest kept).
         """
         prefix, after, limit, wanted = self._event_query(namespace, since, limit, types)
-        rows = self.store.read(
-            lambda tx: tx.events(v.root_of(prefix), after, limit, prefix, self._readable(), wanted), primary=True
-        )
-        return [Event.from_row(r) for r in rows]
+        root = v.root_of(prefix)
+
+        def read(tx: StoreTx) -> builtins.list[Any]:
+            rows = tx.events(root, after, limit, prefix, self._readable(), wanted)
+            if after and (not rows or rows[0][0] > after + 1):  # a jump may be filtered events, or pruned ones
+                oldest = tx.first_event_seq(root)
+                if after + 1 < oldest:
+                    raise EventsPruned(
+                        f"events of {root} after {after} up to {oldest - 1} were pruned; "
+                        f"read on from since={oldest - 1} (or 0) knowing they are gone",
+                        namespace=prefix,
+                        since=after,
+                        oldest=oldest,
+                    )
+            return rows
+
+        return [Event.from_row(r) for r in self.store.read(read, primary=True)]
 
     def subscribe(
         self, namespace: str, *, since: int = 0, types: Sequence[str] | None = None, poll: float = 1.0

@@ -389,6 +389,19 @@ class StoreTx(ABC):
         """
 
     @abstractmethod
+    def prune_events(self, before: float, limit: int) -> int:
+        """Delete up to ``limit`` events, oldest first, of roots with events from before ``before`` (database time).
+
+        A root's events are deleted in number order up to its last one from
+        before ``before``, so what a root keeps is always its newest numbers,
+        without gaps. Returns how many were deleted.
+        """
+
+    @abstractmethod
+    def first_event_seq(self, root: str) -> int:
+        """The number of ``root``'s oldest kept event (its next number if none is kept, 1 if none ever was)."""
+
+    @abstractmethod
     def events(
         self,
         root: str,

@@ -557,6 +557,29 @@ class SqlTx(WorkingSql, WorkflowSql, StoreTx):
         self._evented_roots.add(root)
         return int(last), float(at)
 
+    def prune_events(self, before: float, limit: int) -> int:
+        p = self.dialect.p
+        old = self._rows(f"SELECT root, max(seq) FROM events WHERE at < {p} GROUP BY root ORDER BY root", (before,))
+        pruned = 0
+        for root, last in old:
+            if pruned >= limit:
+                break
+            # A root's kept numbers run without gaps from its oldest, so the count is their difference.
+            # (Times follow numbers only roughly: an event numbered below ``last`` may be a little newer.)
+            first = self.first_event_seq(root)
+            upto = min(int(last), first + limit - pruned - 1)
+            self._execute(f"DELETE FROM events WHERE root = {p} AND seq <= {p}", (root, upto))
+            pruned += upto - first + 1
+        return pruned
+
+    def first_event_seq(self, root: str) -> int:
+        p = self.dialect.p
+        oldest = self._rows(f"SELECT min(seq) FROM events WHERE root = {p}", (root,))[0][0]
+        if oldest is not None:
+            return int(oldest)
+        counter = self._rows(f"SELECT seq FROM event_seqs WHERE root = {p}", (root,))
+        return int(counter[0][0]) + 1 if counter else 1
+
     def events(
         self,
         root: str,
