@@ -415,12 +415,24 @@ def test_sweep_deletes_expired_and_counts(hive: Hive, clock: hivemem.ManualClock
     hive.remember("ns", "gone soon one", ttl=10)
     hive.remember("ns", "gone soon two", ttl=timedelta(seconds=20))
     hive.remember("ns", "not yet", ttl=1000)
-    assert hive.sweep() == {"expired": 0, "embeddings_pruned": 0, "idempotency_keys_pruned": 0, "leases_pruned": 0, "events_pruned": 0}
+    assert hive.sweep() == {
+        "expired": 0,
+        "embeddings_pruned": 0,
+        "idempotency_keys_pruned": 0,
+        "leases_pruned": 0,
+        "events_pruned": 0,
+    }
     clock.advance(30)
     result = hive.sweep()
     assert result["expired"] == 2
     assert result["embeddings_pruned"] == 2  # their texts were used by no other memory
-    assert hive.sweep() == {"expired": 0, "embeddings_pruned": 0, "idempotency_keys_pruned": 0, "leases_pruned": 0, "events_pruned": 0}
+    assert hive.sweep() == {
+        "expired": 0,
+        "embeddings_pruned": 0,
+        "idempotency_keys_pruned": 0,
+        "leases_pruned": 0,
+        "events_pruned": 0,
+    }
     assert len(everything(hive)) == 2
     assert hive.get(keep.id) == keep
 
@@ -429,7 +441,13 @@ def test_sweep_keeps_embeddings_still_used(hive: Hive, clock: hivemem.ManualCloc
     hive.remember("ns", "shared words", ttl=10)
     stays = hive.remember("ns", "shared words")
     clock.advance(10)
-    assert hive.sweep() == {"expired": 1, "embeddings_pruned": 0, "idempotency_keys_pruned": 0, "leases_pruned": 0, "events_pruned": 0}
+    assert hive.sweep() == {
+        "expired": 1,
+        "embeddings_pruned": 0,
+        "idempotency_keys_pruned": 0,
+        "leases_pruned": 0,
+        "events_pruned": 0,
+    }
     hits = hive.recall("Shared Words", k=5)
     assert ids(hits) == [stays.id]
     assert hits[0].scores["vector"] > 0.99
